@@ -1,0 +1,209 @@
+"""PyTorch -> ONNX through ``torch.onnx``, with the exporter always named.
+
+The model is wrapped in :class:`FlatModel`, whose ``forward`` takes the config's inputs
+positionally and returns the config's outputs as a flat tuple. That one adapter gives the
+exporter exactly the graph signature the config describes (no keyword binding surprises),
+turns flat ``past_key_values.*`` tensors into transformers' cache objects and back, and is
+reused by validation to run the reference model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from hatch_onnx.errors import ExportError
+from hatch_onnx.onnx.config import OnnxConfig, PatchingSpec
+
+EXPORTERS = ("torchscript", "dynamo")
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(?:(decoder|encoder)\.)?(key|value)$")
+_PRESENT = re.compile(r"^present\.(\d+)\.(?:(decoder|encoder)\.)?(key|value)$")
+
+
+def _cache_from_flat(flat: Mapping[str, torch.Tensor]) -> Any:
+    """Flat ``past_key_values.{i}[.decoder|.encoder].{key|value}`` tensors -> a transformers cache."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    layers: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+    for name, tensor in flat.items():
+        match = _PAST.match(name)
+        if match:
+            index, part, kind = int(match.group(1)), match.group(2) or "decoder", match.group(3)
+            layers.setdefault((part, index), {})[kind] = tensor
+    if not layers:
+        return None
+    self_cache, cross_cache = DynamicCache(), DynamicCache()
+    for (part, index), kv in sorted(layers.items(), key=lambda item: (item[0][1], item[0][0])):
+        (cross_cache if part == "encoder" else self_cache).update(kv["key"], kv["value"], index)
+    if any(part == "encoder" for part, _ in layers):
+        return EncoderDecoderCache(self_cache, cross_cache)
+    return self_cache
+
+
+def _layer_tensors(cache: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return cache.layers[index].keys, cache.layers[index].values
+    return cache.key_cache[index], cache.value_cache[index]  # pragma: no cover - older transformers
+
+
+def _present(cache: Any, name: str) -> torch.Tensor:
+    match = _PRESENT.match(name)
+    index, part, kind = int(match.group(1)), match.group(2), match.group(3)
+    if isinstance(cache, (tuple, list)):  # a legacy tuple cache
+        layer = cache[index]
+        pair = layer[2:4] if part == "encoder" else layer[:2]
+    else:
+        if part is not None or hasattr(cache, "self_attention_cache"):
+            cache = cache.cross_attention_cache if part == "encoder" else cache.self_attention_cache
+        pair = _layer_tensors(cache, index)
+    return pair[0] if kind == "key" else pair[1]
+
+
+class FlatModel(torch.nn.Module):
+    """``forward(*inputs) -> tuple(outputs)`` in the config's order and names."""
+
+    def __init__(self, model: torch.nn.Module, input_names: Sequence[str], output_names: Sequence[str]):
+        super().__init__()
+        self.model = model
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        named = dict(zip(self.input_names, tensors))
+        kwargs = {name: value for name, value in named.items() if not _PAST.match(name)}
+        cache = _cache_from_flat(named)
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+            kwargs["use_cache"] = True
+        out = self.model(**kwargs, return_dict=True)
+        results = []
+        for name in self.output_names:
+            if _PRESENT.match(name):
+                results.append(_present(out.past_key_values, name))
+            else:
+                results.append(out[name])
+        return tuple(results)
+
+
+def _broadcast_bhqkv(mask_function, bh_indices: bool = True):
+    """Stand-in for transformers' ``_vmap_for_bhqkv``: the same mask by broadcasting.
+
+    transformers >= 4.53 builds attention masks with ``torch.vmap``, which the TorchScript
+    tracer cannot follow (``RuntimeError: unordered_map::at``). Mask functions are element-wise
+    on index tensors, so broadcasting the indices against each other gives the same result.
+    """
+
+    def build(batch_idx, head_idx, q_idx, kv_idx):
+        if not bh_indices:
+            return mask_function(None, None, q_idx[:, None], kv_idx[None, :])
+        mask = mask_function(batch_idx[:, None, None, None], head_idx[None, :, None, None], q_idx[None, None, :, None], kv_idx[None, None, None, :])
+        return mask.expand(batch_idx.shape[0], head_idx.shape[0], q_idx.shape[0], kv_idx.shape[0])
+
+    return build
+
+
+def transformers_patches() -> list[PatchingSpec]:
+    """Patches every PyTorch export needs on today's transformers (none where they don't apply)."""
+    try:
+        from transformers import masking_utils
+    except ImportError:  # transformers < 4.53: masks are built without vmap
+        return []
+    specs = []
+    if hasattr(masking_utils, "_vmap_for_bhqkv"):
+        specs.append(PatchingSpec(masking_utils, "_vmap_for_bhqkv", _broadcast_bhqkv))
+    # Its getitem -> index rewrite is a torch function mode that exists for vmap's sake; the
+    # tracer fails inside it. Plain indexing is what broadcasting needs.
+    if hasattr(masking_utils, "TransformGetItemToIndex"):
+        specs.append(PatchingSpec(masking_utils, "TransformGetItemToIndex", contextlib.nullcontext))
+    return specs
+
+
+@contextlib.contextmanager
+def patched(config: OnnxConfig, extra: Sequence[PatchingSpec] = ()) -> Iterator[None]:
+    originals = [(spec.o, spec.name, getattr(spec.o, spec.name)) for spec in extra]
+    for spec in extra:
+        setattr(spec.o, spec.name, spec.custom_op)
+    config.patch_ops()
+    try:
+        yield
+    finally:
+        config.restore_ops()
+        for owner, name, original in reversed(originals):
+            setattr(owner, name, original)
+
+
+def prepare_model(model: torch.nn.Module, config: OnnxConfig) -> torch.nn.Module:
+    model.eval()
+    for key, value in (config.values_override or {}).items():
+        setattr(model.config, key, value)
+    return model
+
+
+def _dynamic_shapes(config: OnnxConfig, inputs: Mapping[str, torch.Tensor]) -> tuple:
+    dims: dict[str, Any] = {}
+    specs = []
+    for name in inputs:
+        axes = config.inputs[name]
+        spec = {}
+        for axis, axis_name in axes.items():
+            key = re.sub(r"\W+", "_", axis_name)
+            dims.setdefault(key, torch.export.Dim(key))
+            spec[axis] = dims[key]
+        specs.append(spec or None)
+    return (tuple(specs),)
+
+
+def export_pytorch(
+    model: torch.nn.Module,
+    config: OnnxConfig,
+    opset: int,
+    output: Path,
+    dummy_inputs: Mapping[str, torch.Tensor],
+    exporter: str = "torchscript",
+    external_data: bool = False,
+) -> tuple[list[str], list[str]]:
+    """Write ``output`` (and ``output.data`` when external) from ``model``; returns (inputs, outputs)."""
+    if exporter not in EXPORTERS:
+        raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    input_names = list(dummy_inputs)
+    output_names = list(config.outputs)
+    flat = FlatModel(prepare_model(model, config), input_names, output_names)
+    args = tuple(dummy_inputs.values())
+    dynamic_axes = {name: dict(axes) for name, axes in {**config.inputs, **config.outputs}.items() if name in input_names + output_names}
+    with patched(config, transformers_patches() if exporter == "torchscript" else ()), torch.no_grad():
+        try:
+            if exporter == "torchscript":
+                torch.onnx.export(
+                    flat, args, str(output), input_names=input_names, output_names=output_names,
+                    dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True,
+                    dynamo=False, external_data=external_data,
+                )
+            else:
+                program = torch.onnx.export(
+                    flat, args, input_names=input_names, output_names=output_names,
+                    dynamic_shapes=_dynamic_shapes(config, dummy_inputs), opset_version=opset, dynamo=True,
+                    external_data=external_data, optimize=True, verify=False,
+                )
+                program.save(str(output), external_data=external_data)
+        except ExportError:
+            raise
+        except Exception as exc:  # the exporters raise many types; one error for the caller
+            raise ExportError(f"torch.onnx ({exporter}) failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    return input_names, output_names
+
+
+def run_reference(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The reference model's outputs, named as the config's, as numpy arrays."""
+    flat = FlatModel(prepare_model(model, config), list(inputs), list(config.outputs))
+    tensors = tuple(torch.as_tensor(value) for value in inputs.values())
+    with torch.no_grad():
+        outputs = flat(*tensors)
+    return {name: value.detach().cpu().numpy() for name, value in zip(config.outputs, outputs)}
+
+
+def num_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,34 @@
+"""The support matrix: one module per architecture, collected here into a frozen registry.
+
+To add an architecture, write ``hatch_onnx/models/<name>.py`` with its config class and a
+``SUPPORT = ModelSupport(...)`` line, then add the module to ``_MODULES`` below. The list is
+explicit on purpose: the registry never depends on what happened to be imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import MappingProxyType
+from typing import Mapping
+
+from hatch_onnx.models._base import FEATURE_TO_AUTOMODEL, ModelSupport, feature_to_task
+
+_MODULES = (
+    "albert", "bart", "bert", "bloom", "convnext", "deberta_v2", "distilbert", "electra",
+    "gpt2", "gpt_neo", "resnet", "roberta", "t5", "vit", "whisper", "xlm_roberta",
+)
+
+
+def _load() -> Mapping[str, ModelSupport]:
+    registry = {}
+    for name in _MODULES:
+        support = importlib.import_module(f"{__name__}.{name}").SUPPORT
+        if support.model_type in registry:
+            raise RuntimeError(f"model type {support.model_type!r} registered twice")
+        registry[support.model_type] = support
+    return MappingProxyType(dict(sorted(registry.items())))
+
+
+REGISTRY: Mapping[str, ModelSupport] = _load()
+
+__all__ = ["REGISTRY", "ModelSupport", "FEATURE_TO_AUTOMODEL", "feature_to_task"]

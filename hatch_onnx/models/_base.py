@@ -1,0 +1,229 @@
+"""Family bases that architecture modules specialise in a few declarative lines.
+
+An architecture module names its ONNX config (usually a subclass of a family below with a
+few upper-case settings) and the features it supports, in a :class:`ModelSupport` value
+named ``SUPPORT``. ``hatch_onnx.models`` collects those values into the frozen registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Mapping
+
+import numpy as np
+
+from hatch_onnx.onnx.config import OnnxConfig, OnnxConfigWithPast, OnnxSeq2SeqConfigWithPast
+
+# feature name -> transformers auto class (PyTorch); TF names add the "TF" prefix.
+FEATURE_TO_AUTOMODEL: Mapping[str, str] = {
+    "default": "AutoModel",
+    "masked-lm": "AutoModelForMaskedLM",
+    "causal-lm": "AutoModelForCausalLM",
+    "seq2seq-lm": "AutoModelForSeq2SeqLM",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "multiple-choice": "AutoModelForMultipleChoice",
+    "question-answering": "AutoModelForQuestionAnswering",
+    "image-classification": "AutoModelForImageClassification",
+    "masked-im": "AutoModelForMaskedImageModeling",
+    "speech2seq-lm": "AutoModelForSpeechSeq2Seq",
+}
+# Features whose model has no cache: "-with-past" is offered only for these tasks.
+PAST_TASKS = frozenset({"default", "causal-lm", "seq2seq-lm", "speech2seq-lm"})
+
+
+def feature_to_task(feature: str) -> str:
+    return feature.replace("-with-past", "")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSupport:
+    """What one architecture can export: its config class and its features."""
+
+    model_type: str
+    onnx_config: type[OnnxConfig]
+    features: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for feature in self.features:
+            task = feature_to_task(feature)
+            if task not in FEATURE_TO_AUTOMODEL or (feature.endswith("-with-past") and task not in PAST_TASKS):
+                raise ValueError(f"{self.model_type}: unknown feature {feature!r}")
+            if feature.endswith("-with-past") and not issubclass(self.onnx_config, OnnxConfigWithPast):
+                raise ValueError(f"{self.model_type}: {feature!r} needs an OnnxConfigWithPast")
+
+    def config_for(self, feature: str):
+        """The constructor the legacy API returns: ``config -> OnnxConfig``."""
+        task = feature_to_task(feature)
+        if feature.endswith("-with-past"):
+            return lambda config: self.onnx_config.with_past(config, task=task)
+        return lambda config: self.onnx_config.from_model_config(config, task=task)
+
+
+# --- text encoders ---------------------------------------------------------------------------
+
+
+class TextEncoderOnnxConfig(OnnxConfig):
+    """BERT and its relatives: token ids, attention mask and (optionally) token types."""
+
+    USES_TOKEN_TYPE_IDS = True
+
+    @property
+    def inputs(self) -> Mapping[str, Mapping[int, str]]:
+        if self.task == "multiple-choice":
+            axes = {0: "batch", 1: "choice", 2: "sequence"}
+        else:
+            axes = {0: "batch", 1: "sequence"}
+        names = ["input_ids", "attention_mask"]
+        if self.USES_TOKEN_TYPE_IDS and getattr(self._config, "type_vocab_size", 1) > 0:
+            names.append("token_type_ids")
+        return OrderedDict((name, dict(axes)) for name in names)
+
+
+# --- decoders --------------------------------------------------------------------------------
+
+
+class DecoderOnnxConfig(OnnxConfigWithPast):
+    """GPT-2 style decoders: token ids, a mask over past + current tokens, the cache."""
+
+    @property
+    def inputs(self) -> Mapping[str, Mapping[int, str]]:
+        common: dict = OrderedDict({"input_ids": {0: "batch", 1: "sequence"}})
+        if self.use_past:
+            self.fill_with_past_key_values_(common, direction="inputs")
+            common["attention_mask"] = {0: "batch", 1: "past_sequence + sequence"}
+        else:
+            common["attention_mask"] = {0: "batch", 1: "sequence"}
+        return common
+
+
+# --- encoder-decoders ------------------------------------------------------------------------
+
+
+class Seq2SeqOnnxConfig(OnnxSeq2SeqConfigWithPast):
+    """T5 and BART: encoder ids and mask, decoder ids and mask, per-layer caches.
+
+    Heads that run the decoder on shifted encoder ids (classification, question answering)
+    take the encoder inputs only.
+    """
+
+    DECODER_SEQUENCE_DELTA = 3  # decoder length = encoder length - delta, to keep the axes apart
+
+    @property
+    def takes_decoder_inputs(self) -> bool:
+        return self.task in ("default", "seq2seq-lm")
+
+    @property
+    def inputs(self) -> Mapping[str, Mapping[int, str]]:
+        common: dict = OrderedDict(
+            {"input_ids": {0: "batch", 1: "encoder_sequence"}, "attention_mask": {0: "batch", 1: "encoder_sequence"}}
+        )
+        if not self.takes_decoder_inputs:
+            common["input_ids"] = {0: "batch", 1: "sequence"}
+            common["attention_mask"] = {0: "batch", 1: "sequence"}
+            return common
+        common["decoder_input_ids"] = {0: "batch", 1: "decoder_sequence"}
+        if self.use_past:
+            common["decoder_attention_mask"] = {0: "batch", 1: "past_decoder_sequence + decoder_sequence"}
+            self.fill_with_past_key_values_(common, direction="inputs")
+        else:
+            common["decoder_attention_mask"] = {0: "batch", 1: "decoder_sequence"}
+        return common
+
+    @property
+    def outputs(self) -> Mapping[str, Mapping[int, str]]:
+        if not self.takes_decoder_inputs:
+            return OnnxConfig.outputs.fget(self)
+        return super().outputs
+
+    def _dummy_decoder(self, rng, batch: int, encoder_seq: int) -> dict[str, np.ndarray]:
+        seq = max(encoder_seq - self.DECODER_SEQUENCE_DELTA, 2)
+        arrays = {"decoder_input_ids": self._random_token_ids(rng, (batch, seq))}
+        past = self.PAST_SEQUENCE if self.use_past else 0
+        arrays["decoder_attention_mask"] = np.ones((batch, past + seq), dtype=np.int64)
+        if self.use_past:
+            for i in range(self.num_layers):
+                for part, length in (("decoder", past), ("encoder", encoder_seq)):
+                    for kind in ("key", "value"):
+                        arrays[f"past_key_values.{i}.{part}.{kind}"] = rng.standard_normal(
+                            self._past_shape(batch, length), dtype=np.float32
+                        )
+        return arrays
+
+    def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
+        arrays = OnnxConfig._dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair)
+        if self.takes_decoder_inputs:
+            arrays.update(self._dummy_decoder(rng, batch, arrays["input_ids"].shape[1]))
+        return arrays
+
+
+class SpeechSeq2SeqOnnxConfig(Seq2SeqOnnxConfig):
+    """Whisper: log-mel features into the encoder, token ids into the decoder."""
+
+    MODALITY = "audio"
+
+    @property
+    def takes_decoder_inputs(self) -> bool:
+        return True
+
+    @property
+    def inputs(self) -> Mapping[str, Mapping[int, str]]:
+        common: dict = OrderedDict(
+            {
+                "input_features": {0: "batch", 1: "feature_size", 2: "encoder_sequence"},
+                "decoder_input_ids": {0: "batch", 1: "decoder_sequence"},
+            }
+        )
+        if self.use_past:
+            self.fill_with_past_key_values_(common, direction="inputs")
+        return common
+
+    def _dummy_audio(self, preprocessor, rng, batch, seq_length, sampling_rate, time_duration, frequency):
+        frames = 2 * int(self._config.max_source_positions)  # Whisper accepts exactly this length
+        if preprocessor is not None and hasattr(preprocessor, "sampling_rate"):
+            rate = int(preprocessor.sampling_rate)
+            t = np.linspace(0, time_duration, int(time_duration * rate), endpoint=False)
+            wave = (0.5 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+            features = preprocessor([wave] * batch, sampling_rate=rate, return_tensors="np")["input_features"]
+            features = np.asarray(features, dtype=np.float32)[..., :frames]
+        else:
+            features = rng.standard_normal((batch, int(self._config.num_mel_bins), frames), dtype=np.float32)
+        decoder_seq = self._fixed(seq_length, self.default_sequence_length)
+        arrays = {"input_features": features}
+        arrays.update(self._dummy_decoder(rng, batch, decoder_seq + self.DECODER_SEQUENCE_DELTA))
+        # The cross-attention cache spans the encoder's output, which Whisper halves.
+        if self.use_past:
+            length = int(self._config.max_source_positions)
+            for i in range(self.num_layers):
+                for kind in ("key", "value"):
+                    arrays[f"past_key_values.{i}.encoder.{kind}"] = rng.standard_normal(
+                        self._past_shape(batch, length), dtype=np.float32
+                    )
+        return arrays
+
+
+# --- vision ----------------------------------------------------------------------------------
+
+
+class VisionOnnxConfig(OnnxConfig):
+    """Image models: one ``pixel_values`` tensor."""
+
+    MODALITY = "vision"
+
+    @property
+    def inputs(self) -> Mapping[str, Mapping[int, str]]:
+        common: dict = OrderedDict({"pixel_values": {0: "batch", 1: "num_channels", 2: "height", 3: "width"}})
+        if self.task == "masked-im":
+            common["bool_masked_pos"] = {0: "batch"}
+        return common
+
+
+class ConvVisionOnnxConfig(VisionOnnxConfig):
+    """Convolutional backbones: feature maps and a pooled vector."""
+
+    @property
+    def outputs(self) -> Mapping[str, Mapping[int, str]]:
+        if self.task == "default":
+            return OrderedDict({"last_hidden_state": {0: "batch"}, "pooler_output": {0: "batch"}})
+        return super().outputs

@@ -1,0 +1,44 @@
+"""bart: an encoder-decoder; its causal-lm feature exports the decoder alone."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from hatch_onnx.models._base import DecoderOnnxConfig, ModelSupport, Seq2SeqOnnxConfig
+
+
+class BartOnnxConfig(Seq2SeqOnnxConfig):
+    ATOL_FOR_VALIDATION = 1e-4
+    APPEND_EOS = True  # the classification head reads the hidden state at the last eos
+
+    @property
+    def inputs(self) -> Mapping[str, Mapping[int, str]]:
+        if self.task == "causal-lm":
+            return DecoderOnnxConfig.inputs.fget(self)
+        return super().inputs
+
+    @property
+    def outputs(self):
+        if self.task == "causal-lm":
+            return DecoderOnnxConfig.outputs.fget(self)
+        return super().outputs
+
+    def fill_with_past_key_values_(self, inputs_or_outputs, direction, inverted_values_shape=False):
+        if self.task == "causal-lm":
+            return DecoderOnnxConfig.fill_with_past_key_values_(self, inputs_or_outputs, direction, inverted_values_shape)
+        return super().fill_with_past_key_values_(inputs_or_outputs, direction, inverted_values_shape)
+
+    def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
+        if self.task == "causal-lm":
+            return DecoderOnnxConfig._dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair)
+        return super()._dummy_text(preprocessor, rng, batch, seq, choices, is_pair)
+
+
+SUPPORT = ModelSupport(
+    "bart",
+    BartOnnxConfig,
+    features=(
+        "default", "default-with-past", "causal-lm", "causal-lm-with-past",
+        "seq2seq-lm", "seq2seq-lm-with-past", "sequence-classification", "question-answering",
+    ),
+)

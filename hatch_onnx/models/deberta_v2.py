@@ -1,0 +1,13 @@
+"""deberta-v2: default, masked-lm, sequence-classification, multiple-choice, token-classification, question-answering."""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+
+
+class DebertaV2OnnxConfig(TextEncoderOnnxConfig):
+    # DeBERTa's disentangled attention needs opset 12 ops; token types only when configured.
+    DEFAULT_ONNX_OPSET = 14
+
+
+SUPPORT = ModelSupport("deberta-v2", DebertaV2OnnxConfig, features=('default', 'masked-lm', 'sequence-classification', 'multiple-choice', 'token-classification', 'question-answering'))

@@ -1,0 +1,12 @@
+"""distilbert: default, masked-lm, sequence-classification, multiple-choice, token-classification, question-answering."""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+
+
+class DistilBertOnnxConfig(TextEncoderOnnxConfig):
+    USES_TOKEN_TYPE_IDS = False
+
+
+SUPPORT = ModelSupport("distilbert", DistilBertOnnxConfig, features=('default', 'masked-lm', 'sequence-classification', 'multiple-choice', 'token-classification', 'question-answering'))

@@ -1,0 +1,12 @@
+"""vit: patches of a fixed-size image."""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import ModelSupport, VisionOnnxConfig
+
+
+class ViTOnnxConfig(VisionOnnxConfig):
+    ATOL_FOR_VALIDATION = 1e-4
+
+
+SUPPORT = ModelSupport("vit", ViTOnnxConfig, features=("default", "image-classification", "masked-im"))

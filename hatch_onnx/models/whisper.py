@@ -1,0 +1,14 @@
+"""whisper: speech encoder, text decoder."""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import ModelSupport, SpeechSeq2SeqOnnxConfig
+
+
+class WhisperOnnxConfig(SpeechSeq2SeqOnnxConfig):
+    ATOL_FOR_VALIDATION = 1e-3
+
+
+SUPPORT = ModelSupport(
+    "whisper", WhisperOnnxConfig, features=("default", "default-with-past", "speech2seq-lm", "speech2seq-lm-with-past")
+)

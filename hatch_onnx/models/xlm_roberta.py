@@ -1,0 +1,12 @@
+"""xlm-roberta: default, masked-lm, causal-lm, sequence-classification, multiple-choice, token-classification, question-answering."""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+
+
+class XLMRobertaOnnxConfig(TextEncoderOnnxConfig):
+    USES_TOKEN_TYPE_IDS = False
+
+
+SUPPORT = ModelSupport("xlm-roberta", XLMRobertaOnnxConfig, features=('default', 'masked-lm', 'causal-lm', 'sequence-classification', 'multiple-choice', 'token-classification', 'question-answering'))

@@ -1,0 +1,168 @@
+"""``export`` and ``validate_model_outputs``: the legacy entry points, strict and seeded.
+
+Validation runs the reference model and onnxruntime on inputs whose batch, sequence, choice
+and cache lengths all differ from the export's, so a dynamic axis that the exporter froze
+fails here. Every mismatch raises; nothing is a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Union
+
+from hatch_onnx.errors import AtolError, ExportError, OpsetError, OutputMismatchError, ShapeError
+from hatch_onnx.onnx.config import OnnxConfig, OnnxConfigWithPast
+
+# Validation shapes: each one more than the export's (which are 2 / 8 / 4 / 4 by default).
+VALIDATION_BATCH_DELTA = 1
+VALIDATION_SEQUENCE_DELTA = 3
+VALIDATION_PAST_DELTA = 3
+
+
+def _torch_loaded_and_module(model: Any) -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def _framework_of(model: Any) -> str:
+    return "pt" if _torch_loaded_and_module(model) else "tf"
+
+
+def export(
+    preprocessor: Any,
+    model: Any,
+    config: OnnxConfig,
+    opset: int,
+    output: Union[str, Path],
+    tokenizer: Any = None,
+    device: str = "cpu",
+    *,
+    exporter: str = "torchscript",
+) -> tuple[list[str], list[str]]:
+    """Export ``model`` to ``output`` (an ``.onnx`` path); returns the graph's input and output names.
+
+    ``exporter`` names torch's exporter explicitly: ``"torchscript"`` (default; fast, with
+    transformers' mask construction patched while tracing) or ``"dynamo"``. Parameters beyond
+    2 GiB go to ``<output>.data`` beside the graph.
+    """
+    if device != "cpu":
+        raise ExportError(f"device {device!r}: hatch-onnx exports on the CPU only")
+    if opset < config.default_onnx_opset:
+        raise OpsetError(
+            f"opset {opset} is below the minimum {config.default_onnx_opset} for {type(config).__name__}",
+            opset=opset,
+            minimum=config.default_onnx_opset,
+        )
+    output = Path(output)
+    preprocessor = preprocessor if preprocessor is not None else tokenizer
+    if _framework_of(model) == "tf":
+        from hatch_onnx.frameworks.tensorflow import export_tensorflow
+
+        return export_tensorflow(preprocessor, model, config, opset, output)
+
+    from hatch_onnx.frameworks import pytorch
+
+    dummy = config.generate_dummy_inputs(preprocessor, framework="pt")
+    external = config.use_external_data_format(pytorch.num_parameters(model))
+    if not external:
+        return pytorch.export_pytorch(model, config, opset, output, dummy, exporter=exporter)
+    # The exporters write one file per tensor; gather them into a single <name>.data.
+    with tempfile.TemporaryDirectory(prefix=".hatch-onnx-", dir=output.parent) as scratch:
+        raw = Path(scratch) / output.name
+        names = pytorch.export_pytorch(model, config, opset, raw, dummy, exporter=exporter, external_data=True)
+        save_with_external_data(raw, output)
+    return names
+
+
+def save_with_external_data(source: Path, target: Path) -> None:
+    """Rewrite the graph at ``source`` to ``target`` with all weights in ``target.name + '.data'``."""
+    import onnx
+
+    model = onnx.load(str(source), load_external_data=True)
+    data_name = target.name + ".data"
+    if (target.parent / data_name).exists():
+        (target.parent / data_name).unlink()
+    onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=0)
+
+
+def _validation_inputs(config: OnnxConfig, preprocessor: Any) -> Mapping[str, Any]:
+    kwargs: dict[str, Any] = {
+        "batch_size": config.default_batch_size + VALIDATION_BATCH_DELTA,
+        "seq_length": config.default_sequence_length + VALIDATION_SEQUENCE_DELTA,
+        "num_choices": config.default_num_choices + 1,
+    }
+    if isinstance(config, OnnxConfigWithPast):
+        kwargs["past_length"] = config.PAST_SEQUENCE + VALIDATION_PAST_DELTA
+    # Values come from the config's seeded generator, not the preprocessor: random token ids
+    # exercise the embeddings far more than the legacy "[UNK] [UNK] ..." text did.
+    saved_seed = config.DUMMY_SEED
+    config.DUMMY_SEED = saved_seed + 1  # values different from the export's, same every run
+    try:
+        return config.generate_dummy_inputs(None, framework=None, **kwargs)
+    finally:
+        config.DUMMY_SEED = saved_seed
+
+
+def validate_model_outputs(
+    config: OnnxConfig,
+    preprocessor: Any,
+    reference_model: Any,
+    onnx_model: Union[str, Path],
+    onnx_named_outputs: Iterable[str],
+    atol: float,
+) -> dict[str, Any]:
+    """Raise unless the ONNX graph reproduces ``reference_model``; return the figures.
+
+    Checks, in order: the graph's output names against the config's, each output's shape, each
+    output's values (max absolute difference <= ``atol``, NaN never matches).
+    """
+    import numpy as np
+    import onnxruntime
+
+    inputs = _validation_inputs(config, preprocessor)
+    framework = _framework_of(reference_model)
+    if framework == "pt":
+        from hatch_onnx.frameworks.pytorch import run_reference
+    else:
+        from hatch_onnx.frameworks.tensorflow import run_reference
+    reference = run_reference(reference_model, config, inputs)
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(onnx_model), options, providers=["CPUExecutionProvider"])
+    graph_inputs = {node.name for node in session.get_inputs()}
+    feed = {name: np.asarray(value) for name, value in config.generate_dummy_inputs_onnxruntime(inputs).items() if name in graph_inputs}
+    graph_outputs = [node.name for node in session.get_outputs()]
+    expected = list(config.outputs)
+    named = list(onnx_named_outputs)
+    if graph_outputs != expected or named != expected:
+        raise OutputMismatchError(
+            f"outputs differ: the config names {expected}, the graph has {graph_outputs}", output=None, value=graph_outputs
+        )
+    results = dict(zip(graph_outputs, session.run(graph_outputs, feed)))
+
+    report_outputs: dict[str, Any] = {}
+    for name in expected:
+        ref, got = np.asarray(reference[name]), np.asarray(results[name])
+        if ref.shape != got.shape:
+            raise ShapeError(f"output {name!r}: shape {list(got.shape)} from ONNX, {list(ref.shape)} from the reference model", output=name, value=(got.shape, ref.shape))
+        if ref.dtype == bool or np.issubdtype(ref.dtype, np.integer):
+            diff = float(np.max(ref != got)) if ref.size else 0.0
+        else:
+            with np.errstate(invalid="ignore"):
+                delta = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+            nan_mismatch = np.isnan(ref) != np.isnan(got)
+            diff = float("inf") if nan_mismatch.any() else float(np.nanmax(delta)) if ref.size else 0.0
+        if not diff <= atol:
+            raise AtolError(f"output {name!r}: max abs diff {diff:.3g} exceeds atol {atol:g}", output=name, value=diff)
+        report_outputs[name] = {"shape": list(ref.shape), "max_abs_diff": diff, "atol": atol}
+    return {
+        "atol": atol,
+        "inputs": {name: list(np.asarray(value).shape) for name, value in feed.items()},
+        "outputs": report_outputs,
+    }

@@ -1,0 +1,182 @@
+"""``FeaturesManager``: which (model type, feature) pairs exist and how to load their models.
+
+The support matrix is :data:`hatch_onnx.models.REGISTRY`; this module answers the legacy
+questions about it. Loading models is local-only: the Hub is never contacted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from hatch_onnx.errors import CheckpointError, FrameworkError, UnsupportedFeatureError, UnsupportedModelTypeError
+from hatch_onnx.models import FEATURE_TO_AUTOMODEL, REGISTRY, feature_to_task
+from hatch_onnx.onnx.config import OnnxConfig
+
+# Weight files by framework, as transformers writes them.
+PT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TF_WEIGHTS = ("tf_model.h5", "tf_model.h5.index.json")
+
+
+def _framework_installed(name: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(name) is not None
+
+
+def isolate_framework(framework: str) -> None:
+    """Tell transformers not to import the other framework (it imports every one installed)."""
+    if framework == "pt":
+        os.environ.setdefault("USE_TF", "0")
+        os.environ.setdefault("USE_TORCH", "1")
+    else:
+        os.environ.setdefault("USE_TORCH", "0")
+        os.environ.setdefault("USE_TF", "1")
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf_model.h5 checkpoints need tf-keras
+    os.environ.setdefault("USE_FLAX", "0")
+
+
+def read_model_type(model_dir: Union[str, Path]) -> str:
+    """The ``model_type`` of a local checkpoint, read from its config.json without transformers."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint directory not found", path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{config_file}: missing (a checkpoint needs config.json)", config_file)
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{config_file}: not a readable JSON object ({exc})", config_file) from exc
+    if not isinstance(model_type, str):
+        raise CheckpointError(f"{config_file}: no model_type", config_file)
+    return model_type
+
+
+class FeaturesManager:
+    """The legacy façade over the registry."""
+
+    _TASKS_TO_AUTOMODELS = {task: name for task, name in FEATURE_TO_AUTOMODEL.items()}
+    _TASKS_TO_TF_AUTOMODELS = {task: f"TF{name}" for task, name in FEATURE_TO_AUTOMODEL.items()}
+    _SUPPORTED_MODEL_TYPE = {
+        model_type: {feature: support.config_for(feature) for feature in support.features}
+        for model_type, support in REGISTRY.items()
+    }
+    AVAILABLE_FEATURES = sorted({feature for features in _SUPPORTED_MODEL_TYPE.values() for feature in features})
+
+    @staticmethod
+    def get_supported_features_for_model_type(model_type: str, model_name: Optional[str] = None) -> dict[str, Callable[..., OnnxConfig]]:
+        model_type = model_type.replace("_", "-")
+        if model_type not in FeaturesManager._SUPPORTED_MODEL_TYPE:
+            what = f"{model_name} ({model_type})" if model_name else model_type
+            supported = ", ".join(FeaturesManager._SUPPORTED_MODEL_TYPE)
+            raise UnsupportedModelTypeError(
+                f"model type {what!r} is not supported; supported: {supported}", model_type
+            )
+        return dict(FeaturesManager._SUPPORTED_MODEL_TYPE[model_type])
+
+    @staticmethod
+    def feature_to_task(feature: str) -> str:
+        return feature_to_task(feature)
+
+    @staticmethod
+    def _validate_framework_choice(framework: str) -> None:
+        if framework not in ("pt", "tf"):
+            raise FrameworkError(f"framework must be 'pt' or 'tf', not {framework!r}")
+
+    @staticmethod
+    def get_model_class_for_feature(feature: str, framework: str = "pt") -> type:
+        task = feature_to_task(feature)
+        FeaturesManager._validate_framework_choice(framework)
+        table = FeaturesManager._TASKS_TO_AUTOMODELS if framework == "pt" else FeaturesManager._TASKS_TO_TF_AUTOMODELS
+        if task not in table:
+            raise UnsupportedFeatureError(
+                f"unknown feature {feature!r}; possible values: {', '.join(FeaturesManager.AVAILABLE_FEATURES)}", feature=feature
+            )
+        isolate_framework(framework)
+        import transformers
+
+        try:
+            return getattr(transformers, table[task])
+        except AttributeError as exc:
+            raise FrameworkError(f"transformers {transformers.__version__} has no {table[task]} (feature {feature!r})") from exc
+
+    @staticmethod
+    def determine_framework(model: str, framework: Optional[str] = None) -> str:
+        """User input, else the local checkpoint's own weights (PyTorch when both), else what is installed."""
+        if framework is not None:
+            FeaturesManager._validate_framework_choice(framework)
+            if Path(model).is_dir():
+                wanted = PT_WEIGHTS if framework == "pt" else TF_WEIGHTS
+                if not any((Path(model) / name).exists() for name in wanted):
+                    raise FrameworkError(f"{model}: --framework {framework} but no {' or '.join(wanted[::2])} in the checkpoint")
+            return framework
+        path = Path(model)
+        if path.is_dir():
+            if any((path / name).exists() for name in PT_WEIGHTS):
+                return "pt"
+            if any((path / name).exists() for name in TF_WEIGHTS):
+                return "tf"
+            raise CheckpointError(f"{model}: no weights ({', '.join(PT_WEIGHTS + TF_WEIGHTS)})", path)
+        if _framework_installed("torch"):
+            return "pt"
+        if _framework_installed("tensorflow"):
+            return "tf"
+        raise FrameworkError("neither PyTorch nor TensorFlow is installed: pip install 'hatch-onnx[torch]'")
+
+    @staticmethod
+    def get_model_from_feature(
+        feature: str, model: str, framework: Optional[str] = None, cache_dir: Optional[str] = None
+    ) -> Any:
+        model_obj, _ = FeaturesManager.load_model(feature, model, framework, cache_dir)
+        return model_obj
+
+    @staticmethod
+    def load_model(
+        feature: str, model: str, framework: Optional[str] = None, cache_dir: Optional[str] = None
+    ) -> tuple[Any, list[str]]:
+        """The model for ``feature`` and the names of weights the checkpoint lacked (a new head)."""
+        framework = FeaturesManager.determine_framework(model, framework)
+        model_class = FeaturesManager.get_model_class_for_feature(feature, framework)
+        kwargs: dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": True, "output_loading_info": True}
+        if framework == "pt":
+            import torch
+
+            torch.manual_seed(0)  # a new head is random: make it the same random every time
+            kwargs["attn_implementation"] = "eager"
+        else:
+            import tensorflow as tf
+
+            tf.keras.utils.set_random_seed(0)
+        try:
+            loaded, info = model_class.from_pretrained(model, **kwargs)
+        except OSError as exc:
+            raise CheckpointError(f"{model}: cannot load for {feature!r} ({exc})", model) from exc
+        missing = sorted(info.get("missing_keys", []))
+        return loaded, missing
+
+    @staticmethod
+    def check_supported_model_or_raise(model: Any, feature: str = "default") -> tuple[str, Callable[..., OnnxConfig]]:
+        model_type = model.config.model_type.replace("_", "-")
+        model_name = getattr(model, "name", "")
+        features = FeaturesManager.get_supported_features_for_model_type(model_type, model_name=model_name)
+        if feature not in features:
+            raise UnsupportedFeatureError(
+                f"{model.config.model_type} doesn't support feature {feature!r}; supported: {', '.join(features)}",
+                model_type=model_type,
+                feature=feature,
+            )
+        return model.config.model_type, features[feature]
+
+    @staticmethod
+    def get_config(model_type: str, feature: str) -> Callable[..., OnnxConfig]:
+        features = FeaturesManager.get_supported_features_for_model_type(model_type)
+        if feature not in features:
+            raise UnsupportedFeatureError(
+                f"{model_type} doesn't support feature {feature!r}; supported: {', '.join(features)}",
+                model_type=model_type,
+                feature=feature,
+            )
+        return features[feature]
