@@ -106,6 +106,12 @@ def _broadcast_bhqkv(mask_function, bh_indices: bool = True):
     return build
 
 
+def _packed_sequence_indices(position_ids: torch.Tensor) -> torch.Tensor:
+    """transformers' ``find_packed_sequence_indices`` without ``torch.diff`` (no ONNX symbolic)."""
+    previous = torch.cat([position_ids[:, :1] - 1, position_ids[:, :-1]], dim=-1)
+    return ((position_ids - previous) != 1).to(torch.int64).cumsum(-1)
+
+
 def transformers_patches() -> list[PatchingSpec]:
     """Patches every PyTorch export needs on today's transformers (none where they don't apply)."""
     try:
@@ -119,6 +125,8 @@ def transformers_patches() -> list[PatchingSpec]:
     # tracer fails inside it. Plain indexing is what broadcasting needs.
     if hasattr(masking_utils, "TransformGetItemToIndex"):
         specs.append(PatchingSpec(masking_utils, "TransformGetItemToIndex", contextlib.nullcontext))
+    if hasattr(masking_utils, "find_packed_sequence_indices"):
+        specs.append(PatchingSpec(masking_utils, "find_packed_sequence_indices", _packed_sequence_indices))
     return specs
 
 
@@ -207,3 +215,29 @@ def run_reference(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[st
 
 def num_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def weights_reaching_outputs(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """Which of the parameters ``names`` influence the exported outputs (by one backward pass).
+
+    A checkpoint may lack weights the exported graph never uses (BERT's pooler under the
+    ``default`` feature); only those that reach an output make a head "new".
+    """
+    params = dict(model.named_parameters())
+    candidates = [name for name in names if name in params and params[name].is_floating_point()]
+    if not candidates:
+        return []
+    flat = FlatModel(prepare_model(model, config), list(inputs), list(config.outputs))
+    tensors = tuple(torch.as_tensor(value) for value in inputs.values())
+    saved = {name: params[name].requires_grad for name in candidates}
+    try:
+        for name in candidates:
+            params[name].requires_grad_(True)
+        with torch.enable_grad():
+            outputs = [o for o in flat(*tensors) if o.is_floating_point()]
+            total = sum(o.sum() for o in outputs)
+            grads = torch.autograd.grad(total, [params[n] for n in candidates], allow_unused=True)
+    finally:
+        for name, flag in saved.items():
+            params[name].requires_grad_(flag)
+    return [name for name, grad in zip(candidates, grads) if grad is not None]

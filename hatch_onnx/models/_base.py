@@ -11,9 +11,12 @@ import dataclasses
 from collections import OrderedDict
 from typing import Mapping
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from hatch_onnx.onnx.config import OnnxConfig, OnnxConfigWithPast, OnnxSeq2SeqConfigWithPast
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 # feature name -> transformers auto class (PyTorch); TF names add the "TF" prefix.
 FEATURE_TO_AUTOMODEL: Mapping[str, str] = {
@@ -138,6 +141,8 @@ class Seq2SeqOnnxConfig(OnnxSeq2SeqConfigWithPast):
         return super().outputs
 
     def _dummy_decoder(self, rng, batch: int, encoder_seq: int) -> dict[str, np.ndarray]:
+        import numpy as np
+
         seq = max(encoder_seq - self.DECODER_SEQUENCE_DELTA, 2)
         arrays = {"decoder_input_ids": self._random_token_ids(rng, (batch, seq))}
         past = self.PAST_SEQUENCE if self.use_past else 0
@@ -180,6 +185,8 @@ class SpeechSeq2SeqOnnxConfig(Seq2SeqOnnxConfig):
         return common
 
     def _dummy_audio(self, preprocessor, rng, batch, seq_length, sampling_rate, time_duration, frequency):
+        import numpy as np
+
         frames = 2 * int(self._config.max_source_positions)  # Whisper accepts exactly this length
         if preprocessor is not None and hasattr(preprocessor, "sampling_rate"):
             rate = int(preprocessor.sampling_rate)

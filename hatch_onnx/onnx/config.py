@@ -19,9 +19,8 @@ import enum
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
-import numpy as np
-
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     from transformers import PretrainedConfig
 
 DEFAULT_ONNX_OPSET = 14
@@ -74,6 +73,8 @@ _COMMON_OUTPUTS: Mapping[str, Mapping[str, Mapping[int, str]]] = {
 
 
 def _to_framework(arrays: Mapping[str, np.ndarray], framework: Framework) -> "OrderedDict[str, Any]":
+    import numpy as np
+
     if framework is Framework.PYTORCH:
         import torch
 
@@ -194,6 +195,8 @@ class OnnxConfig:
         With a preprocessor (a tokenizer, image processor or feature extractor) the values come
         from it, as in the legacy API; without one they are drawn from the model config alone.
         """
+        import numpy as np
+
         if tokenizer is not None and preprocessor is None:
             preprocessor = tokenizer
         framework = Framework.parse(framework)
@@ -224,12 +227,16 @@ class OnnxConfig:
         return ids
 
     def _random_token_ids(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        import numpy as np
+
         vocab = int(getattr(self._config, "vocab_size", 100))
         special = self._special_ids()
         allowed = np.setdiff1d(np.arange(vocab, dtype=np.int64), np.fromiter(special, dtype=np.int64))
         return rng.choice(allowed, size=shape).astype(np.int64)
 
     def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair) -> dict[str, np.ndarray]:
+        import numpy as np
+
         shape = (batch, choices, seq) if choices else (batch, seq)
         if preprocessor is not None and hasattr(preprocessor, "unk_token"):
             text = " ".join([preprocessor.unk_token or "a"] * max(seq - preprocessor.num_special_tokens_to_add(is_pair), 1))
@@ -261,6 +268,8 @@ class OnnxConfig:
         return height, width
 
     def _dummy_vision(self, preprocessor, rng, batch, num_channels, height, width) -> dict[str, np.ndarray]:
+        import numpy as np
+
         channels = int(getattr(self._config, "num_channels", num_channels))
         height, width = self._image_size(height, width)
         if preprocessor is not None and hasattr(preprocessor, "image_mean"):
@@ -363,6 +372,8 @@ class OnnxConfigWithPast(OnnxConfig):
         return batch, self.num_attention_heads, length, self.head_dim
 
     def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
+        import numpy as np
+
         arrays = super()._dummy_text(preprocessor, rng, batch, seq, choices, is_pair)
         if self.use_past:
             past = self.PAST_SEQUENCE

@@ -134,7 +134,10 @@ def validate_model_outputs(
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(str(onnx_model), options, providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(str(onnx_model), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types; the graph itself is at fault
+        raise ExportError(f"the exported graph does not load in onnxruntime: {str(exc).splitlines()[0]}") from exc
     graph_inputs = {node.name for node in session.get_inputs()}
     feed = {name: np.asarray(value) for name, value in config.generate_dummy_inputs_onnxruntime(inputs).items() if name in graph_inputs}
     graph_outputs = [node.name for node in session.get_outputs()]
@@ -163,6 +166,16 @@ def validate_model_outputs(
         report_outputs[name] = {"shape": list(ref.shape), "max_abs_diff": diff, "atol": atol}
     return {
         "atol": atol,
+        "graph": {
+            "inputs": [_describe(node) for node in session.get_inputs()],
+            "outputs": [_describe(node) for node in session.get_outputs()],
+        },
         "inputs": {name: list(np.asarray(value).shape) for name, value in feed.items()},
         "outputs": report_outputs,
     }
+
+
+def _describe(node: Any) -> dict[str, Any]:
+    """An onnxruntime input/output as plain data: name, dtype, shape with named dynamic axes."""
+    dtype = node.type[len("tensor("):-1] if node.type.startswith("tensor(") else node.type
+    return {"name": node.name, "dtype": dtype, "shape": list(node.shape)}

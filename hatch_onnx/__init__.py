@@ -1,0 +1,47 @@
+"""hatch-onnx: Hugging Face checkpoints to validated, cached, versioned ONNX artifacts.
+
+The public API mirrors ``transformers.onnx`` (v4.24). Names are resolved lazily (PEP 562) so
+that ``import hatch_onnx`` loads no ML framework and stays fast: the build reads the cache
+without ever touching torch or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from hatch_onnx.__about__ import __version__
+
+_LAZY = {
+    "OnnxConfig": "hatch_onnx.onnx.config",
+    "OnnxConfigWithPast": "hatch_onnx.onnx.config",
+    "OnnxSeq2SeqConfigWithPast": "hatch_onnx.onnx.config",
+    "PatchingSpec": "hatch_onnx.onnx.config",
+    "FeaturesManager": "hatch_onnx.onnx.features",
+    "export": "hatch_onnx.onnx.convert",
+    "validate_model_outputs": "hatch_onnx.onnx.convert",
+    "HatchOnnxError": "hatch_onnx.errors",
+    "ValidationError": "hatch_onnx.errors",
+    "UnsupportedFeatureError": "hatch_onnx.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hatch_onnx.errors import HatchOnnxError, UnsupportedFeatureError, ValidationError
+    from hatch_onnx.onnx.config import OnnxConfig, OnnxConfigWithPast, OnnxSeq2SeqConfigWithPast, PatchingSpec
+    from hatch_onnx.onnx.convert import export, validate_model_outputs
+    from hatch_onnx.onnx.features import FeaturesManager
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hatch_onnx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,158 @@
+"""One checkpoint, one feature: load, export, validate, and only then put ``model.onnx`` in place.
+
+This is what ``hatch-onnx export`` and the build's worker run. It checks every input that can
+be checked cheaply (folder, config.json, model type, feature, opset) before importing any ML
+framework, and it never leaves a graph that failed validation where a user would find it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from hatch_onnx.errors import MissingHeadWeightsError, OpsetError, UnsupportedFeatureError
+from hatch_onnx.onnx.features import FeaturesManager, isolate_framework, read_model_type
+
+EXPORTERS = ("torchscript", "dynamo")
+PREPROCESSORS = ("auto", "tokenizer", "feature_extractor", "processor")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportRequest:
+    model: Path
+    feature: str = "default"
+    framework: Optional[str] = None
+    opset: Optional[int] = None
+    atol: Optional[float] = None
+    exporter: str = "torchscript"
+    preprocessor: str = "auto"
+    allow_new_head: bool = False
+    cache_dir: Optional[str] = None
+
+
+def resolve_config_class(model_dir: Path, feature: str):
+    """(model_type, OnnxConfig class) from config.json alone; raises the bad-input errors."""
+    model_type = read_model_type(model_dir).replace("_", "-")
+    features = FeaturesManager.get_supported_features_for_model_type(model_type, model_name=str(model_dir))
+    if feature not in features:
+        raise UnsupportedFeatureError(
+            f"{model_dir}: {model_type} does not support feature {feature!r}; supported: {', '.join(features)}",
+            model_type=model_type,
+            feature=feature,
+        )
+    from hatch_onnx.models import REGISTRY
+
+    return model_type, REGISTRY[model_type].onnx_config
+
+
+def check_opset(model_type: str, config_class: type, opset: Optional[int]) -> int:
+    minimum = config_class.DEFAULT_ONNX_OPSET
+    if opset is None:
+        return minimum
+    if opset < minimum:
+        raise OpsetError(f"opset {opset} is below the minimum {minimum} for {model_type}", opset=opset, minimum=minimum)
+    return opset
+
+
+def _load_preprocessor(kind: str, model_dir: Path) -> Any:
+    """The named preprocessor; ``auto`` loads none (dummy inputs come from the model config)."""
+    if kind == "auto":
+        return None
+    import transformers
+
+    loader = {
+        "tokenizer": transformers.AutoTokenizer,
+        "feature_extractor": transformers.AutoFeatureExtractor,
+        "processor": transformers.AutoProcessor,
+    }[kind]
+    return loader.from_pretrained(model_dir, local_files_only=True)
+
+
+def export_checkpoint(request: ExportRequest, output: Path, report_path: Optional[Path] = None, log=print) -> dict[str, Any]:
+    """Export and validate; returns the report. ``output`` is a folder (or a ``.onnx`` path)."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    model_dir = Path(request.model)
+    model_type, config_class = resolve_config_class(model_dir, request.feature)
+    opset = check_opset(model_type, config_class, request.opset)
+    framework = FeaturesManager.determine_framework(str(model_dir), request.framework)
+    isolate_framework(framework)
+
+    t0 = time.perf_counter()
+    model, missing = FeaturesManager.load_model(request.feature, str(model_dir), framework, request.cache_dir)
+    _, constructor = FeaturesManager.check_supported_model_or_raise(model, request.feature)
+    onnx_config = constructor(model.config)
+    preprocessor = _load_preprocessor(request.preprocessor, model_dir)
+    timings["load"] = time.perf_counter() - t0
+
+    new_head = _new_head_weights(model, onnx_config, missing, framework)
+    if new_head:
+        message = (
+            f"{model_dir}: the checkpoint has no weights for {len(new_head)} tensor(s) the {request.feature!r} graph uses "
+            f"({', '.join(new_head[:6])}{', ...' if len(new_head) > 6 else ''}): they would be random"
+        )
+        if not request.allow_new_head:
+            raise MissingHeadWeightsError(message + "; pass --allow-new-head to export a new head anyway", new_head)
+        log(f"WARNING: {message}; exporting a randomly initialised head (--allow-new-head)")
+
+    atol = request.atol if request.atol is not None else onnx_config.atol_for_validation
+    target = output if output.suffix == ".onnx" else output / "model.onnx"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".hatch-onnx-staging-", dir=target.parent))
+    try:
+        from hatch_onnx.onnx.convert import export, validate_model_outputs
+
+        staged = staging / target.name
+        t0 = time.perf_counter()
+        _, onnx_outputs = export(preprocessor, model, onnx_config, opset, staged, exporter=request.exporter)
+        timings["export"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        validation = validate_model_outputs(onnx_config, preprocessor, model, staged, onnx_outputs, atol)
+        timings["validate"] = time.perf_counter() - t0
+        files = sorted(p.name for p in staging.iterdir())
+        # The data file first: the graph never appears without its weights.
+        for name in sorted(files, key=lambda n: n == target.name):
+            (staging / name).replace(target.parent / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    timings["total"] = time.perf_counter() - started
+    report = {
+        "model": str(model_dir),
+        "model_type": model_type,
+        "feature": request.feature,
+        "framework": framework,
+        "exporter": request.exporter if framework == "pt" else "tf2onnx",
+        "opset": opset,
+        "atol": atol,
+        "files": files,
+        "new_head_weights": new_head,
+        "validation": validation,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    if report_path is not None:
+        write_json(report_path, report)
+    return report
+
+
+def _new_head_weights(model: Any, onnx_config: Any, missing: list[str], framework: str) -> list[str]:
+    if not missing:
+        return []
+    if framework != "pt":
+        return missing
+    from hatch_onnx.frameworks.pytorch import weights_reaching_outputs
+
+    inputs = onnx_config.generate_dummy_inputs(None, framework="pt")
+    return weights_reaching_outputs(model, onnx_config, inputs, missing)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,119 @@
+"""OnnxConfig family: axes, dummy inputs (with and without a preprocessor), past key values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import transformers
+
+from conftest import checkpoint
+from hatch_onnx import FeaturesManager, OnnxConfig
+from hatch_onnx.errors import CheckpointError, FrameworkError
+
+
+def config_for(model_type: str, feature: str):
+    model_config = transformers.AutoConfig.from_pretrained(checkpoint(model_type), local_files_only=True)
+    return FeaturesManager.get_config(model_type, feature)(model_config)
+
+
+def test_text_dummy_inputs_from_config_alone():
+    cfg = config_for("bert", "sequence-classification")
+    inputs = cfg.generate_dummy_inputs(None)
+    assert list(inputs) == ["input_ids", "attention_mask", "token_type_ids"]
+    assert inputs["input_ids"].shape == (2, 8)  # -1 -> the fixed default, never 1
+    assert inputs["input_ids"].max() < cfg._config.vocab_size
+    again = cfg.generate_dummy_inputs(None)
+    assert np.array_equal(inputs["input_ids"], again["input_ids"])  # seeded
+    sized = cfg.generate_dummy_inputs(None, batch_size=3, seq_length=5, framework="pt")
+    assert tuple(sized["input_ids"].shape) == (3, 5) and type(sized["input_ids"]).__module__.startswith("torch")
+
+
+def test_text_dummy_inputs_from_tokenizer():
+    cfg = config_for("bert", "default")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint("bert"), local_files_only=True)
+    inputs = cfg.generate_dummy_inputs(tokenizer, seq_length=6)
+    assert inputs["input_ids"].shape == (2, 6)
+    assert inputs["input_ids"][0, 0] == tokenizer.cls_token_id
+    assert list(cfg.generate_dummy_inputs(tokenizer=tokenizer)) == list(cfg.inputs)
+
+
+def test_multiple_choice_axes_and_shapes():
+    cfg = config_for("roberta", "multiple-choice")
+    assert cfg.inputs["input_ids"] == {0: "batch", 1: "choice", 2: "sequence"}
+    assert "token_type_ids" not in cfg.inputs
+    assert cfg.generate_dummy_inputs(None, num_choices=3)["input_ids"].shape == (2, 3, 8)
+
+
+def test_vision_and_audio_dummy_inputs():
+    vit = config_for("vit", "image-classification")
+    processor = transformers.AutoImageProcessor.from_pretrained(checkpoint("vit"), local_files_only=True)
+    assert vit.generate_dummy_inputs(processor)["pixel_values"].shape == (2, 3, 32, 32)
+    assert vit.generate_dummy_inputs(None)["pixel_values"].shape == (2, 3, 32, 32)
+    whisper = config_for("whisper", "speech2seq-lm-with-past")
+    inputs = whisper.generate_dummy_inputs(None)
+    assert inputs["input_features"].shape == (2, 16, 64)
+    assert inputs["past_key_values.0.encoder.key"].shape == (2, 4, 32, 8)
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(checkpoint("whisper"), local_files_only=True)
+    assert whisper.generate_dummy_inputs(extractor, time_duration=1.0)["input_features"].shape == (2, 16, 64)
+
+
+def test_past_key_values_layout():
+    cfg = config_for("gpt2", "causal-lm-with-past")
+    assert cfg.use_past and cfg.num_layers == 2 and cfg.num_attention_heads == 4
+    assert list(cfg.inputs)[:3] == ["input_ids", "past_key_values.0.key", "past_key_values.0.value"]
+    assert cfg.inputs["attention_mask"] == {0: "batch", 1: "past_sequence + sequence"}
+    assert cfg.outputs["present.1.value"] == {0: "batch", 2: "past_sequence + sequence"}
+    inverted: dict = {}
+    cfg.fill_with_past_key_values_(inverted, "inputs", inverted_values_shape=True)
+    assert inverted["past_key_values.0.value"] == {0: "batch", 1: "past_sequence"}
+    with pytest.raises(ValueError):
+        cfg.fill_with_past_key_values_({}, "sideways")
+    inputs = cfg.generate_dummy_inputs(None)
+    assert inputs["past_key_values.0.key"].shape == (2, 4, cfg.PAST_SEQUENCE, 8)
+    assert inputs["attention_mask"].shape == (2, cfg.PAST_SEQUENCE + 8)
+    assert cfg.values_override == {"use_cache": True}
+    assert config_for("gpt2", "causal-lm").values_override == {"use_cache": False}
+
+
+def test_seq2seq_past_layout():
+    cfg = config_for("t5", "seq2seq-lm-with-past")
+    assert cfg.outputs["logits"] == {0: "batch", 1: "decoder_sequence"}
+    assert cfg.inputs["past_key_values.1.encoder.value"] == {0: "batch", 2: "encoder_sequence"}
+    assert cfg.outputs["present.0.decoder.key"] == {0: "batch", 2: "past_decoder_sequence + sequence"}
+
+
+def test_flatten_and_external_data(monkeypatch):
+    flat = OnnxConfig.flatten_output_collection_property("present", [("k0", "v0"), ("k1", "v1")])
+    assert flat == {"present.0": "k0", "present.1": "v0", "present.2": "k1", "present.3": "v1"}
+    assert not OnnxConfig.use_external_data_format(1000)
+    assert OnnxConfig.use_external_data_format(600_000_000)  # 2.4 GB of float32
+
+
+def test_unsupported_task_raises():
+    model_config = transformers.AutoConfig.from_pretrained(checkpoint("bert"), local_files_only=True)
+    with pytest.raises(ValueError, match="not a supported task"):
+        OnnxConfig(model_config, task="telepathy")
+
+
+def test_determine_framework(tmp_path):
+    assert FeaturesManager.determine_framework(str(checkpoint("bert"))) == "pt"  # safetensors only
+    assert FeaturesManager.determine_framework(str(checkpoint("bert")), "pt") == "pt"
+    with pytest.raises(FrameworkError, match="tf_model.h5"):
+        FeaturesManager.determine_framework(str(checkpoint("bert")), "tf")
+    (tmp_path / "tf_model.h5").write_bytes(b"")
+    assert FeaturesManager.determine_framework(str(tmp_path)) == "tf"
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    assert FeaturesManager.determine_framework(str(tmp_path)) == "pt"  # both: PyTorch
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError):
+        FeaturesManager.determine_framework(str(empty))
+    assert FeaturesManager.determine_framework("not-a-local-dir") == "pt"  # installed, PyTorch first
+
+
+def test_get_model_from_feature_is_local():
+    model = FeaturesManager.get_model_from_feature("causal-lm", str(checkpoint("gpt2")))
+    assert type(model).__name__ == "GPT2LMHeadModel"
+    assert FeaturesManager.get_model_class_for_feature("seq2seq-lm-with-past").__name__ == "AutoModelForSeq2SeqLM"
+    with pytest.raises(CheckpointError):
+        FeaturesManager.get_model_from_feature("default", "someone/not-on-this-disk")
