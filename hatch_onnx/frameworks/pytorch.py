@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -177,12 +178,20 @@ def export_pytorch(
     """Write ``output`` (and ``output.data`` when external) from ``model``; returns (inputs, outputs)."""
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    if exporter == "dynamo":
+        from importlib.util import find_spec
+
+        if find_spec("onnxscript") is None:
+            raise ExportError("--exporter dynamo needs onnxscript: pip install 'hatch-onnx[torch]'")
     input_names = list(dummy_inputs)
     output_names = list(config.outputs)
     flat = FlatModel(prepare_model(model, config), input_names, output_names)
     args = tuple(dummy_inputs.values())
     dynamic_axes = {name: dict(axes) for name, axes in {**config.inputs, **config.outputs}.items() if name in input_names + output_names}
-    with patched(config, transformers_patches() if exporter == "torchscript" else ()), torch.no_grad():
+    with patched(config, transformers_patches() if exporter == "torchscript" else ()), torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every Python-level shape computation it records as a constant;
+        # validation at other shapes is what tells whether one mattered.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         try:
             if exporter == "torchscript":
                 torch.onnx.export(

@@ -147,7 +147,11 @@ def validate_model_outputs(
         raise OutputMismatchError(
             f"outputs differ: the config names {expected}, the graph has {graph_outputs}", output=None, value=graph_outputs
         )
-    results = dict(zip(graph_outputs, session.run(graph_outputs, feed)))
+    try:
+        results = dict(zip(graph_outputs, session.run(graph_outputs, feed)))
+    except Exception as exc:  # e.g. an axis the exporter froze rejects the validation shapes
+        shapes = {name: list(value.shape) for name, value in feed.items()}
+        raise ShapeError(f"the graph rejects inputs of shapes {shapes}: {str(exc).splitlines()[0]}", value=shapes) from exc
 
     report_outputs: dict[str, Any] = {}
     for name in expected:

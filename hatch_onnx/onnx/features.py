@@ -150,10 +150,18 @@ class FeaturesManager:
             import tensorflow as tf
 
             tf.keras.utils.set_random_seed(0)
+        from transformers.utils import logging as hf_logging
+
+        # transformers logs newly initialised weights as a warning; we report them ourselves,
+        # as an error unless a new head is allowed (see hatch_onnx.exporting).
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
         try:
             loaded, info = model_class.from_pretrained(model, **kwargs)
         except OSError as exc:
-            raise CheckpointError(f"{model}: cannot load for {feature!r} ({exc})", model) from exc
+            raise CheckpointError(f"{model}: cannot load for {feature!r} ({str(exc).splitlines()[0]})", model) from exc
+        finally:
+            hf_logging.set_verbosity(verbosity)
         missing = sorted(info.get("missing_keys", []))
         return loaded, missing
 
