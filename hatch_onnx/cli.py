@@ -66,7 +66,93 @@ def _run_features(args: argparse.Namespace) -> int:
     return 0
 
 
-PARSERS: tuple[Callable, ...] = (_export_parser, _features_parser)
+def _build_parser(sub) -> None:
+    p = sub.add_parser("build", help="export every (model, feature) of params.yaml, through the cache")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="build only these models")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="exports to run at once (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("build/onnx"), help="where to materialise (default: %(default)s)")
+    p.add_argument("--python", help="interpreter with the frameworks for exports (default: $HATCH_ONNX_PYTHON or this one)")
+    p.set_defaults(run=_run_build)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from hatch_onnx.build import run_build
+    from hatch_onnx.errors import BuildError
+
+    try:
+        result = run_build(args.params, only=args.only, jobs=args.jobs, out=args.out, python=args.python)
+    except BuildError as exc:
+        _print_table(exc.result)
+        raise
+    _print_table(result)
+    if result.exported == 0:
+        print(f"Nothing exported: all {len(result.results)} job(s) came from the cache.")
+    print(f"Wrote {args.out}/ ({len(result.results)} model(s) and manifest.json)")
+    return 0
+
+
+def _print_table(result) -> None:
+    print(f"{'job':<40} {'result':<9} {'time':>8}  max abs diff")
+    for r in result.results:
+        diff = r.max_abs_diff
+        print(f"{r.job.label:<40} {r.status:<9} {r.seconds:7.2f}s  {'-' if diff is None else f'{diff:.2e}'}")
+
+
+def _hash_parser(sub) -> None:
+    p = sub.add_parser("hash", help="print the content fingerprint of a checkpoint (file or folder)")
+    p.add_argument("path", type=Path)
+    p.set_defaults(run=_run_hash)
+
+
+def _run_hash(args: argparse.Namespace) -> int:
+    from hatch_onnx.cache import resolve_cache_root
+    from hatch_onnx.fingerprint import default_stat_cache, fingerprint
+
+    with default_stat_cache(resolve_cache_root(None, Path.cwd())) as stats:
+        print(fingerprint(args.path, stats))
+    return 0
+
+
+def _cache_parser(sub) -> None:
+    p = sub.add_parser("cache", help="inspect and maintain the export cache")
+    p.add_argument("action", choices=("path", "ls", "verify", "gc"))
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file naming the cache (optional)")
+    p.add_argument("--max-age-days", type=float, help="gc: remove entries older than this")
+    p.add_argument("--max-size-mb", type=float, help="gc: then remove the oldest until the cache fits")
+    p.set_defaults(run=_run_cache)
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    import yaml
+
+    from hatch_onnx.cache import CacheStore, resolve_cache_root
+
+    configured = None
+    if args.params.is_file():
+        configured = ((yaml.safe_load(args.params.read_text()) or {}).get("onnx") or {}).get("cache")
+    store = CacheStore(resolve_cache_root(configured, args.params.resolve().parent))
+    if args.action == "path":
+        print(store.root)
+    elif args.action == "ls":
+        for entry in store.ls():
+            inputs = entry.inputs
+            size = sum(size for size, _ in entry.files.values())
+            print(f"{entry.key}  {inputs.get('model_type', '?'):<12} {inputs.get('feature', '?'):<26} {size / 1e6:8.2f} MB")
+    elif args.action == "verify":
+        removed = store.verify()
+        for key, reason in removed:
+            print(f"removed {key}: {reason}")
+        print(f"{len(store.ls())} entr(ies) verified, {len(removed)} removed")
+    else:
+        max_age = args.max_age_days * 86400 if args.max_age_days is not None else None
+        max_size = int(args.max_size_mb * 1e6) if args.max_size_mb is not None else None
+        removed = store.gc(max_age_seconds=max_age, max_size_bytes=max_size)
+        print(f"removed {len(removed)} entr(ies); {store.size() / 1e6:.2f} MB left")
+    return 0
+
+
+PARSERS: tuple[Callable, ...] = (_export_parser, _build_parser, _hash_parser, _cache_parser, _features_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,113 @@
+"""The artifact layout and its manifest.
+
+```
+<out>/manifest.json
+<out>/<name>/<feature>/model.onnx        (+ model.onnx.data)
+                      /config.json       the checkpoint's, so that each folder is self-contained
+                      /tokenizer.json ...  and its preprocessor files
+```
+Each ``<out>/<name>`` folder is replaced whole, by renames: a reader never sees half a model.
+Graph files are hard links into the cache where the file system allows (they are read-only
+there), copies otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+from hatch_onnx.__about__ import __version__
+
+MANIFEST = "manifest.json"
+# What inference needs beside the graph: the model config and the preprocessor's files.
+CHECKPOINT_SIDE_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+    "spm.model", "preprocessor_config.json", "processor_config.json", "feature_extractor_config.json",
+    "image_processor_config.json", "normalizer.json",
+)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)
+
+
+def manifest_entry(result: Any, checkpoint_fingerprint: str, versions: Mapping[str, Optional[str]], folder: str) -> dict:
+    entry = result.entry
+    report = json.loads((entry.path / "report.json").read_text(encoding="utf-8"))
+    validation = report["validation"]
+    graph_files = {name: {"path": f"{folder}/{name}", "size": size, "xxh3_128": digest}
+                   for name, (size, digest) in sorted(entry.files.items()) if name != "report.json"}
+    return {
+        "files": graph_files,
+        "opset": report["opset"],
+        "inputs": validation["graph"]["inputs"],
+        "outputs": validation["graph"]["outputs"],
+        "validation": {
+            "atol": validation["atol"],
+            "max_abs_diff": {name: o["max_abs_diff"] for name, o in validation["outputs"].items()},
+            "input_shapes": validation["inputs"],
+        },
+        "source": {
+            "model_type": report["model_type"],
+            "framework": report["framework"],
+            "exporter": report["exporter"],
+            "checkpoint_fingerprint": checkpoint_fingerprint,
+            "new_head_weights": report["new_head_weights"],
+        },
+        "toolchain": {name: versions.get(name) for name in entry.inputs.get("versions", {})},
+        "cache_key": entry.key,
+    }
+
+
+def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], versions: Mapping[str, Optional[str]],
+                package_version: Optional[str] = None) -> dict:
+    """Write every model folder of ``results`` into ``out`` and (re)write ``out/manifest.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    by_model: dict[str, list] = {}
+    for result in results:
+        by_model.setdefault(result.job.name, []).append(result)
+
+    manifest_path = out / MANIFEST
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    models = {name: data for name, data in manifest.get("models", {}).items() if (out / name).is_dir()}
+
+    for name, model_results in by_model.items():
+        staging = out / f".{name}.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        models[name] = {}
+        try:
+            for result in model_results:
+                folder = staging / result.job.feature
+                folder.mkdir(parents=True)
+                for file_name in result.entry.files:
+                    if file_name != "report.json":
+                        _link_or_copy(result.entry.path / file_name, folder / file_name)
+                for side in CHECKPOINT_SIDE_FILES:
+                    if (result.job.checkpoint / side).is_file():
+                        shutil.copyfile(result.job.checkpoint / side, folder / side)
+                models[name][result.job.feature] = manifest_entry(result, prints[result.job.checkpoint], versions, f"{name}/{result.job.feature}")
+            _swap_in(staging, out / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    manifest = {"format": 1, "version": package_version, "hatch_onnx": __version__, "models": dict(sorted(models.items()))}
+    tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(manifest_path)
+    return manifest
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

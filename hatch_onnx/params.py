@@ -1,0 +1,126 @@
+"""params.yaml: the schema (pydantic), and errors that name the key at fault.
+
+```yaml
+onnx:
+  opset: 17                # default for every model; an architecture's minimum wins when higher
+  atol: 1.0e-4             # optional; default: each architecture's own tolerance
+  cache: .hatch-onnx-cache # relative to params.yaml, or absolute; env HATCH_ONNX_CACHE overrides
+  models:
+    bert-tiny:
+      checkpoint: fixtures/checkpoints/bert-tiny
+      features: [default, sequence-classification]
+      framework: auto      # auto | pt | tf
+      atol: 1.0e-4         # optional per-model override
+      opset: 18            # optional per-model override
+      exporter: torchscript
+      allow_new_head: false
+```
+Everything is checked before any work: the schema here, then (in :func:`load_params`) that each
+checkpoint folder exists and that its model type supports each feature.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hatch_onnx.errors import BadInputError, ParamsError, UnsupportedFeatureError
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelParams(_Strict):
+    checkpoint: str
+    features: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
+    framework: Literal["auto", "pt", "tf"] = "auto"
+    atol: Optional[float] = Field(default=None, gt=0)
+    opset: Optional[int] = Field(default=None, ge=7)
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    allow_new_head: bool = False
+
+    @field_validator("atol", mode="before")
+    @classmethod
+    def _int_is_a_float(cls, value):  # YAML writes 1 for 1.0; strict mode would refuse it
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class OnnxParams(_Strict):
+    opset: Optional[int] = Field(default=None, ge=7)
+    atol: Optional[float] = Field(default=None, gt=0)
+    cache: Optional[str] = None
+    models: dict[str, ModelParams] = Field(min_length=1)
+
+    _int_is_a_float = field_validator("atol", mode="before")(ModelParams._int_is_a_float.__func__)
+
+
+class ParamsFile(_Strict):
+    onnx: OnnxParams
+
+
+def _key_path(loc: tuple) -> str:
+    """pydantic's location tuple as ``onnx.models.bert-tiny.features[1]``."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def parse_params(data: object, source: str = "params.yaml") -> ParamsFile:
+    """Validate the structure; raises :class:`ParamsError` naming the first bad key."""
+    try:
+        params = ParamsFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = _key_path(first["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        message = first["msg"].replace("Extra inputs are not permitted", "unknown key")
+        raise ParamsError(f"{source}: {key}: {message}{more}", key=key) from None
+    for name in params.onnx.models:
+        if not SAFE_NAME.match(name):
+            key = f"onnx.models.{name}"
+            raise ParamsError(f"{source}: {key}: model names must be safe path components (letters, digits, . _ -)", key=key)
+    return params
+
+
+def load_params(path: Path) -> tuple[ParamsFile, dict[str, str]]:
+    """Read, validate and check against the disk; returns the params and each model's type."""
+    from hatch_onnx.exporting import resolve_config_class
+
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found", key=None)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    params = parse_params(data, str(path))
+    model_types: dict[str, str] = {}
+    for name, model in params.onnx.models.items():
+        checkpoint = checkpoint_path(path, model)
+        for index, feature in enumerate(model.features):
+            key = f"onnx.models.{name}.features[{index}]"
+            try:
+                model_type, _ = resolve_config_class(checkpoint, feature)
+            except UnsupportedFeatureError as exc:
+                raise ParamsError(f"{path}: {key}: {exc}", key=key) from None
+            except BadInputError as exc:  # the folder, its config.json or its model type
+                where = f"onnx.models.{name}.checkpoint"
+                raise ParamsError(f"{path}: {where}: {exc}", key=where) from None
+            model_types[name] = model_type
+    return params, model_types
+
+
+def checkpoint_path(params_file: Path, model: ModelParams) -> Path:
+    checkpoint = Path(model.checkpoint)
+    return checkpoint if checkpoint.is_absolute() else Path(params_file).resolve().parent / checkpoint

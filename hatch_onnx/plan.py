@@ -1,0 +1,121 @@
+"""params -> jobs: one frozen value per (model, feature) holding all that determines its export."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+from hatch_onnx.errors import ParamsError
+from hatch_onnx.params import ParamsFile, checkpoint_path
+
+# Distributions whose versions enter a job's cache key, by framework: only those the job uses.
+TOOLCHAIN = {
+    "pt": ("torch", "transformers", "onnx", "onnxruntime"),
+    "tf": ("tensorflow", "tf-keras", "tf2onnx", "transformers", "onnx", "onnxruntime"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    name: str
+    feature: str
+    checkpoint: Path
+    model_type: str
+    framework: str
+    opset: int
+    atol: Optional[float]
+    exporter: str
+    allow_new_head: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.feature}"
+
+    def key_inputs(self, checkpoint_fingerprint: str, versions: Mapping[str, str]) -> dict:
+        """Everything that determines the exported bytes and the validation verdict."""
+        from hatch_onnx.onnx.config import OnnxConfig
+        from hatch_onnx.onnx.convert import VALIDATION_BATCH_DELTA, VALIDATION_PAST_DELTA, VALIDATION_SEQUENCE_DELTA
+
+        wanted = TOOLCHAIN[self.framework] + (("onnxscript",) if self.exporter == "dynamo" else ())
+        return {
+            "checkpoint": checkpoint_fingerprint,
+            "model_type": self.model_type,
+            "feature": self.feature,
+            "framework": self.framework,
+            "opset": self.opset,
+            "exporter": {"name": self.exporter if self.framework == "pt" else "tf2onnx", "allow_new_head": self.allow_new_head},
+            "validation": {
+                "atol": self.atol,
+                "seed": OnnxConfig.DUMMY_SEED,
+                "deltas": [VALIDATION_BATCH_DELTA, VALIDATION_SEQUENCE_DELTA, VALIDATION_PAST_DELTA],
+            },
+            "versions": {name: versions.get(name) for name in ("hatch-onnx", "python", *wanted)},
+        }
+
+
+def _framework(model_framework: str, checkpoint: Path) -> str:
+    from hatch_onnx.onnx.features import FeaturesManager
+
+    return FeaturesManager.determine_framework(str(checkpoint), None if model_framework == "auto" else model_framework)
+
+
+def make_plan(params: ParamsFile, params_file: Path, model_types: Mapping[str, str], only: Optional[Iterable[str]] = None) -> list[Job]:
+    from hatch_onnx.models import REGISTRY
+
+    models = params.onnx.models
+    selected = list(only) if only else list(models)
+    for name in selected:
+        if name not in models:
+            raise ParamsError(f"--only {name}: no such model in {params_file} (models: {', '.join(models)})", key=f"onnx.models.{name}")
+    jobs = []
+    for name in selected:
+        model = models[name]
+        checkpoint = checkpoint_path(params_file, model)
+        model_type = model_types[name]
+        minimum = REGISTRY[model_type].onnx_config.DEFAULT_ONNX_OPSET
+        wanted = model.opset if model.opset is not None else params.onnx.opset
+        for feature in model.features:
+            jobs.append(
+                Job(
+                    name=name,
+                    feature=feature,
+                    checkpoint=checkpoint,
+                    model_type=model_type,
+                    framework=_framework(model.framework, checkpoint),
+                    opset=max(wanted or minimum, minimum),
+                    atol=model.atol if model.atol is not None else params.onnx.atol,
+                    exporter=model.exporter,
+                    allow_new_head=model.allow_new_head,
+                )
+            )
+    return jobs
+
+
+VERSIONED = tuple(sorted({"hatch-onnx", "onnxscript", *TOOLCHAIN["pt"], *TOOLCHAIN["tf"]}))
+
+
+def installed_versions() -> dict[str, Optional[str]]:
+    """This interpreter's toolchain, through ``importlib.metadata`` (never by importing)."""
+    from importlib import metadata
+
+    versions: dict[str, Optional[str]] = {"python": "%d.%d" % sys.version_info[:2]}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def toolchain_versions(python: Optional[str] = None) -> dict[str, Optional[str]]:
+    """The toolchain of the interpreter that will run the exports (the worker's)."""
+    if python is None or Path(python).resolve() == Path(sys.executable).resolve():
+        return installed_versions()
+    from hatch_onnx.worker import worker_command
+
+    result = subprocess.run(worker_command(python) + ["--versions"], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
