@@ -1,0 +1,114 @@
+"""hatch-onnx build: cache hits, no framework on a cached build, concurrency, crashes, corruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import checkpoint
+
+pytestmark = pytest.mark.slow
+HEAVY = ("torch", "tensorflow", "transformers", "onnxruntime", "tf2onnx", "onnx")
+
+
+def project(tmp_path: Path, models: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"onnx": {"models": models}}))
+    return path
+
+
+def build(params: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hatch_onnx", "build", "--params", str(params), *args],
+                          capture_output=True, text=True, env=env)
+
+
+def test_build_then_cached_build_imports_no_framework(tmp_path):
+    params = project(tmp_path, {
+        "bert": {"checkpoint": str(checkpoint("bert")), "features": ["default"]},
+        "vit": {"checkpoint": str(checkpoint("vit")), "features": ["image-classification"]},
+    })
+    out = tmp_path / "out"
+    first = build(params, "-j", "2", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("exported") == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["models"]["bert"]["default"]
+    assert entry["files"]["model.onnx"]["path"] == "bert/default/model.onnx"
+    assert entry["inputs"][0]["name"] == "input_ids" and entry["inputs"][0]["shape"] == ["batch", "sequence"]
+    assert entry["source"]["model_type"] == "bert" and entry["validation"]["max_abs_diff"]["last_hidden_state"] <= entry["validation"]["atol"]
+    assert entry["toolchain"]["torch"] and len(entry["cache_key"]) == 32
+    assert (out / "bert" / "default" / "tokenizer.json").is_file() and (out / "vit" / "image-classification" / "preprocessor_config.json").is_file()
+
+    code = (
+        "import sys; from hatch_onnx.build import run_build; "
+        f"r = run_build({str(params)!r}, out={str(out)!r}); assert r.exported == 0; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    )
+    cached = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert cached.returncode == 0, cached.stderr
+    assert cached.stdout.strip() == "[]"
+    again = build(params, "--out", str(out))
+    assert "Nothing exported" in again.stdout and again.stdout.count(" hit ") == 2
+
+
+def test_concurrent_builds_export_once(tmp_path):
+    params = project(tmp_path, {"bert": {"checkpoint": str(checkpoint("bert")), "features": ["default"]}})
+    procs = [subprocess.Popen([sys.executable, "-m", "hatch_onnx", "build", "--params", str(params), "--out", str(tmp_path / f"out{i}")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    statuses = sorted(line.split()[1] for out, _ in outputs for line in out.splitlines() if line.startswith("bert:default"))
+    assert statuses == ["exported", "hit"]
+    assert (tmp_path / "out0/bert/default/model.onnx").read_bytes() == (tmp_path / "out1/bert/default/model.onnx").read_bytes()
+
+
+def test_killed_worker_leaves_nothing_and_next_build_succeeds(tmp_path):
+    params = project(tmp_path, {"bert": {"checkpoint": str(checkpoint("bert")), "features": ["default"]}})
+    out = tmp_path / "out"
+    killer = tmp_path / "sitecustomize.py"  # the worker kills itself as it starts exporting
+    killer.write_text(
+        "import os, signal\n"
+        "if b'hatch_onnx.worker' in open('/proc/self/cmdline', 'rb').read():\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    failed = build(params, "--out", str(out), env=env)
+    assert failed.returncode == 1 and "killed by signal 9" in failed.stderr
+    assert not out.exists()
+    cache = Path(os.environ["HATCH_ONNX_CACHE"])
+    assert not list((cache / "v1").glob("*/*")) if (cache / "v1").exists() else True
+    assert not any((cache / "tmp").iterdir()) if (cache / "tmp").exists() else True
+    ok = build(params, "--out", str(out))
+    assert ok.returncode == 0 and (out / "bert/default/model.onnx").is_file()
+
+
+def test_corrupted_entry_is_rebuilt(tmp_path):
+    params = project(tmp_path, {"gpt2": {"checkpoint": str(checkpoint("gpt2")), "features": ["causal-lm"]}})
+    out = tmp_path / "out"
+    assert build(params, "--out", str(out)).returncode == 0
+    cache = Path(os.environ["HATCH_ONNX_CACHE"])
+    (model,) = cache.glob("v1/*/*/model.onnx")
+    model.chmod(0o644)
+    model.write_bytes(model.read_bytes()[:-10])  # truncated: the size check catches it
+    again = build(params, "--out", str(out))
+    assert again.returncode == 0 and "exported" in again.stdout
+    assert model.stat().st_size == (out / "gpt2/causal-lm/model.onnx").stat().st_size
+
+
+def test_failed_job_fails_the_build_after_the_others(tmp_path):
+    params = project(tmp_path, {
+        "good": {"checkpoint": str(checkpoint("bert")), "features": ["default"]},
+        "head": {"checkpoint": str(checkpoint("bert")), "features": ["sequence-classification"]},  # no head weights
+    })
+    out = tmp_path / "out"
+    result = build(params, "--out", str(out))
+    assert result.returncode == 1 and "head:sequence-classification" in result.stderr and "--allow-new-head" in result.stderr
+    assert "good:default" in result.stdout and not out.exists()
+    retry = build(params, "--only", "good", "--out", str(out))
+    assert retry.returncode == 0 and " hit " in retry.stdout  # the good job was cached
