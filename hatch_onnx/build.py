@@ -20,8 +20,7 @@ from hatch_onnx.cache import CacheEntry, CacheStore, cache_key, resolve_cache_ro
 from hatch_onnx.errors import BuildError
 from hatch_onnx.fingerprint import default_stat_cache, fingerprint
 from hatch_onnx.package import materialize
-from hatch_onnx.params import load_params
-from hatch_onnx.plan import Job, make_plan, toolchain_versions
+from hatch_onnx.plan import Job, load_plan, toolchain_versions
 from hatch_onnx.worker import PROTOCOL_MARK, worker_command, worker_env
 
 WORKER_TIMEOUT = float(os.environ.get("HATCH_ONNX_WORKER_TIMEOUT", 3600))
@@ -132,9 +131,8 @@ def run_build(
     as it was.
     """
     params_file = Path(params_file).resolve()
-    params, model_types = load_params(params_file)
-    plan = make_plan(params, params_file, model_types, only)
-    store = CacheStore(resolve_cache_root(params.onnx.cache, params_file.parent))
+    plan, configured_cache = load_plan(params_file, only)
+    store = CacheStore(resolve_cache_root(configured_cache, params_file.parent))
     python = python or os.environ.get("HATCH_ONNX_PYTHON") or sys.executable
     versions = toolchain_versions(python)
     with default_stat_cache(store.root) as stats:

@@ -40,10 +40,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from filelock import FileLock
 
 import xxhash
-from filelock import FileLock
 
 from hatch_onnx.errors import BadInputError, CorruptCacheEntryError
 from hatch_onnx.fingerprint import file_digest
@@ -286,6 +288,8 @@ class CacheStore:
         Lock files are never deleted: unlinking a lock file another process is waiting on
         would let two builders in. They are empty, so they cost an inode each.
         """
+        from filelock import FileLock  # imported here: a fully cached build never takes a lock
+
         locks = self.root / "locks"
         self.entry_dir(key)  # validates the key
         locks.mkdir(parents=True, exist_ok=True)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
 from hatch_onnx.errors import ParamsError
-from hatch_onnx.params import ParamsFile, checkpoint_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hatch_onnx.params import ParamsFile
 
 # Distributions whose versions enter a job's cache key, by framework: only those the job uses.
 TOOLCHAIN = {
@@ -63,8 +66,9 @@ def _framework(model_framework: str, checkpoint: Path) -> str:
     return FeaturesManager.determine_framework(str(checkpoint), None if model_framework == "auto" else model_framework)
 
 
-def make_plan(params: ParamsFile, params_file: Path, model_types: Mapping[str, str], only: Optional[Iterable[str]] = None) -> list[Job]:
+def make_plan(params: "ParamsFile", params_file: Path, model_types: Mapping[str, str], only: Optional[Iterable[str]] = None) -> list[Job]:
     from hatch_onnx.models import REGISTRY
+    from hatch_onnx.params import checkpoint_path
 
     models = params.onnx.models
     selected = list(only) if only else list(models)
@@ -93,6 +97,76 @@ def make_plan(params: ParamsFile, params_file: Path, model_types: Mapping[str, s
                 )
             )
     return jobs
+
+
+# --- the plan memo -------------------------------------------------------------------------------
+# Validating params.yaml (pydantic, the model registry, each checkpoint's config.json) costs more
+# than everything else a fully cached build does. A plan is a pure function of the params bytes,
+# the selection and what the checks read from disk, so it is memoised under the cache's state
+# folder, keyed by the first two and guarded by the stats of the third, as DVC's state does.
+
+
+def _watched(checkpoints: Iterable[Path]) -> dict[str, Any]:
+    """What validation and framework detection read: config.json stats and which weights exist."""
+    from hatch_onnx.onnx.features import PT_WEIGHTS, TF_WEIGHTS
+
+    watched: dict[str, Any] = {}
+    for checkpoint in sorted(set(checkpoints)):
+        config = checkpoint / "config.json"
+        try:
+            st = config.stat()
+            watched[str(config)] = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            watched[str(config)] = None
+        watched[str(checkpoint)] = [name for name in PT_WEIGHTS + TF_WEIGHTS if (checkpoint / name).exists()]
+    return watched
+
+
+def load_plan(params_file: Path, only: Optional[Iterable[str]] = None) -> tuple[list[Job], Optional[str]]:
+    """The jobs of ``params_file`` and its configured cache location, validated once per content."""
+    import xxhash
+    import yaml
+
+    from hatch_onnx.__about__ import __version__
+    from hatch_onnx.cache import resolve_cache_root
+
+    params_file = Path(params_file).resolve()
+    try:
+        raw = params_file.read_bytes()
+        data = yaml.safe_load(raw)
+        configured = data["onnx"].get("cache")
+        state = resolve_cache_root(configured, params_file.parent) / "state" / "plans"
+    except Exception:  # unreadable or malformed: the full validation says what is wrong
+        state = None
+    if state is not None:
+        selection = json.dumps([str(params_file), sorted(only or []), __version__])
+        memo = state / f"{xxhash.xxh3_128_hexdigest(raw + selection.encode())}.json"
+        try:
+            saved = json.loads(memo.read_text(encoding="utf-8"))
+            jobs = [Job(**{**job, "checkpoint": Path(job["checkpoint"])}) for job in saved["jobs"]]
+            if saved["watched"] == _watched(job.checkpoint for job in jobs):
+                return jobs, saved["cache"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+
+    from hatch_onnx.params import load_params
+
+    params, model_types = load_params(params_file)
+    jobs = make_plan(params, params_file, model_types, only)
+    if state is not None:
+        record = {
+            "jobs": [{**dataclasses.asdict(job), "checkpoint": str(job.checkpoint)} for job in jobs],
+            "watched": _watched(job.checkpoint for job in jobs),
+            "cache": params.onnx.cache,
+        }
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(record), encoding="utf-8")
+            tmp.replace(memo)
+        except OSError:  # a read-only cache still builds, only slower
+            pass
+    return jobs, params.onnx.cache
 
 
 VERSIONED = tuple(sorted({"hatch-onnx", "onnxscript", *TOOLCHAIN["pt"], *TOOLCHAIN["tf"]}))

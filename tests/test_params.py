@@ -63,3 +63,32 @@ def test_unknown_only_name(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hatch_onnx", "build", "--params", str(path), "--only", "nope"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "--only nope" in result.stderr
+
+
+def test_plan_is_memoised_and_invalidated(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from hatch_onnx import params as params_module
+    from hatch_onnx.plan import load_plan
+
+    ckpt = tmp_path / "bert"
+    shutil.copytree(checkpoint("bert"), ckpt)
+    data = base()
+    data["onnx"]["models"]["bert-tiny"]["checkpoint"] = str(ckpt)
+    path = write(tmp_path, data)
+    jobs, _ = load_plan(path)
+    assert [j.label for j in jobs] == ["bert-tiny:default", "bert-tiny:masked-lm"]
+
+    calls = []
+    real = params_module.load_params
+    monkeypatch.setattr(params_module, "load_params", lambda p: calls.append(p) or real(p))
+    assert load_plan(path)[0] == jobs and calls == []  # memo hit: no validation
+    assert load_plan(path, only=["bert-tiny"])[0] == jobs and len(calls) == 1  # another selection
+    stat = (ckpt / "config.json").stat()
+    os.utime(ckpt / "config.json", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    load_plan(path)
+    assert len(calls) == 2  # the checkpoint's config changed: validated again
+    (ckpt / "config.json").write_text('{"model_type": "vit"}')
+    with pytest.raises(ParamsError, match=r"features\[1\]"):
+        load_plan(path)  # ... and the change is caught (vit has no masked-lm)
