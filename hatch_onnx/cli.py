@@ -73,6 +73,8 @@ def _build_parser(sub) -> None:
     p.add_argument("-j", "--jobs", type=int, default=1, help="exports to run at once (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("build/onnx"), help="where to materialise (default: %(default)s)")
     p.add_argument("--python", help="interpreter with the frameworks for exports (default: $HATCH_ONNX_PYTHON or this one)")
+    p.add_argument("--metrics", type=Path, help="write validation figures as a metrics file (JSON: feature -> output -> figures)")
+    p.add_argument("--plots", type=Path, help="write validation figures as plot records (JSON list, one per output)")
     p.set_defaults(run=_run_build)
 
 
@@ -86,6 +88,10 @@ def _run_build(args: argparse.Namespace) -> int:
         _print_table(exc.result)
         raise
     _print_table(result)
+    if args.metrics or args.plots:
+        from hatch_onnx.package import write_validation_figures
+
+        write_validation_figures(result.results, metrics=args.metrics, plots=args.plots)
     if result.exported == 0:
         print(f"Nothing exported: all {len(result.results)} job(s) came from the cache.")
     print(f"Wrote {args.out}/ ({len(result.results)} model(s) and manifest.json)")
@@ -152,7 +158,29 @@ def _run_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-PARSERS: tuple[Callable, ...] = (_export_parser, _build_parser, _hash_parser, _cache_parser, _features_parser)
+def _init_parser(sub) -> None:
+    p = sub.add_parser("init", help="write params.yaml, dvc.yaml and the pyproject hook section into a project")
+    p.add_argument("--model", required=True, type=Path, help="a local checkpoint folder to start with")
+    p.add_argument("--name", help="the model's name in params.yaml (default: the folder's name)")
+    p.add_argument("--feature", action="append", dest="features", help="a feature to export (repeatable; default: default)")
+    p.add_argument("--destination", help="where the models go inside the wheel (default: <package>/onnx)")
+    p.add_argument("--dir", type=Path, default=Path("."), help="the project folder (default: .)")
+    p.set_defaults(run=_run_init)
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    from hatch_onnx.scaffold import init_project, needs_build_requirement
+
+    written = init_project(args.dir, args.model, args.name, args.features or ["default"], args.destination)
+    for path in written:
+        print(f"wrote {path}")
+    if needs_build_requirement(args.dir / "pyproject.toml"):
+        print('note: add "hatch-onnx" to [build-system] requires in pyproject.toml so that hatch loads the hook')
+    print("next: dvc init (if needed), then dvc repro")
+    return 0
+
+
+PARSERS: tuple[Callable, ...] = (_init_parser, _export_parser, _build_parser, _hash_parser, _cache_parser, _features_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -111,3 +111,23 @@ def _swap_in(staging: Path, target: Path) -> None:
         target.rename(old)
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_validation_figures(results: Iterable[Any], metrics: Optional[Path] = None, plots: Optional[Path] = None) -> None:
+    """Validation figures for DVC: ``metrics`` as nested numbers, ``plots`` as one record per output."""
+    results = list(results)
+    several_models = len({r.job.name for r in results}) > 1
+    nested: dict = {}
+    records: list = []
+    for result in results:
+        report = json.loads((result.entry.path / "report.json").read_text(encoding="utf-8"))
+        for output, figures in report["validation"]["outputs"].items():
+            key = result.job.label if several_models else result.job.feature
+            nested.setdefault(key, {})[output] = {"max_abs_diff": figures["max_abs_diff"], "atol": figures["atol"]}
+            records.append({"job": result.job.label, "output": f"{result.job.feature}/{output}",
+                            "max_abs_diff": figures["max_abs_diff"], "atol": figures["atol"]})
+    for path, data in ((metrics, nested), (plots, records)):
+        if path is not None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
