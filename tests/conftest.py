@@ -21,3 +21,16 @@ def checkpoint(model_type: str) -> Path:
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own cache folder: no test sees another's exports."""
     monkeypatch.setenv("HATCH_ONNX_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def e2e_env(tmp_path_factory) -> dict:
+    """An environment for real tools (dvc, hatch, hatch-onnx) with one cache shared by the module."""
+    import sys
+
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["HATCH_ONNX_CACHE"] = str(tmp_path_factory.mktemp("module-cache"))
+    env.update({"DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+                "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"})
+    return env

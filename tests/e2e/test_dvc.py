@@ -1,0 +1,116 @@
+"""The DVC pipeline, with the real dvc in temporary git repositories: only what changed re-runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def ran(result: subprocess.CompletedProcess) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
+
+
+def edit_params(repo: Path, change) -> None:
+    path = repo / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+    change(data["onnx"])
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, e2e_env) -> Path:
+    repo = tmp_path_factory.mktemp("dvc-repo")
+    for name in ("bert", "gpt2"):
+        shutil.copytree(checkpoint(name), repo / "checkpoints" / name)
+    (repo / "pyproject.toml").write_text('[project]\nname = "our-models"\nversion = "1.4.0"\n')
+    sh(["git", "init", "-q"], repo, e2e_env)
+    sh(["dvc", "init", "-q"], repo, e2e_env)
+    sh(["hatch-onnx", "init", "--model", "checkpoints/bert", "--name", "bert"], repo, e2e_env)
+    with pytest.raises(AssertionError, match="does not overwrite"):
+        sh(["hatch-onnx", "init", "--model", "checkpoints/bert"], repo, e2e_env)
+    edit_params(repo, lambda onnx: onnx["models"].update(gpt2={"checkpoint": "checkpoints/gpt2", "features": ["causal-lm-with-past"]}))
+    sh(["git", "add", "-A"], repo, e2e_env)
+    sh(["git", "commit", "-qm", "pipeline"], repo, e2e_env)
+    return repo
+
+
+def test_first_repro_runs_every_export(repo, e2e_env):
+    result = sh(["dvc", "repro", "export"], repo, e2e_env)
+    assert ran(result) == {"export@bert", "export@gpt2"}
+    assert (repo / "build/onnx/bert/default/model.onnx").is_file()
+    assert (repo / "build/onnx/gpt2/causal-lm-with-past/model.onnx").is_file()
+    metrics = json.loads(sh(["dvc", "metrics", "show", "--json"], repo, e2e_env).stdout)
+    (data,) = [v["data"] for v in metrics.values()]
+    figures = data["build/metrics/gpt2.json"]["data"]["causal-lm-with-past"]["logits"]
+    assert 0 <= figures["max_abs_diff"] <= figures["atol"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert {"export@bert", "export@gpt2"} <= set(lock["stages"])
+
+
+def test_nothing_changed_runs_nothing(repo, e2e_env):
+    result = sh(["dvc", "repro", "export"], repo, e2e_env)
+    assert ran(result) == set()
+    assert "didn't change" in result.stdout
+
+
+def test_one_byte_of_one_checkpoint(repo, e2e_env):
+    weights = repo / "checkpoints/gpt2/model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the last tensor
+    weights.write_bytes(bytes(data))
+    assert ran(sh(["dvc", "repro", "export"], repo, e2e_env)) == {"export@gpt2"}
+
+
+def test_one_models_params(repo, e2e_env):
+    edit_params(repo, lambda onnx: onnx["models"]["bert"].update(atol=1.0e-3))
+    assert ran(sh(["dvc", "repro", "export"], repo, e2e_env)) == {"export@bert"}
+
+
+def test_forced_repro_hits_the_cache(repo, e2e_env):
+    start = time.perf_counter()
+    result = sh(["dvc", "repro", "--force", "export"], repo, e2e_env)
+    elapsed = time.perf_counter() - start
+    assert ran(result) == {"export@bert", "export@gpt2"}
+    assert result.stdout.count("Nothing exported") == 2
+    print(f"dvc repro --force (warm cache): {elapsed:.1f} s")
+
+
+def test_failing_validation_fails_repro_and_records_nothing(repo, e2e_env):
+    before = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["export@bert"]
+    edit_params(repo, lambda onnx: onnx["models"]["bert"].update(atol=1.0e-12))
+    result = sh(["dvc", "repro", "export"], repo, e2e_env, check=False)
+    assert result.returncode != 0 and "exceeds atol" in result.stdout + result.stderr
+    after = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["export@bert"]
+    assert after == before  # the failed run recorded nothing
+    assert not (repo / "build/onnx/bert").exists()  # and left no stale output behind
+    # back to the recorded params: DVC restores the recorded output from its cache, running nothing
+    edit_params(repo, lambda onnx: onnx["models"]["bert"].update(atol=1.0e-3))
+    assert ran(sh(["dvc", "repro", "export"], repo, e2e_env)) == set()
+    assert (repo / "build/onnx/bert/default/model.onnx").is_file()
+
+
+def test_exp_run_with_a_new_opset(repo, e2e_env):
+    sh(["git", "add", "-A"], repo, e2e_env)
+    sh(["git", "commit", "-qm", "state"], repo, e2e_env)
+    result = sh(["dvc", "exp", "run", "export", "-S", "onnx.opset=18"], repo, e2e_env)
+    assert ran(result) == {"export@bert", "export@gpt2"}
+    manifest = json.loads((repo / "build/onnx/manifest.json").read_text())
+    assert {entry["opset"] for model in manifest["models"].values() for entry in model.values()} == {18}
