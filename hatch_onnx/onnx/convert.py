@@ -7,9 +7,6 @@ fails here. Every mismatch raises; nothing is a warning.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
 
@@ -69,14 +66,9 @@ def export(
 
     dummy = config.generate_dummy_inputs(preprocessor, framework="pt")
     external = config.use_external_data_format(pytorch.num_parameters(model))
-    if not external:
-        return pytorch.export_pytorch(model, config, opset, output, dummy, exporter=exporter)
-    # The exporters write one file per tensor; gather them into a single <name>.data.
-    with tempfile.TemporaryDirectory(prefix=".hatch-onnx-", dir=output.parent) as scratch:
-        raw = Path(scratch) / output.name
-        names = pytorch.export_pytorch(model, config, opset, raw, dummy, exporter=exporter, external_data=True)
-        save_with_external_data(raw, output)
-    return names
+    if external and (output.parent / (output.name + ".data")).exists():
+        (output.parent / (output.name + ".data")).unlink()
+    return pytorch.export_pytorch(model, config, opset, output, dummy, exporter=exporter, external_data=external)
 
 
 def save_with_external_data(source: Path, target: Path) -> None:
