@@ -133,8 +133,9 @@ def run_build(
     params_file = Path(params_file).resolve()
     plan, configured_cache = load_plan(params_file, only)
     store = CacheStore(resolve_cache_root(configured_cache, params_file.parent))
-    python = python or os.environ.get("HATCH_ONNX_PYTHON") or sys.executable
-    versions = toolchain_versions(python)
+    python = python or os.environ.get("HATCH_ONNX_PYTHON")
+    versions = toolchain_versions(python)  # None: this interpreter's, read in-process
+    python = python or sys.executable
     with default_stat_cache(store.root) as stats:
         prints = {checkpoint: fingerprint(checkpoint, stats) for checkpoint in sorted({job.checkpoint for job in plan})}
 
