@@ -186,10 +186,16 @@ def installed_versions() -> dict[str, Optional[str]]:
 
 
 def toolchain_versions(python: Optional[str] = None) -> dict[str, Optional[str]]:
-    """The toolchain of the interpreter that will run the exports (the worker's)."""
-    if python is None or Path(python).resolve() == Path(sys.executable).resolve():
-        return installed_versions()
-    from hatch_onnx.worker import worker_command
+    """The toolchain of the interpreter that will run the exports (the worker's), ``None``: this one.
 
-    result = subprocess.run(worker_command(python) + ["--versions"], capture_output=True, text=True, check=True)
+    Asked of the worker interpreter itself, in a worker's environment, even when its path is
+    ours: virtual environments share a base interpreter (resolved paths compare equal across
+    them), and a build frontend may hide this process's site-packages (pip's build isolation).
+    """
+    if python is None:
+        return installed_versions()
+    from hatch_onnx.worker import worker_command, worker_env
+
+    result = subprocess.run(worker_command(python) + ["--versions"], capture_output=True, text=True, check=True,
+                            env=worker_env("pt"))
     return json.loads(result.stdout)

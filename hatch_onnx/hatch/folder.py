@@ -1,0 +1,212 @@
+"""The folder of models the hook owns in the project tree.
+
+```
+<project>/src/our_models/onnx/          the source path of the wheel's `destination`
+├── __init__.py                         hatch_onnx/runtime.py: `from our_models.onnx import load`
+├── manifest.json                       hatch-onnx's manifest, with the package version
+└── <name>/<feature>/model.onnx         (+ model.onnx.data, config.json, tokenizer files)
+```
+It lives where the destination's package lives in the source tree, so that one folder serves
+every way of installing: the wheel force-includes it at ``destination``, the sdist carries it at
+the same relative path (a wheel built from that sdist reuses it, see :meth:`verify_shipped`), and
+an editable install imports it from the tree. A build replaces it whole, by renames, so it always
+holds exactly the current plan; ``hatch clean`` removes it. The hook refuses to touch a folder that
+it did not write (one without its manifest).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Optional, TextIO
+
+from hatch_onnx.package import MANIFEST
+
+LOADER = "__init__.py"
+# Files a walk of the folder must not ship: bytecode from an editable install's imports, OS litter.
+_SKIPPED_DIRS = {"__pycache__"}
+_SKIPPED_FILES = {".DS_Store"}
+
+
+class ModelsFolder:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def manifest(self) -> Optional[dict]:
+        """The folder's manifest if the folder is ours, ``None`` if there is no folder."""
+        if not self.path.exists():
+            return None
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            if "hatch_onnx" in manifest and "models" in manifest:
+                return manifest
+        except (OSError, ValueError):
+            pass
+        message = (f"Option `destination` for build hook `onnx` maps to `{self.path}`, which exists and was not written "
+                   f"by hatch-onnx (no {MANIFEST} of its own): the hook replaces that folder whole, so choose one it can own")
+        raise ValueError(message)
+
+    def files(self) -> list[Path]:
+        """Every file to ship, sorted (graphs with their external data, side files, manifest, loader)."""
+        found = []
+        for folder, dirs, names in os.walk(self.path):
+            dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and not d.startswith("."))
+            found += [Path(folder, name) for name in names if name not in _SKIPPED_FILES]
+        return sorted(found)
+
+    # --- writing --------------------------------------------------------------------------
+
+    def export(self, params_file: Path, *, python: Optional[str], jobs: int, version: str,
+               progress_stream: Optional[TextIO] = None, environ: Optional[Mapping[str, str]] = None) -> Any:
+        """Run the plan (cache, workers) into a staging folder, add the loader, swap it in.
+
+        Returns :func:`hatch_onnx.build.run_build`'s result; a failed job raises ``BuildError``
+        and leaves the folder as it was.
+        """
+        from hatch_onnx.build import run_build
+
+        self.manifest()  # refuse a folder that is not ours before any work
+        staging = self._staging()
+        try:
+            with _environ(environ):
+                result = run_build(params_file, out=staging, python=python, jobs=jobs, package_version=version,
+                                   progress_stream=progress_stream)
+            self._write_loader(staging)
+            self._swap_in(staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return result
+
+    def serve_from_cache(self, params_file: Path, versions: Mapping[str, Optional[str]], version: str) -> list[str]:
+        """Materialise the plan from cache entries keyed with ``versions``; returns the jobs that missed.
+
+        For a build with no interpreter able to export: the toolchain cannot be asked for its
+        versions, so the keys use the versions that made the folder's current models (the
+        "toolchain of record"). Nothing is written unless every job hits.
+        """
+        # Mirrors the lookup half of run_build, which asks the worker interpreter for versions.
+        from hatch_onnx.build import JobResult
+        from hatch_onnx.cache import CacheStore, cache_key, resolve_cache_root
+        from hatch_onnx.fingerprint import default_stat_cache, fingerprint
+        from hatch_onnx.package import materialize
+        from hatch_onnx.plan import load_plan
+
+        params_file = Path(params_file).resolve()
+        plan, configured_cache = load_plan(params_file)
+        store = CacheStore(resolve_cache_root(configured_cache, params_file.parent))
+        with default_stat_cache(store.root) as stats:
+            prints = {checkpoint: fingerprint(checkpoint, stats) for checkpoint in sorted({job.checkpoint for job in plan})}
+        results, misses = [], []
+        for job in plan:
+            key = cache_key(job.key_inputs(prints[job.checkpoint], versions))
+            entry = store.lookup(key)
+            if entry is None:
+                misses.append(job.label)
+            else:
+                results.append(JobResult(job, key, "hit", 0.0, entry))
+        if misses:
+            return misses
+        staging = self._staging()
+        try:
+            materialize(staging, results, prints, versions, version)
+            self._write_loader(staging)
+            self._swap_in(staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return []
+
+    def verify_shipped(self, version: str, planned: set[tuple[str, str]]) -> dict:
+        """Check models carried by an sdist against their manifest; returns the manifest.
+
+        A wheel built from an sdist reuses them as they are: same bytes as the sdist's author
+        validated, and no export, cache or ML framework needed in the build environment.
+        """
+        from hatch_onnx.fingerprint import file_digest
+
+        manifest = self.manifest() or {}
+        if manifest.get("version") != version:
+            raise ValueError(f"{self.manifest_path}: models built for version {manifest.get('version')}, not {version}")
+        shipped = {(name, feature) for name, features in manifest["models"].items() for feature in features}
+        if shipped != planned:
+            raise ValueError(f"{self.manifest_path}: ships {sorted(shipped)} but params.yaml plans {sorted(planned)}")
+        for features in manifest["models"].values():
+            for entry in features.values():
+                for file in entry["files"].values():
+                    path = self.path / file["path"]
+                    if not path.is_file() or path.stat().st_size != file["size"] or file_digest(path) != file["xxh3_128"]:
+                        raise ValueError(f"{path}: differs from {self.manifest_path} (size or xxh3_128); the sdist is damaged")
+        self._write_loader(self.path)  # the loader is code, not a model: always this hatch-onnx's
+        return manifest
+
+    def remove(self) -> bool:
+        """Remove the folder if it is ours, and what an interrupted build left beside it; whether there was one."""
+        for leftover in self.path.parent.glob(f".{self.path.name}.hatch-onnx-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if self.manifest() is None:
+            return False
+        shutil.rmtree(self.path)
+        return True
+
+    def _sibling(self, role: str) -> Path:
+        # Beside the folder, so that swapping is a rename on one file system; hidden, so no walk ships it.
+        return self.path.with_name(f".{self.path.name}.hatch-onnx-{role}-{os.getpid()}")
+
+    def _staging(self) -> Path:
+        staging = self._sibling("staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        return staging
+
+    @staticmethod
+    def _write_loader(folder: Path) -> None:
+        from hatch_onnx import runtime
+
+        source = Path(runtime.__file__).read_text(encoding="utf-8")
+        header = "# Written by hatch-onnx's build hook from hatch_onnx/runtime.py; rebuilt on every build.\n"
+        (folder / LOADER).write_text(header + source, encoding="utf-8")
+
+    def _swap_in(self, staging: Path) -> None:
+        old = self._sibling("old")
+        if self.path.exists():
+            self.path.rename(old)
+        try:
+            staging.rename(self.path)
+        except OSError:
+            if old.exists():
+                old.rename(self.path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _environ(environ: Optional[Mapping[str, str]]) -> Iterator[None]:
+    """Temporarily replace ``os.environ``, which run_build's workers inherit; a no-op for ``None``."""
+    if environ is None:
+        yield
+        return
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def toolchain_of_record(manifest: Optional[dict]) -> Optional[dict[str, Optional[str]]]:
+    """The toolchain versions that made a manifest's models (``None`` if it has none)."""
+    versions: dict[str, Optional[str]] = {}
+    for features in (manifest or {}).get("models", {}).values():
+        for entry in features.values():
+            versions.update(entry.get("toolchain", {}))
+    return versions or None
+
