@@ -180,7 +180,33 @@ def _run_init(args: argparse.Namespace) -> int:
     return 0
 
 
-PARSERS: tuple[Callable, ...] = (_init_parser, _export_parser, _build_parser, _hash_parser, _cache_parser, _features_parser)
+def _show_parser(sub) -> None:
+    p = sub.add_parser("show", help="print what a materialised folder holds (its manifest.json)")
+    p.add_argument("out", type=Path, nargs="?", default=Path("build/onnx"), help="the folder (default: %(default)s)")
+    p.set_defaults(run=_run_show)
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    import json
+
+    from hatch_onnx.errors import BadInputError
+
+    manifest_file = args.out / "manifest.json"
+    if not manifest_file.is_file():
+        raise BadInputError(f"{manifest_file}: not found (run hatch-onnx build or dvc repro first)")
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    print(f"{'model':<16} {'feature':<26} {'opset':>5} {'MB':>7}  {'max abs diff':>12} {'atol':>8}  source")
+    for name, features in manifest["models"].items():
+        for feature, entry in features.items():
+            size = sum(f["size"] for f in entry["files"].values()) / 1e6
+            diff = max(entry["validation"]["max_abs_diff"].values())
+            source = entry["source"]
+            print(f"{name:<16} {feature:<26} {entry['opset']:>5} {size:7.2f}  {diff:12.2e} {entry['validation']['atol']:8.0e}  "
+                  f"{source['model_type']} ({source['framework']})")
+    return 0
+
+
+PARSERS: tuple[Callable, ...] = (_init_parser, _show_parser, _export_parser, _build_parser, _hash_parser, _cache_parser, _features_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

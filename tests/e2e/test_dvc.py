@@ -114,3 +114,42 @@ def test_exp_run_with_a_new_opset(repo, e2e_env):
     assert ran(result) == {"export@bert", "export@gpt2"}
     manifest = json.loads((repo / "build/onnx/manifest.json").read_text())
     assert {entry["opset"] for model in manifest["models"].values() for entry in model.values()} == {18}
+
+
+def test_the_repository_demo_pipeline(tmp_path, e2e_env):
+    """The repository's own params.yaml, dvc.yaml and demo/ package, run whole in a fresh repo."""
+    from conftest import ROOT
+
+    repo = tmp_path / "demo-repo"
+    repo.mkdir()
+    for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "demo", repo / "demo", ignore=shutil.ignore_patterns("onnx", "__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for model in params["onnx"]["models"].values():
+        shutil.copytree(ROOT / model["checkpoint"], repo / model["checkpoint"])
+    sh(["git", "init", "-q"], repo, e2e_env)
+    sh(["dvc", "init", "-q"], repo, e2e_env)
+    first = sh(["dvc", "repro"], repo, e2e_env)
+    assert ran(first) == {f"export@{name}" for name in params["onnx"]["models"]} | {"package"}
+    (wheel,) = (repo / "dist").glob("*.whl")
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read("demo_models/onnx/manifest.json"))
+    assert manifest["version"] == "0.1.0"
+    for name, model in params["onnx"]["models"].items():
+        for feature in model["features"]:
+            assert f"demo_models/onnx/{name}/{feature}/model.onnx" in names
+            assert feature in manifest["models"][name]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert "package" in lock["stages"]
+    artifacts = yaml.safe_load((repo / "dvc.yaml").read_text())["artifacts"]
+    assert artifacts["onnx-models"]["type"] == "model"
+    plots = sh(["dvc", "plots", "show", "--json"], repo, e2e_env)
+    assert "max_abs_diff" in plots.stdout
+    again = sh(["dvc", "repro"], repo, e2e_env)
+    assert ran(again) == set() and "up to date" in again.stdout
+    shown = sh(["hatch-onnx", "show", "build/onnx"], repo, e2e_env)
+    assert "gpt2-tiny" in shown.stdout and "causal-lm-with-past" in shown.stdout
