@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 PROTOCOL_MARK = "hatch-onnx-worker:"
@@ -22,11 +23,41 @@ def worker_command(python: str) -> list[str]:
     return [python, "-m", "hatch_onnx.worker"]
 
 
+def _package_path() -> str:
+    """A folder holding only this ``hatch_onnx`` (a symlink), for the worker's ``PYTHONPATH``.
+
+    The worker may be another interpreter (the user's environment, with the frameworks) than the
+    build's (an isolated build environment). Putting our parent folder on its path would also
+    put every package beside ours first, compiled ones included, possibly for another Python.
+    """
+    package = Path(__file__).resolve().parent
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    folder = Path(tempfile.gettempdir()) / f"hatch-onnx-path-{user}-{_folder_name(str(package))}"
+    link = folder / "hatch_onnx"
+    if link.exists() and link.resolve() != package:  # not ours: never trust it
+        return str(package.parent)
+    if not link.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            link.symlink_to(package, target_is_directory=True)
+        except FileExistsError:  # another build made it first
+            pass
+        except OSError:  # no symlinks here: fall back to the parent folder
+            return str(package.parent)
+    return str(folder)
+
+
+def _folder_name(text: str) -> str:
+    import hashlib  # a name for a folder, not a content address: any stable hash does
+
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
 def worker_env(framework: str) -> dict[str, str]:
     """The worker's environment: our package importable, only the job's framework visible to transformers."""
     env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    package_path = _package_path()
+    env["PYTHONPATH"] = package_path + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if framework == "pt":
         env.update({"USE_TF": "0", "USE_TORCH": "1"})
