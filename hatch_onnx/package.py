@@ -80,9 +80,12 @@ def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], v
     models = {name: data for name, data in manifest.get("models", {}).items() if (out / name).is_dir()}
 
     for name, model_results in by_model.items():
+        entries = {r.job.feature: manifest_entry(r, prints[r.job.checkpoint], versions, f"{name}/{r.job.feature}")
+                   for r in model_results}
+        if models.get(name) == entries and _intact(out, entries):
+            continue  # already materialised from the same cache entries: nothing to rewrite
         staging = out / f".{name}.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
-        models[name] = {}
         try:
             for result in model_results:
                 folder = staging / result.job.feature
@@ -93,16 +96,30 @@ def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], v
                 for side in CHECKPOINT_SIDE_FILES:
                     if (result.job.checkpoint / side).is_file():
                         shutil.copyfile(result.job.checkpoint / side, folder / side)
-                models[name][result.job.feature] = manifest_entry(result, prints[result.job.checkpoint], versions, f"{name}/{result.job.feature}")
             _swap_in(staging, out / name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        models[name] = entries
 
     manifest = {"format": 1, "version": package_version, "hatch_onnx": __version__, "models": dict(sorted(models.items()))}
-    tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(manifest_path)
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    if not manifest_path.is_file() or manifest_path.read_text(encoding="utf-8") != text:
+        tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(manifest_path)
     return manifest
+
+
+def _intact(out: Path, entries: Mapping[str, dict]) -> bool:
+    """Every graph file the entries list is in place with its size (a stat each, no reading)."""
+    for entry in entries.values():
+        for data in entry["files"].values():
+            try:
+                if (out / data["path"]).stat().st_size != data["size"]:
+                    return False
+            except OSError:
+                return False
+    return True
 
 
 def _swap_in(staging: Path, target: Path) -> None:

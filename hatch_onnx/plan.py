@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,7 +109,7 @@ def make_plan(params: "ParamsFile", params_file: Path, model_types: Mapping[str,
 
 def _watched(checkpoints: Iterable[Path]) -> dict[str, Any]:
     """What validation and framework detection read: config.json stats and which weights exist."""
-    from hatch_onnx.onnx.features import PT_WEIGHTS, TF_WEIGHTS
+    from hatch_onnx.weights import PT_WEIGHTS, TF_WEIGHTS
 
     watched: dict[str, Any] = {}
     for checkpoint in sorted(set(checkpoints)):
@@ -133,7 +134,7 @@ def load_plan(params_file: Path, only: Optional[Iterable[str]] = None) -> tuple[
     params_file = Path(params_file).resolve()
     try:
         raw = params_file.read_bytes()
-        data = yaml.safe_load(raw)
+        data = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml when built
         configured = data["onnx"].get("cache")
         state = resolve_cache_root(configured, params_file.parent) / "state" / "plans"
     except Exception:  # unreadable or malformed: the full validation says what is wrong
@@ -179,9 +180,15 @@ def installed_versions() -> dict[str, Optional[str]]:
     versions: dict[str, Optional[str]] = {"python": "%d.%d" % sys.version_info[:2]}
     for name in VERSIONED:
         try:
-            versions[name] = metadata.version(name)
+            dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+            continue
+        # The Version header is near the top of METADATA; ``dist.version`` would parse the
+        # whole file with the email parser, the slowest step of a fully cached build.
+        head = (dist.read_text("METADATA") or "").split("\n\n", 1)[0]
+        found = re.search(r"^Version:\s*(\S+)", head, re.MULTILINE)
+        versions[name] = found.group(1) if found else dist.version
     return versions
 
 
