@@ -50,6 +50,20 @@ def resolve_config_class(model_dir: Path, feature: str):
     return model_type, REGISTRY[model_type].onnx_config
 
 
+def check_tf_feature(model_type: str, feature: str, model_dir: Path) -> None:
+    """A feature transformers has no TensorFlow class for is bad input, refused before loading."""
+    from hatch_onnx.frameworks.tensorflow import tf_features
+
+    supported = tf_features(model_type)
+    if feature not in supported:
+        raise UnsupportedFeatureError(
+            f"{model_dir}: {model_type} does not support feature {feature!r} with TensorFlow; "
+            f"supported: {', '.join(supported) or 'none (no TensorFlow classes)'}",
+            model_type=model_type,
+            feature=feature,
+        )
+
+
 def check_opset(model_type: str, config_class: type, opset: Optional[int]) -> int:
     minimum = config_class.DEFAULT_ONNX_OPSET
     if opset is None:
@@ -81,6 +95,8 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
     model_type, config_class = resolve_config_class(model_dir, request.feature)
     opset = check_opset(model_type, config_class, request.opset)
     framework = FeaturesManager.determine_framework(str(model_dir), request.framework)
+    if framework == "tf":
+        check_tf_feature(model_type, request.feature, model_dir)
     isolate_framework(framework)
 
     t0 = time.perf_counter()
@@ -142,11 +158,12 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
 def _new_head_weights(model: Any, onnx_config: Any, missing: list[str], framework: str) -> list[str]:
     if not missing:
         return []
-    if framework != "pt":
-        return missing
-    from hatch_onnx.frameworks.pytorch import weights_reaching_outputs
+    if framework == "tf":
+        from hatch_onnx.frameworks.tensorflow import weights_reaching_outputs
+    else:
+        from hatch_onnx.frameworks.pytorch import weights_reaching_outputs
 
-    inputs = onnx_config.generate_dummy_inputs(None, framework="pt")
+    inputs = onnx_config.generate_dummy_inputs(None, framework=None if framework == "tf" else "pt")
     return weights_reaching_outputs(model, onnx_config, inputs, missing)
 
 

@@ -66,8 +66,6 @@ def export(
 
     dummy = config.generate_dummy_inputs(preprocessor, framework="pt")
     external = config.use_external_data_format(pytorch.num_parameters(model))
-    if external and (output.parent / (output.name + ".data")).exists():
-        (output.parent / (output.name + ".data")).unlink()
     return pytorch.export_pytorch(model, config, opset, output, dummy, exporter=exporter, external_data=external)
 
 

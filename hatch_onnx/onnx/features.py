@@ -8,22 +8,45 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from hatch_onnx.errors import CheckpointError, FrameworkError, UnsupportedFeatureError, UnsupportedModelTypeError
 from hatch_onnx.models import FEATURE_TO_AUTOMODEL, REGISTRY, feature_to_task
 from hatch_onnx.onnx.config import OnnxConfig
+from hatch_onnx.weights import PT_WEIGHTS, TF_WEIGHTS
 
-# Weight files by framework, as transformers writes them.
-PT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-TF_WEIGHTS = ("tf_model.h5", "tf_model.h5.index.json")
 
 
 def _framework_installed(name: str) -> bool:
     from importlib.util import find_spec
 
     return find_spec(name) is not None
+
+
+# What each framework's jobs import, and the extra that installs it.
+FRAMEWORK_MODULES = {"pt": ("torch",), "tf": ("tensorflow", "tf_keras", "tf2onnx")}
+FRAMEWORK_EXTRAS = {"pt": "torch", "tf": "tf"}
+
+
+def require_framework(framework: str) -> None:
+    """Raise :class:`FrameworkError` unless ``framework`` is installed and transformers may use it."""
+    what = "PyTorch" if framework == "pt" else "TensorFlow"
+    missing = [name for name in FRAMEWORK_MODULES[framework] if not _framework_installed(name)]
+    if missing:
+        raise FrameworkError(
+            f"{what} checkpoints need {', '.join(missing)}, not installed: pip install 'hatch-onnx[{FRAMEWORK_EXTRAS[framework]}]'"
+        )
+    # transformers settles which frameworks exist when first imported (USE_TF / USE_TORCH)
+    if "transformers" in sys.modules:
+        from transformers.utils import is_tf_available, is_torch_available
+
+        if not (is_torch_available() if framework == "pt" else is_tf_available()):
+            raise FrameworkError(
+                f"transformers was imported in this process with {what} turned off (USE_TF / USE_TORCH): "
+                f"export {what} checkpoints in a process of their own, as `hatch-onnx build` does"
+            )
 
 
 def isolate_framework(framework: str) -> None:
@@ -139,6 +162,7 @@ class FeaturesManager:
     ) -> tuple[Any, list[str]]:
         """The model for ``feature`` and the names of weights the checkpoint lacked (a new head)."""
         framework = FeaturesManager.determine_framework(model, framework)
+        require_framework(framework)
         model_class = FeaturesManager.get_model_class_for_feature(feature, framework)
         kwargs: dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": True, "output_loading_info": True}
         if framework == "pt":
