@@ -55,14 +55,19 @@ def _features_parser(sub) -> None:
 
 
 def _run_features(args: argparse.Namespace) -> int:
+    from hatch_onnx.frameworks.tensorflow import tf_features
     from hatch_onnx.onnx.features import FeaturesManager
 
     if args.model_type:
-        for feature in FeaturesManager.get_supported_features_for_model_type(args.model_type):
-            print(feature)
+        model_type = args.model_type.replace("_", "-")
+        tf = tf_features(model_type)
+        for feature in FeaturesManager.get_supported_features_for_model_type(model_type):
+            print(f"{feature}{'' if feature in tf else '  (PyTorch only)'}")
         return 0
-    for model_type in FeaturesManager._SUPPORTED_MODEL_TYPE:
-        print(f"{model_type}: {', '.join(FeaturesManager._SUPPORTED_MODEL_TYPE[model_type])}")
+    print("model type: features (* = PyTorch only; the others also from TensorFlow checkpoints)")
+    for model_type, features in FeaturesManager._SUPPORTED_MODEL_TYPE.items():
+        tf = tf_features(model_type)
+        print(f"{model_type}: {', '.join(f if f in tf else f + '*' for f in features)}")
     return 0
 
 
@@ -236,6 +241,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hatch-onnx features | head`: the reader left, nothing is wrong
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # a bug or an unexpected failure: still one line unless --debug
         if args.debug:
             raise

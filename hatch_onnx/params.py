@@ -105,18 +105,30 @@ def load_params(path: Path) -> tuple[ParamsFile, dict[str, str]]:
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     params = parse_params(data, str(path))
+    from hatch_onnx.exporting import check_tf_feature
+    from hatch_onnx.onnx.features import FeaturesManager
+
     model_types: dict[str, str] = {}
     for name, model in params.onnx.models.items():
         checkpoint = checkpoint_path(path, model)
+        prefix = f"onnx.models.{name}"
         for index, feature in enumerate(model.features):
-            key = f"onnx.models.{name}.features[{index}]"
+            key = f"{prefix}.features[{index}]"
             try:
                 model_type, _ = resolve_config_class(checkpoint, feature)
             except UnsupportedFeatureError as exc:
                 raise ParamsError(f"{path}: {key}: {exc}", key=key) from None
             except BadInputError as exc:  # the folder, its config.json or its model type
-                where = f"onnx.models.{name}.checkpoint"
-                raise ParamsError(f"{path}: {where}: {exc}", key=where) from None
+                raise ParamsError(f"{path}: {prefix}.checkpoint: {exc}", key=f"{prefix}.checkpoint") from None
+            try:
+                framework = FeaturesManager.determine_framework(str(checkpoint), None if model.framework == "auto" else model.framework)
+            except BadInputError as exc:  # asked for weights the checkpoint does not have
+                raise ParamsError(f"{path}: {prefix}.framework: {exc}", key=f"{prefix}.framework") from None
+            if framework == "tf":
+                try:
+                    check_tf_feature(model_type, feature, checkpoint)
+                except UnsupportedFeatureError as exc:
+                    raise ParamsError(f"{path}: {key}: {exc}", key=key) from None
             model_types[name] = model_type
     return params, model_types
 

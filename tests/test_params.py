@@ -35,6 +35,9 @@ def base(**model) -> dict:
         (lambda d: d["onnx"]["models"]["bert-tiny"]["features"].append("seq2seq-lm"), "onnx.models.bert-tiny.features[2]"),
         (lambda d: d["onnx"]["models"].update({"../escape": d["onnx"]["models"]["bert-tiny"]}), "onnx.models.../escape"),
         (lambda d: d.update(extra=1), "extra"),
+        (lambda d: d["onnx"]["models"]["bert-tiny"].update(framework="tf"), "onnx.models.bert-tiny.framework"),
+        (lambda d: d["onnx"]["models"].update({"gpt2-tf": {"checkpoint": str(checkpoint("gpt2-tf")), "features": ["token-classification"]}}),
+         "onnx.models.gpt2-tf.features[0]"),
     ],
 )
 def test_rejections_name_the_key(tmp_path, mutate, key):

@@ -412,19 +412,7 @@ def _run_onnx(path: Path, inputs: dict) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "model_type",
-    [
-        pytest.param(
-            model_type,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="transformers' TF XLM-RoBERTa numbers positions from a hard-coded padding_idx 1, its "
-                "PyTorch twin from config.pad_token_id, which is 0 in our fixture (1 in real XLM-R checkpoints)",
-            ),
-        )
-        if model_type == "xlm-roberta"
-        else model_type
-        for model_type in sorted(PARITY)
-    ],
+    sorted(PARITY),
 )
 def test_parity_with_pytorch(model_type, tf_runs, tmp_path):
     import numpy as np
