@@ -205,6 +205,10 @@ class OnnxBuildHook(BuildHookInterface):
         prefix = self.config_destination if self.target_name == "wheel" else self.source_path
         for file in files:
             build_data["force_include"][str(file)] = f"{prefix}/{file.relative_to(folder.path).as_posix()}"
+        if self.target_name == "wheel" and not build_data.get("tag"):
+            # Pure Python either way; without requires-python hatchling would say py2.py3, and the
+            # loader shipped beside the models is Python 3 only.
+            build_data["tag"] = "py3-none-any"
 
     def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
         if self.target_name in {"wheel", "sdist"} and version != "editable":

@@ -40,21 +40,33 @@ def repo(tmp_path_factory, e2e_env) -> Path:
     repo = tmp_path_factory.mktemp("dvc-repo")
     for name in ("bert", "gpt2"):
         shutil.copytree(checkpoint(name), repo / "checkpoints" / name)
-    (repo / "pyproject.toml").write_text('[project]\nname = "our-models"\nversion = "1.4.0"\n')
+    (repo / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling", "hatch-onnx"]\nbuild-backend = "hatchling.build"\n\n'
+        '[project]\nname = "our-models"\nversion = "1.4.0"\n'
+    )
+    (repo / "our_models").mkdir()
+    (repo / "our_models" / "__init__.py").write_text("")
     sh(["git", "init", "-q"], repo, e2e_env)
     sh(["dvc", "init", "-q"], repo, e2e_env)
     sh(["hatch-onnx", "init", "--model", "checkpoints/bert", "--name", "bert"], repo, e2e_env)
     with pytest.raises(AssertionError, match="does not overwrite"):
         sh(["hatch-onnx", "init", "--model", "checkpoints/bert"], repo, e2e_env)
+    assert "[tool.hatch.build.hooks.onnx]" in (repo / "pyproject.toml").read_text()
+    # No index serves this working tree's hatch-onnx to an isolated build environment here, so
+    # the package stage builds in the test's environment (as the repository's demo does).
+    dvc_yaml = repo / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("cmd: hatch build -t wheel", "cmd: python -m build --wheel --no-isolation --outdir dist ."))
+    (repo / ".gitignore").write_text("/our_models/onnx/\n/build/\n.hatch-onnx-cache/\n")
     edit_params(repo, lambda onnx: onnx["models"].update(gpt2={"checkpoint": "checkpoints/gpt2", "features": ["causal-lm-with-past"]}))
     sh(["git", "add", "-A"], repo, e2e_env)
     sh(["git", "commit", "-qm", "pipeline"], repo, e2e_env)
     return repo
 
 
-def test_first_repro_runs_every_export(repo, e2e_env):
-    result = sh(["dvc", "repro", "export"], repo, e2e_env)
-    assert ran(result) == {"export@bert", "export@gpt2"}
+def test_first_repro_runs_every_stage(repo, e2e_env):
+    result = sh(["dvc", "repro"], repo, e2e_env)
+    assert ran(result) == {"export@bert", "export@gpt2", "package"}
+    assert [p.name for p in (repo / "dist").glob("*.whl")] == ["our_models-1.4.0-py3-none-any.whl"]
     assert (repo / "build/onnx/bert/default/model.onnx").is_file()
     assert (repo / "build/onnx/gpt2/causal-lm-with-past/model.onnx").is_file()
     metrics = json.loads(sh(["dvc", "metrics", "show", "--json"], repo, e2e_env).stdout)
@@ -66,7 +78,7 @@ def test_first_repro_runs_every_export(repo, e2e_env):
 
 
 def test_nothing_changed_runs_nothing(repo, e2e_env):
-    result = sh(["dvc", "repro", "export"], repo, e2e_env)
+    result = sh(["dvc", "repro"], repo, e2e_env)
     assert ran(result) == set()
     assert "didn't change" in result.stdout
 
@@ -76,19 +88,19 @@ def test_one_byte_of_one_checkpoint(repo, e2e_env):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01  # the last byte of the last tensor
     weights.write_bytes(bytes(data))
-    assert ran(sh(["dvc", "repro", "export"], repo, e2e_env)) == {"export@gpt2"}
+    assert ran(sh(["dvc", "repro"], repo, e2e_env)) == {"export@gpt2", "package"}
 
 
 def test_one_models_params(repo, e2e_env):
     edit_params(repo, lambda onnx: onnx["models"]["bert"].update(atol=1.0e-3))
-    assert ran(sh(["dvc", "repro", "export"], repo, e2e_env)) == {"export@bert"}
+    assert ran(sh(["dvc", "repro"], repo, e2e_env)) == {"export@bert", "package"}
 
 
 def test_forced_repro_hits_the_cache(repo, e2e_env):
     start = time.perf_counter()
-    result = sh(["dvc", "repro", "--force", "export"], repo, e2e_env)
+    result = sh(["dvc", "repro", "--force"], repo, e2e_env)
     elapsed = time.perf_counter() - start
-    assert ran(result) == {"export@bert", "export@gpt2"}
+    assert ran(result) == {"export@bert", "export@gpt2", "package"}
     assert result.stdout.count("Nothing exported") == 2
     print(f"dvc repro --force (warm cache): {elapsed:.1f} s")
 
