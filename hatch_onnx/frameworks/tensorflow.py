@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from hatch_onnx.errors import ExportError, FrameworkError
-from hatch_onnx.onnx.config import OnnxConfig  # first: it loads hatch_onnx.onnx, then the registry
+from hatch_onnx.onnx.config import OnnxConfig
 from hatch_onnx.models import REGISTRY, feature_to_task
 
 if TYPE_CHECKING:  # pragma: no cover
