@@ -7,8 +7,9 @@ and an eager import of ``features`` here (which reads the architecture registry)
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from hatch_onnx._lazy import lazy_getattr
 
 _LAZY = {
     "OnnxConfig": "hatch_onnx.onnx.config",
@@ -28,10 +29,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from hatch_onnx.onnx.features import FeaturesManager
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hatch_onnx.onnx' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)
