@@ -7,6 +7,7 @@ hashes checkpoints (through the stat cache), looks entries up and links files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -35,12 +36,18 @@ class JobResult:
     entry: Optional[CacheEntry] = None
     error: Optional[str] = None
 
-    @property
-    def max_abs_diff(self) -> Optional[float]:
+    @functools.cached_property  # read once: the table, the manifest and the DVC figures all use it
+    def report(self) -> Optional[dict]:
+        """The export's validation report from its cache entry (``None`` for a failed job)."""
         if self.entry is None:
             return None
-        report = json.loads((self.entry.path / "report.json").read_text(encoding="utf-8"))
-        return max(o["max_abs_diff"] for o in report["validation"]["outputs"].values())
+        return json.loads((self.entry.path / "report.json").read_text(encoding="utf-8"))
+
+    @property
+    def max_abs_diff(self) -> Optional[float]:
+        if self.report is None:
+            return None
+        return max(o["max_abs_diff"] for o in self.report["validation"]["outputs"].values())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,9 +18,6 @@ from typing import Any, Optional
 from hatch_onnx.errors import MissingHeadWeightsError, OpsetError, UnsupportedFeatureError
 from hatch_onnx.onnx.features import FeaturesManager, isolate_framework, read_model_type
 
-EXPORTERS = ("torchscript", "dynamo")
-PREPROCESSORS = ("auto", "tokenizer", "feature_extractor", "processor")
-
 
 @dataclasses.dataclass(frozen=True)
 class ExportRequest:

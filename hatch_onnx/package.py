@@ -40,7 +40,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def manifest_entry(result: Any, checkpoint_fingerprint: str, versions: Mapping[str, Optional[str]], folder: str) -> dict:
     entry = result.entry
-    report = json.loads((entry.path / "report.json").read_text(encoding="utf-8"))
+    report = result.report
     validation = report["validation"]
     graph_files = {name: {"path": f"{folder}/{name}", "size": size, "xxh3_128": digest}
                    for name, (size, digest) in sorted(entry.files.items()) if name != "report.json"}
@@ -137,8 +137,7 @@ def write_validation_figures(results: Iterable[Any], metrics: Optional[Path] = N
     nested: dict = {}
     records: list = []
     for result in results:
-        report = json.loads((result.entry.path / "report.json").read_text(encoding="utf-8"))
-        for output, figures in report["validation"]["outputs"].items():
+        for output, figures in result.report["validation"]["outputs"].items():
             key = result.job.label if several_models else result.job.feature
             nested.setdefault(key, {})[output] = {"max_abs_diff": figures["max_abs_diff"], "atol": figures["atol"]}
             records.append({"job": result.job.label, "output": f"{result.job.feature}/{output}",
