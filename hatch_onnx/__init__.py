@@ -9,21 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hatch_onnx import onnx as _api  # itself lazy: importing it loads nothing heavy
+from hatch_onnx.__about__ import __version__
 from hatch_onnx._lazy import lazy_getattr
 
-from hatch_onnx.__about__ import __version__
-
+# The seed API comes from hatch_onnx.onnx (which resolves each name on first use); the errors
+# a caller catches most often come from hatch_onnx.errors.
 _LAZY = {
-    "OnnxConfig": "hatch_onnx.onnx.config",
-    "OnnxConfigWithPast": "hatch_onnx.onnx.config",
-    "OnnxSeq2SeqConfigWithPast": "hatch_onnx.onnx.config",
-    "PatchingSpec": "hatch_onnx.onnx.config",
-    "FeaturesManager": "hatch_onnx.onnx.features",
-    "export": "hatch_onnx.onnx.convert",
-    "validate_model_outputs": "hatch_onnx.onnx.convert",
-    "HatchOnnxError": "hatch_onnx.errors",
-    "ValidationError": "hatch_onnx.errors",
-    "UnsupportedFeatureError": "hatch_onnx.errors",
+    **dict.fromkeys(_api.__all__, "hatch_onnx.onnx"),
+    **dict.fromkeys(("HatchOnnxError", "ValidationError", "UnsupportedFeatureError"), "hatch_onnx.errors"),
 }
 
 __all__ = ["__version__", *_LAZY]
