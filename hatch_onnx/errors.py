@@ -90,6 +90,10 @@ class ValidationError(HatchOnnxError, ValueError):
         self.value = value
 
 
+class InputMismatchError(ValidationError):
+    """The graph's input names differ from the config's."""
+
+
 class OutputMismatchError(ValidationError):
     """The graph's output names differ from the config's."""
 

@@ -49,12 +49,23 @@ def test_vision_and_audio_dummy_inputs():
     processor = transformers.AutoImageProcessor.from_pretrained(checkpoint("vit"), local_files_only=True)
     assert vit.generate_dummy_inputs(processor)["pixel_values"].shape == (2, 3, 32, 32)
     assert vit.generate_dummy_inputs(None)["pixel_values"].shape == (2, 3, 32, 32)
-    whisper = config_for("whisper", "speech2seq-lm-with-past")
-    inputs = whisper.generate_dummy_inputs(None)
-    assert inputs["input_features"].shape == (2, 16, 64)
-    assert inputs["past_key_values.0.encoder.key"].shape == (2, 4, 32, 8)
+    whisper = config_for("whisper", "speech2seq-lm")
+    assert whisper.generate_dummy_inputs(None)["input_features"].shape == (2, 16, 64)
     extractor = transformers.AutoFeatureExtractor.from_pretrained(checkpoint("whisper"), local_files_only=True)
     assert whisper.generate_dummy_inputs(extractor, time_duration=1.0)["input_features"].shape == (2, 16, 64)
+    # A decoding step takes the encoder's output from the cache, not the audio.
+    step = config_for("whisper", "speech2seq-lm-with-past").generate_dummy_inputs(None)
+    assert "input_features" not in step
+    assert step["past_key_values.0.encoder.key"].shape == (2, 4, 32, 8)
+
+
+@pytest.mark.parametrize("model_type", ["t5", "bart"])
+def test_seq2seq_decoding_step_takes_no_encoder_ids(model_type):
+    """The with-past graph is the decoder's: the encoder mask for cross-attention, never its ids."""
+    step = config_for(model_type, "seq2seq-lm-with-past")
+    assert list(step.inputs)[:3] == ["attention_mask", "decoder_input_ids", "decoder_attention_mask"]
+    assert list(step.generate_dummy_inputs(None)) == list(step.inputs)
+    assert "input_ids" in config_for(model_type, "seq2seq-lm").inputs
 
 
 def test_past_key_values_layout():

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import onnx
 import pytest
 
@@ -10,6 +14,10 @@ from hatch_onnx.exporting import ExportRequest, export_checkpoint
 from hatch_onnx.models import REGISTRY
 
 PAIRS = [(model_type, feature) for model_type, support in REGISTRY.items() for feature in support.features]
+# Each pair's graph interface (input and output names in order, dtypes, shapes with named dynamic
+# axes), pinned: both transformers lines must export exactly this. Regenerate after a deliberate
+# change with HATCH_ONNX_PIN_INTERFACES=1 (the test then writes the file instead of comparing).
+INTERFACES = Path(__file__).parent / "data" / "graph_interfaces.json"
 
 
 @pytest.mark.slow
@@ -27,3 +35,16 @@ def test_export_and_validate(model_type, feature, tmp_path):
     assert first_input["shape"][0] == "batch"
     assert report["validation"]["inputs"][first_input["name"]][0] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    _check_interface(f"{model_type}:{feature}", report["validation"]["graph"])
+
+
+def _check_interface(pair: str, interface: dict) -> None:
+    pinned = json.loads(INTERFACES.read_text()) if INTERFACES.exists() else {}
+    if os.environ.get("HATCH_ONNX_PIN_INTERFACES") == "1":
+        pinned[pair] = interface
+        INTERFACES.parent.mkdir(exist_ok=True)
+        lines = [f"  {json.dumps(name)}: {json.dumps(pinned[name], sort_keys=True)}" for name in sorted(pinned)]
+        INTERFACES.write_text("{\n" + ",\n".join(lines) + "\n}\n")  # a line per pair: readable diffs
+        return
+    assert pair in pinned, f"{pair}: no pinned interface in {INTERFACES.name} (HATCH_ONNX_PIN_INTERFACES=1 writes it)"
+    assert interface == pinned[pair]

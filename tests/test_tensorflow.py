@@ -38,6 +38,8 @@ PARITY = {
 }
 INSTALL_HINT = "pip install 'hatch-onnx[tf]'"
 
+pytestmark = pytest.mark.tf  # the TensorFlow path: transformers 4.57's line only
+
 
 def tf_checkpoint(model_type: str) -> Path:
     return CHECKPOINTS / f"{model_type}-tf-tiny"

@@ -64,6 +64,38 @@ def _present(cache: Any, name: str) -> torch.Tensor:
     return pair[0] if kind == "key" else pair[1]
 
 
+# What an encoder reads; a decoder-with-past graph takes none of them (see FlatModel.forward).
+_ENCODER_INPUTS = frozenset({"input_ids", "input_features", "pixel_values", "inputs_embeds"})
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The keyword a model takes its cache by: ``cache`` since transformers 5.24, ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(out: Any) -> Any:
+    value = out.get("cache")  # transformers >= 5.24 names the field ``cache``
+    return value if value is not None else out.past_key_values
+
+
+def _encoder_placeholder(model: torch.nn.Module, cache: Any) -> Any:
+    """Stand-in encoder output for a decoder step whose cross-attention comes from the cache.
+
+    The decoder only reads its shape (transformers 5 builds the cross-attention mask from it);
+    passing it keeps the encoder out of the traced graph, as on 4.57. It is NaN so that a model
+    which did read its values would fail validation instead of silently agreeing with itself.
+    """
+    from transformers.modeling_outputs import BaseModelOutput
+
+    key = _layer_tensors(cache.cross_attention_cache, 0)[0]  # (batch, heads, encoder_sequence, head_dim)
+    config = model.config
+    hidden = getattr(config, "d_model", None) or config.hidden_size
+    placeholder = key.new_full((key.shape[0], key.shape[2], int(hidden)), float("nan"))
+    return BaseModelOutput(last_hidden_state=placeholder)
+
+
 class FlatModel(torch.nn.Module):
     """``forward(*inputs) -> tuple(outputs)`` in the config's order and names."""
 
@@ -72,19 +104,22 @@ class FlatModel(torch.nn.Module):
         self.model = model
         self.input_names = list(input_names)
         self.output_names = list(output_names)
+        self.cache_argument = _cache_argument(model)
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         named = dict(zip(self.input_names, tensors))
-        kwargs = {name: value for name, value in named.items() if not _PAST.match(name)}
+        kwargs: dict[str, Any] = {name: value for name, value in named.items() if not _PAST.match(name)}
         cache = _cache_from_flat(named)
         if cache is not None:
-            kwargs["past_key_values"] = cache
+            kwargs[self.cache_argument] = cache
             kwargs["use_cache"] = True
+            if hasattr(cache, "cross_attention_cache") and not _ENCODER_INPUTS & kwargs.keys():
+                kwargs["encoder_outputs"] = _encoder_placeholder(self.model, cache)
         out = self.model(**kwargs, return_dict=True)
         results = []
         for name in self.output_names:
             if _PRESENT.match(name):
-                results.append(_present(out.past_key_values, name))
+                results.append(_present(_returned_cache(out), name))
             else:
                 results.append(out[name])
         return tuple(results)
@@ -192,6 +227,9 @@ def export_pytorch(
         # The tracer warns about every Python-level shape computation it records as a constant;
         # validation at other shapes is what tells whether one mattered.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # transformers 5's masks index with tensors; the symbolic's caveat about negative indices
+        # is checked where it matters, by validation.
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
         try:
             if exporter == "torchscript":
                 _export_torchscript(flat, args, output, input_names, output_names, dynamic_axes, opset, external_data)

@@ -128,6 +128,9 @@ class Seq2SeqOnnxConfig(OnnxSeq2SeqConfigWithPast):
             return common
         common["decoder_input_ids"] = {0: "batch", 1: "decoder_sequence"}
         if self.use_past:
+            # A decoding step: the encoder ran once, its keys and values are in the cache, and
+            # only its mask is still read (by cross-attention). No encoder in this graph.
+            del common["input_ids"]
             common["decoder_attention_mask"] = {0: "batch", 1: "past_decoder_sequence + decoder_sequence"}
             self.fill_with_past_key_values_(common, direction="inputs")
         else:
@@ -180,7 +183,8 @@ class SpeechSeq2SeqOnnxConfig(Seq2SeqOnnxConfig):
                 "decoder_input_ids": {0: "batch", 1: "decoder_sequence"},
             }
         )
-        if self.use_past:
+        if self.use_past:  # a decoding step: the encoder's output is in the cache
+            del common["input_features"]
             self.fill_with_past_key_values_(common, direction="inputs")
         return common
 

@@ -243,9 +243,16 @@ class OnnxConfig:
             texts = [text] * batch
             if choices:
                 encoded = preprocessor([t for t in texts for _ in range(choices)], return_tensors="np")
-                return {k: np.asarray(v).reshape(batch, choices, -1).astype(np.int64) for k, v in encoded.items()}
-            encoded = preprocessor(texts, text_pair=texts if is_pair else None, return_tensors="np")
-            return {k: np.asarray(v).astype(np.int64) for k, v in encoded.items()}
+                arrays = {k: np.asarray(v).reshape(batch, choices, -1).astype(np.int64) for k, v in encoded.items()}
+            else:
+                encoded = preprocessor(texts, text_pair=texts if is_pair else None, return_tensors="np")
+                arrays = {k: np.asarray(v).astype(np.int64) for k, v in encoded.items()}
+            # The tokenizer gives values, the config names the graph's inputs: transformers 5's
+            # fast tokenizers no longer return token_type_ids, which BERT's graph still takes.
+            ids = arrays["input_ids"]
+            arrays.setdefault("attention_mask", np.ones(ids.shape, dtype=np.int64))
+            arrays.setdefault("token_type_ids", np.zeros(ids.shape, dtype=np.int64))
+            return arrays
         ids = self._random_token_ids(rng, shape)
         eos = getattr(self._config, "eos_token_id", None)
         if self.APPEND_EOS and isinstance(eos, int):

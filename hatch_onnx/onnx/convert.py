@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from hatch_onnx.errors import AtolError, ExportError, OpsetError, OutputMismatchError, ShapeError
+from hatch_onnx.errors import AtolError, ExportError, InputMismatchError, OpsetError, OutputMismatchError, ShapeError
 from hatch_onnx.onnx.config import OnnxConfig, OnnxConfigWithPast
 
 # Validation shapes: each one more than the export's (which are 2 / 8 / 4 / 4 by default).
@@ -65,8 +65,16 @@ def export(
     from hatch_onnx.frameworks import pytorch
 
     dummy = config.generate_dummy_inputs(preprocessor, framework="pt")
+    _check_input_names(config, list(dummy), "the dummy inputs")
     external = config.use_external_data_format(pytorch.num_parameters(model))
     return pytorch.export_pytorch(model, config, opset, output, dummy, exporter=exporter, external_data=external)
+
+
+def _check_input_names(config: OnnxConfig, names: list[str], what: str) -> None:
+    """The graph's inputs are the config's, in its order: never what a preprocessor happens to return."""
+    expected = list(config.inputs)
+    if names != expected:
+        raise InputMismatchError(f"inputs differ: the config names {expected}, {what} have {names}", value=names)
 
 
 def save_with_external_data(source: Path, target: Path) -> None:
@@ -128,8 +136,8 @@ def validate_model_outputs(
         session = onnxruntime.InferenceSession(str(onnx_model), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own types; the graph itself is at fault
         raise ExportError(f"the exported graph does not load in onnxruntime: {str(exc).splitlines()[0]}") from exc
-    graph_inputs = {node.name for node in session.get_inputs()}
-    feed = {name: np.asarray(value) for name, value in config.generate_dummy_inputs_onnxruntime(inputs).items() if name in graph_inputs}
+    _check_input_names(config, [node.name for node in session.get_inputs()], "the graph's inputs")
+    feed = {name: np.asarray(value) for name, value in config.generate_dummy_inputs_onnxruntime(inputs).items()}
     graph_outputs = [node.name for node in session.get_outputs()]
     expected = list(config.outputs)
     named = list(onnx_named_outputs)
@@ -153,6 +161,8 @@ def validate_model_outputs(
         else:
             with np.errstate(invalid="ignore"):
                 delta = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+            if np.isnan(ref).any():  # seeded random inputs never should; a leaked placeholder does
+                raise AtolError(f"output {name!r}: the reference model produced NaN", output=name, value=float("nan"))
             nan_mismatch = np.isnan(ref) != np.isnan(got)
             diff = float("inf") if nan_mismatch.any() else float(np.nanmax(delta)) if ref.size else 0.0
         if not diff <= atol:

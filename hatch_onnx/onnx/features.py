@@ -30,6 +30,16 @@ FRAMEWORK_MODULES = {"pt": ("torch",), "tf": ("tensorflow", "tf_keras", "tf2onnx
 FRAMEWORK_EXTRAS = {"pt": "torch", "tf": "tf"}
 
 
+def transformers_has_tensorflow() -> bool:
+    """Whether the installed transformers still has TensorFlow classes (4.x; 5.0 removed them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("transformers").split(".")[0]) < 5
+    except (PackageNotFoundError, ValueError):
+        return False
+
+
 def require_framework(framework: str) -> None:
     """Raise :class:`FrameworkError` unless ``framework`` is installed and transformers may use it."""
     what = "PyTorch" if framework == "pt" else "TensorFlow"
@@ -38,11 +48,19 @@ def require_framework(framework: str) -> None:
         raise FrameworkError(
             f"{what} checkpoints need {', '.join(missing)}, not installed: pip install 'hatch-onnx[{FRAMEWORK_EXTRAS[framework]}]'"
         )
+    if framework == "tf" and not transformers_has_tensorflow():
+        from importlib.metadata import version
+
+        raise FrameworkError(
+            f"TensorFlow checkpoints need transformers 4.x (this interpreter has {version('transformers')}, "
+            "which dropped TensorFlow): run them with an interpreter that has hatch-onnx[tf] (--python-tf)"
+        )
     # transformers settles which frameworks exist when first imported (USE_TF / USE_TORCH)
     if "transformers" in sys.modules:
-        from transformers.utils import is_tf_available, is_torch_available
+        import transformers.utils as hf_utils
 
-        if not (is_torch_available() if framework == "pt" else is_tf_available()):
+        available = hf_utils.is_torch_available if framework == "pt" else hf_utils.is_tf_available
+        if not available():
             raise FrameworkError(
                 f"transformers was imported in this process with {what} turned off (USE_TF / USE_TORCH): "
                 f"export {what} checkpoints in a process of their own, as `hatch-onnx build` does"
@@ -177,15 +195,19 @@ class FeaturesManager:
         from transformers.utils import logging as hf_logging
 
         # transformers logs newly initialised weights as a warning; we report them ourselves,
-        # as an error unless a new head is allowed (see hatch_onnx.exporting).
-        verbosity = hf_logging.get_verbosity()
+        # as an error unless a new head is allowed (see hatch_onnx.exporting). transformers 5
+        # also draws a "Loading weights" progress bar: noise on a one-line-per-job console.
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         try:
             loaded, info = model_class.from_pretrained(model, **kwargs)
         except OSError as exc:
             raise CheckpointError(f"{model}: cannot load for {feature!r} ({str(exc).splitlines()[0]})", model) from exc
         finally:
             hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
         missing = sorted(info.get("missing_keys", []))
         return loaded, missing
 
