@@ -14,6 +14,7 @@ and needs no TensorFlow; tensorflow and tf2onnx are imported by the functions th
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import re
@@ -219,6 +220,15 @@ def _present(model: Any, cache: Any, name: str) -> Any:
     return cache[index][_CACHE_SLOT[(part, kind)]]
 
 
+def _encoder_placeholder(tf: Any, model: Any, named: Mapping[str, Any]) -> Any:
+    """NaN encoder states shaped as the cross-attention cache says (see pytorch._encoder_placeholder)."""
+    from transformers.modeling_tf_outputs import TFBaseModelOutput
+
+    shape = tf.shape(named["past_key_values.0.encoder.key"])  # (batch, heads, encoder_sequence, head_dim)
+    hidden = getattr(model.config, "d_model", None) or model.config.hidden_size
+    return TFBaseModelOutput(last_hidden_state=tf.fill(tf.stack([shape[0], shape[2], int(hidden)]), float("nan")))
+
+
 def flat_call(model: Any, input_names: Sequence[str], output_names: Sequence[str]) -> Callable[..., tuple]:
     """``call(*inputs) -> tuple(outputs)``, in the config's order: the TF counterpart of pytorch.FlatModel.
 
@@ -228,6 +238,7 @@ def flat_call(model: Any, input_names: Sequence[str], output_names: Sequence[str
     import tensorflow as tf
 
     input_names, output_names = list(input_names), list(output_names)
+    first_argument = next(iter(inspect.signature(model.call).parameters))
 
     def call(*tensors: Any) -> tuple:
         named = dict(zip(input_names, tensors))
@@ -236,6 +247,10 @@ def flat_call(model: Any, input_names: Sequence[str], output_names: Sequence[str
         if cache is not None:
             kwargs["past_key_values"] = cache
             kwargs["use_cache"] = True
+            if model.config.is_encoder_decoder and first_argument not in kwargs:
+                # A decoding step, as pytorch.FlatModel: the encoder's output is in the cache.
+                kwargs[first_argument] = None  # Keras insists that the first argument be passed
+                kwargs["encoder_outputs"] = _encoder_placeholder(tf, model, named)
         out = model(**kwargs, training=False, return_dict=True)
         return tuple(_present(model, out.past_key_values, name) if _PRESENT.match(name) else out[name] for name in output_names)
 
