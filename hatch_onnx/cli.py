@@ -55,7 +55,7 @@ def _features_parser(sub) -> None:
 
 
 def _run_features(args: argparse.Namespace) -> int:
-    from hatch_onnx.frameworks.tensorflow import tf_features
+    from hatch_onnx.models import tf_features
     from hatch_onnx.onnx.features import FeaturesManager
 
     if args.model_type:

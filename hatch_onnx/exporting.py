@@ -49,7 +49,7 @@ def resolve_config_class(model_dir: Path, feature: str):
 
 def check_tf_feature(model_type: str, feature: str, model_dir: Path) -> None:
     """A feature transformers has no TensorFlow class for is bad input, refused before loading."""
-    from hatch_onnx.frameworks.tensorflow import tf_features
+    from hatch_onnx.models import tf_features
 
     supported = tf_features(model_type)
     if feature not in supported:

@@ -21,8 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
-from hatch_onnx.frameworks.tensorflow import TF_TASK_MODEL_TYPES, tf_features, tf_model_types
-from hatch_onnx.models import FEATURE_TO_AUTOMODEL, REGISTRY, feature_to_task
+from hatch_onnx.models import FEATURE_TO_AUTOMODEL, REGISTRY, feature_to_task, tf_features, tf_model_types
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ROOT / "fixtures" / "checkpoints"
@@ -281,7 +280,7 @@ def test_tf_features_follow_transformers_tf_classes():
 
 def test_tf_features_import_no_framework():
     code = (
-        "import sys; from hatch_onnx.frameworks.tensorflow import tf_features; tf_features('bert'); "
+        "import sys; from hatch_onnx.models import tf_features; tf_features('bert'); "
         "print(sorted(m for m in ('tensorflow', 'tf2onnx', 'transformers', 'torch', 'onnx', 'onnxruntime') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -359,7 +358,8 @@ def test_tf_export_and_validate(model_type, feature, tf_runs):
 def test_tf_task_table_matches_transformers(tf_runs):
     table = tf_runs.get("check:table")
     for task, model_types in table["tasks"].items():
-        assert set(model_types) == set(TF_TASK_MODEL_TYPES.get(task, ())), task
+        declared = {m for m in REGISTRY if any(feature_to_task(f) == task for f in tf_features(m))}
+        assert set(model_types) == declared, task
     assert all(table["auto_classes"].values()), table["auto_classes"]
 
 

@@ -7,8 +7,9 @@ PyTorch path does). tf2onnx converts it; we then give the graph the config's nam
 outputs and dynamic axes instead of ``unk__N``), refuse any graph onnxruntime cannot load
 (tf2onnx writes unconverted TF ops into the graph and carries on), and write it.
 
-This module is light at import time: the TF support matrix (:func:`tf_features`) is static
-and needs no TensorFlow; tensorflow and tf2onnx are imported by the functions that use them.
+Which features export from TensorFlow is declared in the registry (``ModelSupport.tensorflow``,
+read through :func:`hatch_onnx.models.tf_features`). This module is light at import time:
+tensorflow and tf2onnx are imported by the functions that use them.
 """
 
 from __future__ import annotations
@@ -25,50 +26,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from hatch_onnx.errors import ExportError, FrameworkError
 from hatch_onnx.onnx.config import OnnxConfig
-from hatch_onnx.models import REGISTRY, feature_to_task
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
 INSTALL_HINT = "pip install 'hatch-onnx[tf]'"
 
-# The legacy exporter's TensorFlow tasks (``_TASKS_TO_TF_AUTOMODELS``; semantic-segmentation has
-# none of our architectures) plus those transformers has since given TF auto classes
-# (image-classification, speech2seq-lm), each with the architectures transformers 4.57 has a TF
-# class for (its ``TF_MODEL_*_MAPPING_NAMES``). Static, so that the light core can read it;
-# tests check it against transformers. Not here: bloom and gpt-neo (no TF classes at all);
-# bart causal-lm / question-answering, electra causal-lm, gpt2 token-classification, vit
-# masked-im (no TF class for that head).
-TF_TASK_MODEL_TYPES: Mapping[str, frozenset[str]] = {
-    "default": frozenset({
-        "albert", "bart", "bert", "convnext", "deberta-v2", "distilbert", "electra", "gpt2", "resnet",
-        "roberta", "t5", "vit", "whisper", "xlm-roberta",
-    }),
-    "masked-lm": frozenset({"albert", "bert", "deberta-v2", "distilbert", "electra", "roberta", "xlm-roberta"}),
-    "causal-lm": frozenset({"bert", "gpt2", "roberta", "xlm-roberta"}),
-    "seq2seq-lm": frozenset({"bart", "t5"}),
-    "sequence-classification": frozenset({
-        "albert", "bart", "bert", "deberta-v2", "distilbert", "electra", "gpt2", "roberta", "xlm-roberta",
-    }),
-    "token-classification": frozenset({"albert", "bert", "deberta-v2", "distilbert", "electra", "roberta", "xlm-roberta"}),
-    "multiple-choice": frozenset({"albert", "bert", "deberta-v2", "distilbert", "electra", "roberta", "xlm-roberta"}),
-    "question-answering": frozenset({"albert", "bert", "deberta-v2", "distilbert", "electra", "roberta", "xlm-roberta"}),
-    "image-classification": frozenset({"convnext", "resnet", "vit"}),
-    "speech2seq-lm": frozenset({"whisper"}),
-}
-
-
-def tf_features(model_type: str) -> tuple[str, ...]:
-    """The features ``model_type`` exports from TensorFlow, in the registry's order ("-with-past" included)."""
-    support = REGISTRY.get(model_type.replace("_", "-"))
-    if support is None:
-        return ()
-    return tuple(f for f in support.features if support.model_type in TF_TASK_MODEL_TYPES.get(feature_to_task(f), ()))
-
-
-def tf_model_types() -> tuple[str, ...]:
-    """The architectures with at least one TensorFlow feature."""
-    return tuple(model_type for model_type in REGISTRY if tf_features(model_type))
 
 
 def require_tensorflow() -> tuple[Any, Any]:

@@ -31,4 +31,16 @@ def _load() -> Mapping[str, ModelSupport]:
 
 REGISTRY: Mapping[str, ModelSupport] = _load()
 
-__all__ = ["REGISTRY", "ModelSupport", "FEATURE_TO_AUTOMODEL", "feature_to_task"]
+
+def tf_features(model_type: str) -> tuple[str, ...]:
+    """The features ``model_type`` exports from TensorFlow checkpoints (none for an unknown type)."""
+    support = REGISTRY.get(model_type.replace("_", "-"))
+    return support.tensorflow if support is not None else ()
+
+
+def tf_model_types() -> tuple[str, ...]:
+    """The architectures with at least one TensorFlow feature."""
+    return tuple(model_type for model_type, support in REGISTRY.items() if support.tensorflow)
+
+
+__all__ = ["REGISTRY", "ModelSupport", "FEATURE_TO_AUTOMODEL", "feature_to_task", "tf_features", "tf_model_types"]

@@ -47,6 +47,9 @@ class ModelSupport:
     model_type: str
     onnx_config: type[OnnxConfig]
     features: tuple[str, ...]
+    # The features that also export from TensorFlow checkpoints: those transformers 4.57 has a
+    # TF class for (its ``TF_MODEL_*_MAPPING_NAMES``; a test checks). ``True``: every feature.
+    tensorflow: "bool | tuple[str, ...]" = ()
 
     def __post_init__(self) -> None:
         for feature in self.features:
@@ -55,6 +58,10 @@ class ModelSupport:
                 raise ValueError(f"{self.model_type}: unknown feature {feature!r}")
             if feature.endswith("-with-past") and not issubclass(self.onnx_config, OnnxConfigWithPast):
                 raise ValueError(f"{self.model_type}: {feature!r} needs an OnnxConfigWithPast")
+        tensorflow = self.features if self.tensorflow is True else tuple(self.tensorflow or ())
+        if not set(tensorflow) <= set(self.features):
+            raise ValueError(f"{self.model_type}: TensorFlow features {sorted(set(tensorflow) - set(self.features))} are not features")
+        object.__setattr__(self, "tensorflow", tuple(f for f in self.features if f in tensorflow))  # registry order
 
     def config_for(self, feature: str):
         """The constructor the legacy API returns: ``config -> OnnxConfig``."""

@@ -9,4 +9,9 @@ class AlbertOnnxConfig(TextEncoderOnnxConfig):
     pass
 
 
-SUPPORT = ModelSupport("albert", AlbertOnnxConfig, features=('default', 'masked-lm', 'sequence-classification', 'multiple-choice', 'token-classification', 'question-answering'))
+SUPPORT = ModelSupport(
+    "albert",
+    AlbertOnnxConfig,
+    features=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    tensorflow=True,
+)

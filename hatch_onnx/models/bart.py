@@ -37,8 +37,6 @@ class BartOnnxConfig(Seq2SeqOnnxConfig):
 SUPPORT = ModelSupport(
     "bart",
     BartOnnxConfig,
-    features=(
-        "default", "default-with-past", "causal-lm", "causal-lm-with-past",
-        "seq2seq-lm", "seq2seq-lm-with-past", "sequence-classification", "question-answering",
-    ),
+    features=("default", "default-with-past", "causal-lm", "causal-lm-with-past", "seq2seq-lm", "seq2seq-lm-with-past", "sequence-classification", "question-answering"),
+    tensorflow=("default", "default-with-past", "seq2seq-lm", "seq2seq-lm-with-past", "sequence-classification"),
 )

@@ -9,4 +9,9 @@ class BertOnnxConfig(TextEncoderOnnxConfig):
     pass
 
 
-SUPPORT = ModelSupport("bert", BertOnnxConfig, features=('default', 'masked-lm', 'causal-lm', 'sequence-classification', 'multiple-choice', 'token-classification', 'question-answering'))
+SUPPORT = ModelSupport(
+    "bert",
+    BertOnnxConfig,
+    features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    tensorflow=True,
+)

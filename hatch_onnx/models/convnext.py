@@ -9,4 +9,9 @@ class ConvNextOnnxConfig(ConvVisionOnnxConfig):
     ATOL_FOR_VALIDATION = 1e-4
 
 
-SUPPORT = ModelSupport("convnext", ConvNextOnnxConfig, features=("default", "image-classification"))
+SUPPORT = ModelSupport(
+    "convnext",
+    ConvNextOnnxConfig,
+    features=("default", "image-classification"),
+    tensorflow=True,
+)

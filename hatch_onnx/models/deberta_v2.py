@@ -10,4 +10,9 @@ class DebertaV2OnnxConfig(TextEncoderOnnxConfig):
     DEFAULT_ONNX_OPSET = 14
 
 
-SUPPORT = ModelSupport("deberta-v2", DebertaV2OnnxConfig, features=('default', 'masked-lm', 'sequence-classification', 'multiple-choice', 'token-classification', 'question-answering'))
+SUPPORT = ModelSupport(
+    "deberta-v2",
+    DebertaV2OnnxConfig,
+    features=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    tensorflow=True,
+)

@@ -9,4 +9,9 @@ class DistilBertOnnxConfig(TextEncoderOnnxConfig):
     USES_TOKEN_TYPE_IDS = False
 
 
-SUPPORT = ModelSupport("distilbert", DistilBertOnnxConfig, features=('default', 'masked-lm', 'sequence-classification', 'multiple-choice', 'token-classification', 'question-answering'))
+SUPPORT = ModelSupport(
+    "distilbert",
+    DistilBertOnnxConfig,
+    features=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    tensorflow=True,
+)

@@ -9,4 +9,9 @@ class ElectraOnnxConfig(TextEncoderOnnxConfig):
     pass
 
 
-SUPPORT = ModelSupport("electra", ElectraOnnxConfig, features=('default', 'masked-lm', 'causal-lm', 'sequence-classification', 'multiple-choice', 'token-classification', 'question-answering'))
+SUPPORT = ModelSupport(
+    "electra",
+    ElectraOnnxConfig,
+    features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    tensorflow=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+)

@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "gpt2",
     GPT2OnnxConfig,
     features=("default", "default-with-past", "causal-lm", "causal-lm-with-past", "sequence-classification", "token-classification"),
+    tensorflow=("default", "default-with-past", "causal-lm", "causal-lm-with-past", "sequence-classification"),
 )

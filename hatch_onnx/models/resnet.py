@@ -9,4 +9,9 @@ class ResNetOnnxConfig(ConvVisionOnnxConfig):
     ATOL_FOR_VALIDATION = 1e-3
 
 
-SUPPORT = ModelSupport("resnet", ResNetOnnxConfig, features=("default", "image-classification"))
+SUPPORT = ModelSupport(
+    "resnet",
+    ResNetOnnxConfig,
+    features=("default", "image-classification"),
+    tensorflow=True,
+)

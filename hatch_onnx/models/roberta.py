@@ -9,4 +9,9 @@ class RobertaOnnxConfig(TextEncoderOnnxConfig):
     USES_TOKEN_TYPE_IDS = False
 
 
-SUPPORT = ModelSupport("roberta", RobertaOnnxConfig, features=('default', 'masked-lm', 'causal-lm', 'sequence-classification', 'multiple-choice', 'token-classification', 'question-answering'))
+SUPPORT = ModelSupport(
+    "roberta",
+    RobertaOnnxConfig,
+    features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    tensorflow=True,
+)

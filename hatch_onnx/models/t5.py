@@ -9,4 +9,9 @@ class T5OnnxConfig(Seq2SeqOnnxConfig):
     ATOL_FOR_VALIDATION = 1e-4
 
 
-SUPPORT = ModelSupport("t5", T5OnnxConfig, features=("default", "default-with-past", "seq2seq-lm", "seq2seq-lm-with-past"))
+SUPPORT = ModelSupport(
+    "t5",
+    T5OnnxConfig,
+    features=("default", "default-with-past", "seq2seq-lm", "seq2seq-lm-with-past"),
+    tensorflow=True,
+)

@@ -9,4 +9,9 @@ class ViTOnnxConfig(VisionOnnxConfig):
     ATOL_FOR_VALIDATION = 1e-4
 
 
-SUPPORT = ModelSupport("vit", ViTOnnxConfig, features=("default", "image-classification", "masked-im"))
+SUPPORT = ModelSupport(
+    "vit",
+    ViTOnnxConfig,
+    features=("default", "image-classification", "masked-im"),
+    tensorflow=("default", "image-classification"),
+)

@@ -10,5 +10,8 @@ class WhisperOnnxConfig(SpeechSeq2SeqOnnxConfig):
 
 
 SUPPORT = ModelSupport(
-    "whisper", WhisperOnnxConfig, features=("default", "default-with-past", "speech2seq-lm", "speech2seq-lm-with-past")
+    "whisper",
+    WhisperOnnxConfig,
+    features=("default", "default-with-past", "speech2seq-lm", "speech2seq-lm-with-past"),
+    tensorflow=True,
 )

@@ -9,4 +9,9 @@ class XLMRobertaOnnxConfig(TextEncoderOnnxConfig):
     USES_TOKEN_TYPE_IDS = False
 
 
-SUPPORT = ModelSupport("xlm-roberta", XLMRobertaOnnxConfig, features=('default', 'masked-lm', 'causal-lm', 'sequence-classification', 'multiple-choice', 'token-classification', 'question-answering'))
+SUPPORT = ModelSupport(
+    "xlm-roberta",
+    XLMRobertaOnnxConfig,
+    features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    tensorflow=True,
+)
