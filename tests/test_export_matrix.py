@@ -13,7 +13,12 @@ from conftest import checkpoint
 from hatch_onnx.exporting import ExportRequest, export_checkpoint
 from hatch_onnx.models import REGISTRY
 
-PAIRS = [(model_type, feature) for model_type, support in REGISTRY.items() for feature in support.features]
+import transformers
+
+MAJOR = int(transformers.__version__.split(".")[0])
+# Every pair this transformers line can export; the registry says why any other cannot.
+PAIRS = [(m, f) for m, support in REGISTRY.items() for f in support.features if support.unavailable_reason(f, MAJOR) is None]
+UNAVAILABLE = [(m, f) for m, support in REGISTRY.items() for f in support.features if support.unavailable_reason(f, MAJOR) is not None]
 # Each pair's graph interface (input and output names in order, dtypes, shapes with named dynamic
 # axes), pinned: both transformers lines must export exactly this. Regenerate after a deliberate
 # change with HATCH_ONNX_PIN_INTERFACES=1 (the test then writes the file instead of comparing).
@@ -48,3 +53,13 @@ def _check_interface(pair: str, interface: dict) -> None:
         return
     assert pair in pinned, f"{pair}: no pinned interface in {INTERFACES.name} (HATCH_ONNX_PIN_INTERFACES=1 writes it)"
     assert interface == pinned[pair]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type, feature", UNAVAILABLE, ids=[f"{m}:{f}" for m, f in UNAVAILABLE])
+def test_unavailable_pair_really_fails(model_type, feature, tmp_path):
+    """A pair declared unavailable on this line does fail: the declaration is not stale."""
+    request = ExportRequest(model=checkpoint(model_type), feature=feature, allow_new_head=True)
+    with pytest.raises(Exception):
+        export_checkpoint(request, tmp_path, log=lambda line: None)
+    assert not (tmp_path / "model.onnx").exists()

@@ -16,6 +16,9 @@ from hatch_onnx.models._base import FEATURE_TO_AUTOMODEL, ModelSupport, feature_
 _MODULES = (
     "albert", "bart", "bert", "bloom", "convnext", "deberta_v2", "distilbert", "electra",
     "gpt2", "gpt_neo", "resnet", "roberta", "t5", "vit", "whisper", "xlm_roberta",
+    # text encoders
+    "big_bird", "camembert", "convbert", "data2vec_text", "deberta", "flaubert", "ibert", "layoutlm",
+    "mobilebert", "rembert", "roformer", "squeezebert", "xlm",
 )
 
 
@@ -32,6 +35,17 @@ def _load() -> Mapping[str, ModelSupport]:
 REGISTRY: Mapping[str, ModelSupport] = _load()
 
 
+def support_for(model_type: str, where: str = "") -> ModelSupport:
+    """The registry's entry for ``model_type`` (``bert``, ``deberta_v2``...), or :class:`UnsupportedModelTypeError`."""
+    support = REGISTRY.get(model_type.replace("_", "-"))
+    if support is None:
+        from hatch_onnx.errors import UnsupportedModelTypeError
+
+        what = f"{where} ({model_type})" if where else model_type
+        raise UnsupportedModelTypeError(f"model type {what!r} is not supported; supported: {', '.join(REGISTRY)}", model_type)
+    return support
+
+
 def tf_features(model_type: str) -> tuple[str, ...]:
     """The features ``model_type`` exports from TensorFlow checkpoints (none for an unknown type)."""
     support = REGISTRY.get(model_type.replace("_", "-"))
@@ -43,4 +57,4 @@ def tf_model_types() -> tuple[str, ...]:
     return tuple(model_type for model_type, support in REGISTRY.items() if support.tensorflow)
 
 
-__all__ = ["REGISTRY", "ModelSupport", "FEATURE_TO_AUTOMODEL", "feature_to_task", "tf_features", "tf_model_types"]
+__all__ = ["REGISTRY", "support_for", "ModelSupport", "FEATURE_TO_AUTOMODEL", "feature_to_task", "tf_features", "tf_model_types"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from types import MappingProxyType
 from typing import Mapping
 
 from typing import TYPE_CHECKING
@@ -50,6 +51,10 @@ class ModelSupport:
     # The features that also export from TensorFlow checkpoints: those transformers 4.57 has a
     # TF class for (its ``TF_MODEL_*_MAPPING_NAMES``; a test checks). ``True``: every feature.
     tensorflow: "bool | tuple[str, ...]" = ()
+    # Features of the legacy list that a transformers line cannot export, each with the reason
+    # (``hatch-onnx features`` shows it): on every line, and on transformers 5 only.
+    unavailable: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    unavailable_on_transformers5: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for feature in self.features:
@@ -62,6 +67,54 @@ class ModelSupport:
         if not set(tensorflow) <= set(self.features):
             raise ValueError(f"{self.model_type}: TensorFlow features {sorted(set(tensorflow) - set(self.features))} are not features")
         object.__setattr__(self, "tensorflow", tuple(f for f in self.features if f in tensorflow))  # registry order
+        for field in ("unavailable", "unavailable_on_transformers5"):
+            unknown = set(getattr(self, field)) - set(self.features)
+            if unknown:
+                raise ValueError(f"{self.model_type}: {field} names {sorted(unknown)}, which are not features")
+            object.__setattr__(self, field, MappingProxyType(dict(getattr(self, field))))
+
+    def unavailable_reason(self, feature: str, transformers_major: int) -> "str | None":
+        """Why ``feature`` cannot be exported with that transformers major version (None: it can)."""
+        if feature in self.unavailable:
+            return self.unavailable[feature]
+        if transformers_major >= 5:
+            return self.unavailable_on_transformers5.get(feature)
+        return None
+
+    def check(self, feature: str, framework: str = "pt", where: str = "") -> None:
+        """Raise :class:`UnsupportedFeatureError` unless ``feature`` exports from ``framework``.
+
+        The one place feature support is decided: the plan, the exporter and the CLI call it.
+        ``where`` prefixes the message (a checkpoint path).
+        """
+        from hatch_onnx.errors import UnsupportedFeatureError
+
+        prefix = f"{where}: " if where else ""
+        if feature not in self.features:
+            raise UnsupportedFeatureError(
+                f"{prefix}{self.model_type} does not support feature {feature!r}; supported: {', '.join(self.features)}",
+                model_type=self.model_type, feature=feature,
+            )
+        if framework == "tf" and feature not in self.tensorflow:
+            raise UnsupportedFeatureError(
+                f"{prefix}{self.model_type} does not support feature {feature!r} with TensorFlow; "
+                f"supported: {', '.join(self.tensorflow) or 'none (no TensorFlow classes)'}",
+                model_type=self.model_type, feature=feature,
+            )
+
+    def opset(self, requested: "int | None") -> int:
+        """The opset to export with: ``requested``, or the architecture's minimum when none is asked for.
+
+        Raises :class:`OpsetError` for a request below the minimum.
+        """
+        from hatch_onnx.errors import OpsetError
+
+        minimum = self.onnx_config.DEFAULT_ONNX_OPSET
+        if requested is None:
+            return minimum
+        if requested < minimum:
+            raise OpsetError(f"opset {requested} is below the minimum {minimum} for {self.model_type}", opset=requested, minimum=minimum)
+        return requested
 
     def config_for(self, feature: str):
         """The constructor the legacy API returns: ``config -> OnnxConfig``."""

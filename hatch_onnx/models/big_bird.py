@@ -1,0 +1,20 @@
+"""big-bird: BERT with block-sparse attention; no token types in the graph.
+
+Block-sparse attention needs sequences of many blocks; on short ones transformers falls back to
+full attention, which is what the graph then holds (the fixture is configured with it).
+"""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+
+
+class BigBirdOnnxConfig(TextEncoderOnnxConfig):
+    USES_TOKEN_TYPE_IDS = False
+
+
+SUPPORT = ModelSupport(
+    "big-bird",
+    BigBirdOnnxConfig,
+    features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+)

@@ -1,0 +1,16 @@
+"""data2vec-text: RoBERTa's architecture trained by data2vec; no token types in the graph."""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+
+
+class Data2VecTextOnnxConfig(TextEncoderOnnxConfig):
+    USES_TOKEN_TYPE_IDS = False
+
+
+SUPPORT = ModelSupport(
+    "data2vec-text",
+    Data2VecTextOnnxConfig,
+    features=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+)
