@@ -19,6 +19,10 @@ _MODULES = (
     # text encoders
     "big_bird", "camembert", "convbert", "data2vec_text", "deberta", "flaubert", "ibert", "layoutlm",
     "mobilebert", "rembert", "roformer", "squeezebert", "xlm",
+    # decoders
+    "codegen", "gptj",
+    # encoder-decoders
+    "bigbird_pegasus", "blenderbot", "blenderbot_small", "longt5", "m2m_100", "marian", "mbart", "mt5",
 )
 
 
