@@ -1,7 +1,14 @@
-"""Run a plan: hits come from the cache, misses go to worker processes, then materialise.
+"""Run a plan: look every job up in the cache, export the misses in worker processes, materialise.
 
-Nothing here imports an ML framework: a build whose jobs all hit the cache reads params,
-hashes checkpoints (through the stat cache), looks entries up and links files.
+The one pipeline behind the three front doors: ``hatch-onnx build`` (and the DVC stages that
+call it) and the Hatch hook all call :func:`run_build`. Nothing here imports an ML framework:
+a build whose jobs all hit reads params (through the plan memo), hashes checkpoints (through
+the stat cache), looks entries up and links files.
+
+Interpreters: PyTorch jobs run in ``python`` (``--python``, ``$HATCH_ONNX_PYTHON``, else this
+interpreter), TensorFlow jobs in ``python_tf`` (``--python-tf``, ``$HATCH_ONNX_PYTHON_TF``, else
+the PyTorch one), which must have transformers 4 and TensorFlow: transformers 5 dropped TF.
+Each job's key holds the versions of the interpreter that runs it.
 """
 
 from __future__ import annotations
@@ -10,22 +17,18 @@ import dataclasses
 import functools
 import json
 import os
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Any, Optional
 
-from hatch_onnx.cache import CacheEntry, CacheStore, cache_key, resolve_cache_root
-from hatch_onnx.errors import BuildError
+from hatch_onnx.cache import CacheEntry, CacheStore, cache_key
+from hatch_onnx.errors import BuildError, FrameworkError
 from hatch_onnx.fingerprint import default_stat_cache, fingerprint
-from hatch_onnx.package import materialize
-from hatch_onnx.plan import Job, load_plan, toolchain_versions
-from hatch_onnx.worker import PROTOCOL_MARK, worker_command, worker_env
-
-WORKER_TIMEOUT = float(os.environ.get("HATCH_ONNX_WORKER_TIMEOUT", 3600))
-
+from hatch_onnx.params import read_params
+from hatch_onnx.plan import Job, resolve_plan
+from hatch_onnx.toolchain import PYTHON_ENV, PYTHON_TF_ENV, Versions, interpreter_versions, runs_tensorflow
 
 @dataclasses.dataclass(frozen=True)
 class JobResult:
@@ -35,6 +38,7 @@ class JobResult:
     seconds: float
     entry: Optional[CacheEntry] = None
     error: Optional[str] = None
+    exit_code: int = 0  # a failed job's: 2 for bad input (the worker's error type), 1 otherwise
 
     @functools.cached_property  # read once: the table, the manifest and the DVC figures all use it
     def report(self) -> Optional[dict]:
@@ -64,34 +68,157 @@ class BuildResult:
         return [r for r in self.results if r.status == "failed"]
 
 
-def _run_worker(job: Job, key: str, inputs: dict, store: CacheStore, python: str) -> JobResult:
-    started = time.perf_counter()
-    with store.lock(key):
-        entry = store.lookup(key)  # another build may have exported it while we waited
+@dataclasses.dataclass(frozen=True)
+class Toolchain:
+    """Who runs a framework's jobs (``python``) and the versions their keys hold."""
+
+    python: str
+    versions: Versions
+
+
+def resolve_toolchains(plan: Iterable[Job], python: Optional[str] = None, python_tf: Optional[str] = None) -> dict[str, Toolchain]:
+    """The toolchain of each framework the plan uses; :class:`FrameworkError` (exit 2) when TF jobs have none."""
+    frameworks = {job.framework for job in plan}
+    python = python or os.environ.get(PYTHON_ENV) or None
+    chosen: dict[str, Toolchain] = {}
+    if "pt" in frameworks or ("tf" in frameworks and not (python_tf or os.environ.get(PYTHON_TF_ENV))):
+        chosen["pt"] = Toolchain(python or sys.executable, interpreter_versions(python))
+    if "tf" in frameworks:
+        named = python_tf or os.environ.get(PYTHON_TF_ENV) or None
+        toolchain = Toolchain(named, interpreter_versions(named)) if named else chosen["pt"]
+        if not runs_tensorflow(toolchain.versions):
+            models = sorted({job.name for job in plan if job.framework == "tf"})
+            have = f"transformers {toolchain.versions.get('transformers')}" if toolchain.versions.get("tensorflow") else "no TensorFlow"
+            raise FrameworkError(
+                f"TensorFlow checkpoints ({', '.join(models)}) need an interpreter with transformers 4.x and "
+                f"hatch-onnx[tf], and {toolchain.python} has {have}: name one with --python-tf, "
+                f"the hook option `python-tf` or ${PYTHON_TF_ENV}"
+            )
+        chosen["tf"] = toolchain
+    return {framework: chosen[framework] for framework in frameworks}
+
+
+def run_build(
+    params_file: Path,
+    only: Optional[Iterable[str]] = None,
+    jobs: int = 1,
+    out: Optional[Path] = None,
+    python: Optional[str] = None,
+    python_tf: Optional[str] = None,
+    package_version: Optional[str] = None,
+    progress_stream=None,
+    versions: Optional[Mapping[str, Versions]] = None,
+) -> BuildResult:
+    """Plan, look up, export the misses (``jobs`` workers), materialise into ``out``.
+
+    ``versions`` (framework -> toolchain versions) makes the build *lookup only*: keys use
+    those versions, nothing is exported, and a miss raises :class:`NotCachedError` (for a
+    Hatch build that found no interpreter with the frameworks).
+
+    Raises :class:`BuildError` after every job has finished if any failed; ``out`` is then left
+    as it was.
+    """
+    source = read_params(params_file)
+    plan = resolve_plan(source, only)
+    store = CacheStore(source.cache_root)
+    toolchains: dict[str, Toolchain] = {}
+    if versions is None:
+        toolchains = resolve_toolchains(plan, python, python_tf)
+        versions = {framework: toolchain.versions for framework, toolchain in toolchains.items()}
+    with default_stat_cache(store.root) as stats:
+        prints = {checkpoint: fingerprint(checkpoint, stats) for checkpoint in sorted({job.checkpoint for job in plan})}
+
+    results: dict[Job, JobResult] = {}
+    misses: list[tuple[Job, str, dict]] = []
+    for job in plan:
+        inputs = job.key_inputs(prints[job.checkpoint], versions.get(job.framework, {}))
+        key = cache_key(inputs)
+        started = time.perf_counter()
+        entry = store.lookup(key)
         if entry is not None:
-            return JobResult(job, key, "hit", time.perf_counter() - started, entry)
-        with store.staging() as staging:
-            request = {
-                "model": str(job.checkpoint), "feature": job.feature, "framework": job.framework, "opset": job.opset,
-                "atol": job.atol, "exporter": job.exporter, "allow_new_head": job.allow_new_head, "output": str(staging),
-            }
-            try:
-                proc = subprocess.run(
-                    worker_command(python), input=json.dumps(request), capture_output=True, text=True,
-                    env=worker_env(job.framework), timeout=WORKER_TIMEOUT,
-                )
-            except subprocess.TimeoutExpired:
-                return JobResult(job, key, "failed", time.perf_counter() - started, error=f"worker timed out after {WORKER_TIMEOUT:g} s")
-            replies = [line[len(PROTOCOL_MARK):] for line in proc.stdout.splitlines() if line.startswith(PROTOCOL_MARK)]
-            if not replies:
-                how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
-                tail = (proc.stderr.strip().splitlines() or [""])[-1][:200]
-                return JobResult(job, key, "failed", time.perf_counter() - started, error=f"worker died ({how}) {tail}".strip())
-            reply = json.loads(replies[-1])
-            if not reply["ok"]:
-                return JobResult(job, key, "failed", time.perf_counter() - started, error=reply["error"])
-            entry = store.put(key, staging, inputs, reply["report"]["timings"])
-    return JobResult(job, key, "exported", time.perf_counter() - started, entry)
+            results[job] = JobResult(job, key, "hit", time.perf_counter() - started, entry)
+        else:
+            misses.append((job, key, inputs))
+    if misses and not toolchains:
+        raise NotCachedError([job.label for job, _, _ in misses])
+    for result in _export(misses, store, toolchains, jobs, progress_stream):
+        results[result.job] = result
+
+    build = BuildResult(tuple(results[job] for job in plan), out)
+    if build.failed:
+        names = ", ".join(f"{r.job.label} ({r.error})" for r in build.failed)
+        error = BuildError(f"{len(build.failed)} of {len(plan)} job(s) failed: {names}")
+        # Bad input everywhere (a checkpoint the worker refused) is bad input for the build too.
+        error.exit_code = 2 if all(r.exit_code == 2 for r in build.failed) else 1
+        error.result = build
+        raise error
+    if out is not None:
+        from hatch_onnx.package import materialize
+
+        materialize(Path(out), build.results, prints, package_version)
+    return build
+
+
+class NotCachedError(BuildError):
+    """A lookup-only build found jobs that must be exported."""
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(f"{len(missing)} job(s) not in the cache: {', '.join(missing)}")
+        self.missing = missing
+
+
+def _export(misses: list[tuple[Job, str, dict]], store: CacheStore, toolchains: Mapping[str, Toolchain], jobs: int,
+            progress_stream) -> Iterable[JobResult]:
+    """Export the misses in worker processes, a batch per checkpoint; yields each result as it finishes."""
+    if not misses:
+        return
+    from hatch_onnx.pool import Batch, WorkerDied, run_batches
+
+    by_checkpoint: dict[tuple[str, Path], list] = {}
+    for miss in misses:
+        by_checkpoint.setdefault((miss[0].framework, miss[0].checkpoint), []).append(miss)
+    batches = [
+        Batch(framework, _size(checkpoint), tuple(sorted(items, key=lambda miss: miss[0].head)))  # same head: one load
+        for (framework, checkpoint), items in by_checkpoint.items()
+    ]
+
+    def export_one(miss: tuple[Job, str, dict], send) -> JobResult:
+        job, key, inputs = miss
+        started = time.perf_counter()
+
+        def failed(error: str, exit_code: int = 1) -> JobResult:
+            return JobResult(job, key, "failed", time.perf_counter() - started, error=error, exit_code=exit_code)
+
+        with store.lock(key):
+            entry = store.lookup(key)  # another build may have exported it while we waited
+            if entry is not None:
+                return JobResult(job, key, "hit", time.perf_counter() - started, entry)
+            with store.staging() as staging:
+                try:
+                    reply = send({**job.request(), "output": str(staging)})
+                except WorkerDied as exc:
+                    return failed(str(exc))
+                if not reply["ok"]:
+                    return failed(reply["error"], reply.get("exit_code", 1))
+                entry = store.put(key, staging, inputs, reply["report"]["timings"])
+        return JobResult(job, key, "exported", time.perf_counter() - started, entry)
+
+    progress = _Progress(len(misses), progress_stream)
+    try:
+        pythons = {framework: toolchain.python for framework, toolchain in toolchains.items()}
+        for result in run_batches(batches, pythons, jobs, export_one):
+            progress.finished(result)
+            yield result
+    finally:
+        progress.close()
+
+
+def _size(checkpoint: Path) -> int:
+    """Bytes of a checkpoint's files (one level: weights sit at the top of a checkpoint folder)."""
+    try:
+        return sum(entry.stat().st_size for entry in os.scandir(checkpoint) if entry.is_file())
+    except OSError:
+        return 0
 
 
 class _Progress:
@@ -116,66 +243,9 @@ class _Progress:
             self._live.update(self._task, advance=1, description=f"{result.job.label} {result.status}")
         else:
             detail = f": {result.error}" if result.error else ""
-            self.console.print(f"[{self.done}/{self.total}] {result.job.label} {result.status} in {result.seconds:.1f} s{detail}", highlight=False, markup=False)
+            self.console.print(f"[{self.done}/{self.total}] {result.job.label} {result.status} in {result.seconds:.1f} s{detail}",
+                               highlight=False, markup=False)
 
     def close(self) -> None:
         if self._live is not None:
             self._live.stop()
-
-
-def run_build(
-    params_file: Path,
-    only: Optional[Iterable[str]] = None,
-    jobs: int = 1,
-    out: Optional[Path] = None,
-    python: Optional[str] = None,
-    package_version: Optional[str] = None,
-    progress_stream=None,
-) -> BuildResult:
-    """Plan, look up, export the misses (``jobs`` at a time), materialise into ``out``.
-
-    Raises :class:`BuildError` after every job has finished if any failed; ``out`` is then left
-    as it was.
-    """
-    params_file = Path(params_file).resolve()
-    plan, configured_cache = load_plan(params_file, only)
-    store = CacheStore(resolve_cache_root(configured_cache, params_file.parent))
-    python = python or os.environ.get("HATCH_ONNX_PYTHON")
-    versions = toolchain_versions(python)  # None: this interpreter's, read in-process
-    python = python or sys.executable
-    with default_stat_cache(store.root) as stats:
-        prints = {checkpoint: fingerprint(checkpoint, stats) for checkpoint in sorted({job.checkpoint for job in plan})}
-
-    results: dict[Job, JobResult] = {}
-    misses: list[tuple[Job, str, dict]] = []
-    for job in plan:
-        inputs = job.key_inputs(prints[job.checkpoint], versions)
-        key = cache_key(inputs)
-        started = time.perf_counter()
-        entry = store.lookup(key)
-        if entry is not None:
-            results[job] = JobResult(job, key, "hit", time.perf_counter() - started, entry)
-        else:
-            misses.append((job, key, inputs))
-
-    if misses:
-        progress = _Progress(len(misses), progress_stream)
-        try:
-            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-                futures = [pool.submit(_run_worker, job, key, inputs, store, python) for job, key, inputs in misses]
-                for future in futures:
-                    result = future.result()
-                    results[result.job] = result
-                    progress.finished(result)
-        finally:
-            progress.close()
-
-    build = BuildResult(tuple(results[job] for job in plan), out)
-    if build.failed:
-        names = ", ".join(f"{r.job.label} ({r.error})" for r in build.failed)
-        error = BuildError(f"{len(build.failed)} of {len(plan)} job(s) failed: {names}")
-        error.result = build
-        raise error
-    if out is not None:
-        materialize(Path(out), build.results, prints, versions, package_version)
-    return build

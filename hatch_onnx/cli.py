@@ -77,7 +77,9 @@ def _build_parser(sub) -> None:
     p.add_argument("--only", nargs="+", metavar="NAME", help="build only these models")
     p.add_argument("-j", "--jobs", type=int, default=1, help="exports to run at once (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("build/onnx"), help="where to materialise (default: %(default)s)")
-    p.add_argument("--python", help="interpreter with the frameworks for exports (default: $HATCH_ONNX_PYTHON or this one)")
+    p.add_argument("--python", help="interpreter for PyTorch exports (default: $HATCH_ONNX_PYTHON or this one)")
+    p.add_argument("--python-tf", help="interpreter for TensorFlow exports, with transformers 4.x and hatch-onnx[tf] "
+                                       "(default: $HATCH_ONNX_PYTHON_TF or --python's)")
     p.add_argument("--metrics", type=Path, help="write validation figures as a metrics file (JSON: feature -> output -> figures)")
     p.add_argument("--plots", type=Path, help="write validation figures as plot records (JSON list, one per output)")
     p.set_defaults(run=_run_build)
@@ -88,7 +90,7 @@ def _run_build(args: argparse.Namespace) -> int:
     from hatch_onnx.errors import BuildError
 
     try:
-        result = run_build(args.params, only=args.only, jobs=args.jobs, out=args.out, python=args.python)
+        result = run_build(args.params, only=args.only, jobs=args.jobs, out=args.out, python=args.python, python_tf=args.python_tf)
     except BuildError as exc:
         _print_table(exc.result)
         raise
@@ -135,14 +137,13 @@ def _cache_parser(sub) -> None:
 
 
 def _run_cache(args: argparse.Namespace) -> int:
-    import yaml
-
     from hatch_onnx.cache import CacheStore, resolve_cache_root
+    from hatch_onnx.params import read_params
 
-    configured = None
     if args.params.is_file():
-        configured = ((yaml.safe_load(args.params.read_text()) or {}).get("onnx") or {}).get("cache")
-    store = CacheStore(resolve_cache_root(configured, args.params.resolve().parent))
+        store = CacheStore(read_params(args.params).cache_root)
+    else:  # no params file: $HATCH_ONNX_CACHE or the default beside it
+        store = CacheStore(resolve_cache_root(None, args.params.absolute().parent))
     if args.action == "path":
         print(store.root)
     elif args.action == "ls":

@@ -8,15 +8,18 @@ framework, and it never leaves a graph that failed validation where a user would
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from hatch_onnx.errors import MissingHeadWeightsError, OpsetError, UnsupportedFeatureError
+from hatch_onnx.errors import MissingHeadWeightsError
+from hatch_onnx.models import support_for
 from hatch_onnx.onnx.features import FeaturesManager, isolate_framework, read_model_type
+
+# (feature, checkpoint, framework, cache_dir) -> (model, names of weights the checkpoint lacked)
+ModelLoader = Callable[[str, str, str, Optional[str]], tuple[Any, list[str]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,44 +33,6 @@ class ExportRequest:
     preprocessor: str = "auto"
     allow_new_head: bool = False
     cache_dir: Optional[str] = None
-
-
-def resolve_config_class(model_dir: Path, feature: str):
-    """(model_type, OnnxConfig class) from config.json alone; raises the bad-input errors."""
-    model_type = read_model_type(model_dir).replace("_", "-")
-    features = FeaturesManager.get_supported_features_for_model_type(model_type, model_name=str(model_dir))
-    if feature not in features:
-        raise UnsupportedFeatureError(
-            f"{model_dir}: {model_type} does not support feature {feature!r}; supported: {', '.join(features)}",
-            model_type=model_type,
-            feature=feature,
-        )
-    from hatch_onnx.models import REGISTRY
-
-    return model_type, REGISTRY[model_type].onnx_config
-
-
-def check_tf_feature(model_type: str, feature: str, model_dir: Path) -> None:
-    """A feature transformers has no TensorFlow class for is bad input, refused before loading."""
-    from hatch_onnx.models import tf_features
-
-    supported = tf_features(model_type)
-    if feature not in supported:
-        raise UnsupportedFeatureError(
-            f"{model_dir}: {model_type} does not support feature {feature!r} with TensorFlow; "
-            f"supported: {', '.join(supported) or 'none (no TensorFlow classes)'}",
-            model_type=model_type,
-            feature=feature,
-        )
-
-
-def check_opset(model_type: str, config_class: type, opset: Optional[int]) -> int:
-    minimum = config_class.DEFAULT_ONNX_OPSET
-    if opset is None:
-        return minimum
-    if opset < minimum:
-        raise OpsetError(f"opset {opset} is below the minimum {minimum} for {model_type}", opset=opset, minimum=minimum)
-    return opset
 
 
 def _load_preprocessor(kind: str, model_dir: Path) -> Any:
@@ -84,20 +49,24 @@ def _load_preprocessor(kind: str, model_dir: Path) -> Any:
     return loader.from_pretrained(model_dir, local_files_only=True)
 
 
-def export_checkpoint(request: ExportRequest, output: Path, report_path: Optional[Path] = None, log=print) -> dict[str, Any]:
-    """Export and validate; returns the report. ``output`` is a folder (or a ``.onnx`` path)."""
+def export_checkpoint(request: ExportRequest, output: Path, report_path: Optional[Path] = None, log=print,
+                      load: ModelLoader = FeaturesManager.load_model) -> dict[str, Any]:
+    """Export and validate; returns the report. ``output`` is a folder (or a ``.onnx`` path).
+
+    ``load`` loads the model; a worker passes one that keeps the last model loaded, so that the
+    features of one checkpoint that share a head class share one load.
+    """
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model_dir = Path(request.model)
-    model_type, config_class = resolve_config_class(model_dir, request.feature)
-    opset = check_opset(model_type, config_class, request.opset)
+    support = support_for(read_model_type(model_dir), where=str(model_dir))
     framework = FeaturesManager.determine_framework(str(model_dir), request.framework)
-    if framework == "tf":
-        check_tf_feature(model_type, request.feature, model_dir)
+    support.check(request.feature, framework, where=str(model_dir))
+    model_type, opset = support.model_type, support.opset(request.opset)
     isolate_framework(framework)
 
     t0 = time.perf_counter()
-    model, missing = FeaturesManager.load_model(request.feature, str(model_dir), framework, request.cache_dir)
+    model, missing = load(request.feature, str(model_dir), framework, request.cache_dir)
     _, constructor = FeaturesManager.check_supported_model_or_raise(model, request.feature)
     onnx_config = constructor(model.config)
     preprocessor = _load_preprocessor(request.preprocessor, model_dir)
@@ -148,6 +117,8 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
     if report_path is not None:
+        from hatch_onnx.atomic import write_json
+
         write_json(report_path, report)
     return report
 
@@ -162,11 +133,3 @@ def _new_head_weights(model: Any, onnx_config: Any, missing: list[str], framewor
 
     inputs = onnx_config.generate_dummy_inputs(None, framework=None if framework == "tf" else "pt")
     return weights_reaching_outputs(model, onnx_config, inputs, missing)
-
-
-def write_json(path: Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 from hatch_onnx.__about__ import __version__
+from hatch_onnx.atomic import swap_folder, write_json, write_text
 
 MANIFEST = "manifest.json"
 # What inference needs beside the graph: the model config and the preprocessor's files.
@@ -38,7 +39,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def manifest_entry(result: Any, checkpoint_fingerprint: str, versions: Mapping[str, Optional[str]], folder: str) -> dict:
+def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str) -> dict:
     entry = result.entry
     report = result.report
     validation = report["validation"]
@@ -61,13 +62,12 @@ def manifest_entry(result: Any, checkpoint_fingerprint: str, versions: Mapping[s
             "checkpoint_fingerprint": checkpoint_fingerprint,
             "new_head_weights": report["new_head_weights"],
         },
-        "toolchain": {name: versions.get(name) for name in entry.inputs.get("versions", {})},
+        "toolchain": dict(entry.inputs.get("versions", {})),  # of the interpreter that ran the export
         "cache_key": entry.key,
     }
 
 
-def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], versions: Mapping[str, Optional[str]],
-                package_version: Optional[str] = None) -> dict:
+def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], package_version: Optional[str] = None) -> dict:
     """Write every model folder of ``results`` into ``out`` and (re)write ``out/manifest.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], v
     models = {name: data for name, data in manifest.get("models", {}).items() if (out / name).is_dir()}
 
     for name, model_results in by_model.items():
-        entries = {r.job.feature: manifest_entry(r, prints[r.job.checkpoint], versions, f"{name}/{r.job.feature}")
+        entries = {r.job.feature: manifest_entry(r, prints[r.job.checkpoint], f"{name}/{r.job.feature}")
                    for r in model_results}
         if models.get(name) == entries and _intact(out, entries):
             continue  # already materialised from the same cache entries: nothing to rewrite
@@ -96,7 +96,7 @@ def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], v
                 for side in CHECKPOINT_SIDE_FILES:
                     if (result.job.checkpoint / side).is_file():
                         shutil.copyfile(result.job.checkpoint / side, folder / side)
-            _swap_in(staging, out / name)
+            swap_folder(staging, out / name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         models[name] = entries
@@ -104,9 +104,7 @@ def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], v
     manifest = {"format": 1, "version": package_version, "hatch_onnx": __version__, "models": dict(sorted(models.items()))}
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     if not manifest_path.is_file() or manifest_path.read_text(encoding="utf-8") != text:
-        tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(manifest_path)
+        write_text(manifest_path, text)
     return manifest
 
 
@@ -120,14 +118,6 @@ def _intact(out: Path, entries: Mapping[str, dict]) -> bool:
             except OSError:
                 return False
     return True
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_validation_figures(results: Iterable[Any], metrics: Optional[Path] = None, plots: Optional[Path] = None) -> None:
@@ -144,6 +134,4 @@ def write_validation_figures(results: Iterable[Any], metrics: Optional[Path] = N
                             "max_abs_diff": figures["max_abs_diff"], "atol": figures["atol"]})
     for path, data in ((metrics, nested), (plots, records)):
         if path is not None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            write_json(path, data)

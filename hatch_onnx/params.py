@@ -1,138 +1,67 @@
-"""params.yaml: the schema (pydantic), and errors that name the key at fault.
+"""params.yaml, read once: the file's bytes and data, the cache folder it names, its schema on demand.
 
-```yaml
-onnx:
-  opset: 17                # default for every model; an architecture's minimum wins when higher
-  atol: 1.0e-4             # optional; default: each architecture's own tolerance
-  cache: .hatch-onnx-cache # relative to params.yaml, or absolute; env HATCH_ONNX_CACHE overrides
-  models:
-    bert-tiny:
-      checkpoint: fixtures/checkpoints/bert-tiny
-      features: [default, sequence-classification]
-      framework: auto      # auto | pt | tf
-      atol: 1.0e-4         # optional per-model override
-      opset: 18            # optional per-model override
-      exporter: torchscript
-      allow_new_head: false
-```
-Everything is checked before any work: the schema here, then (in :func:`load_params`) that each
-checkpoint folder exists and that its model type supports each feature.
+The reader is light (PyYAML with libyaml): a fully cached build plans from a memo keyed by the
+file's bytes (see :mod:`hatch_onnx.plan`) and never needs the schema's pydantic models, which
+:attr:`ParamsSource.params` loads from :mod:`hatch_onnx.schema` on first use.
 """
 
 from __future__ import annotations
 
-import re
+import dataclasses
+import functools
 from pathlib import Path
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hatch_onnx.errors import BadInputError, ParamsError, UnsupportedFeatureError
+from hatch_onnx.errors import ParamsError
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+if TYPE_CHECKING:  # pragma: no cover
+    from hatch_onnx.schema import ModelParams, ParamsFile
 
 
-class ModelParams(_Strict):
-    checkpoint: str
-    features: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
-    framework: Literal["auto", "pt", "tf"] = "auto"
-    atol: Optional[float] = Field(default=None, gt=0)
-    opset: Optional[int] = Field(default=None, ge=7)
-    exporter: Literal["torchscript", "dynamo"] = "torchscript"
-    allow_new_head: bool = False
+@dataclasses.dataclass(frozen=True)
+class ParamsSource:
+    """params.yaml as read, once: its bytes, its YAML data and the cache folder it names.
 
-    @field_validator("atol", mode="before")
-    @classmethod
-    def _int_is_a_float(cls, value):  # YAML writes 1 for 1.0; strict mode would refuse it
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    The schema is checked on first use of :attr:`params` (pydantic is the costliest import of
+    a fully cached build, whose plan comes from the memo without it). The cache location is
+    known before that: ``$HATCH_ONNX_CACHE``, else ``onnx.cache``, else beside params.yaml.
+    """
 
+    file: Path  # absolute
+    raw: bytes
+    data: Any
+    cache_root: Path
 
-class OnnxParams(_Strict):
-    opset: Optional[int] = Field(default=None, ge=7)
-    atol: Optional[float] = Field(default=None, gt=0)
-    cache: Optional[str] = None
-    models: dict[str, ModelParams] = Field(min_length=1)
+    @functools.cached_property
+    def params(self) -> "ParamsFile":
+        """The validated schema; :class:`ParamsError` naming the first bad key."""
+        from hatch_onnx.schema import parse_params
 
-    _int_is_a_float = field_validator("atol", mode="before")(ModelParams._int_is_a_float.__func__)
+        return parse_params(self.data, str(self.file))
 
-
-class ParamsFile(_Strict):
-    onnx: OnnxParams
-
-
-def _key_path(loc: tuple) -> str:
-    """pydantic's location tuple as ``onnx.models.bert-tiny.features[1]``."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path
+    def checkpoint(self, model: "ModelParams") -> Path:
+        """A model's checkpoint folder: relative paths are relative to params.yaml's folder."""
+        checkpoint = Path(model.checkpoint)
+        return checkpoint if checkpoint.is_absolute() else self.file.parent / checkpoint
 
 
-def parse_params(data: object, source: str = "params.yaml") -> ParamsFile:
-    """Validate the structure; raises :class:`ParamsError` naming the first bad key."""
+def read_params(path: str | Path) -> ParamsSource:
+    """Read params.yaml; :class:`ParamsError` if it is missing or not YAML. The schema is checked lazily."""
+    from hatch_onnx.cache import resolve_cache_root
+
+    path = Path(path).absolute()
     try:
-        params = ParamsFile.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = _key_path(first["loc"])
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        message = first["msg"].replace("Extra inputs are not permitted", "unknown key")
-        raise ParamsError(f"{source}: {key}: {message}{more}", key=key) from None
-    for name in params.onnx.models:
-        if not SAFE_NAME.match(name):
-            key = f"onnx.models.{name}"
-            raise ParamsError(f"{source}: {key}: model names must be safe path components (letters, digits, . _ -)", key=key)
-    return params
-
-
-def load_params(path: Path) -> tuple[ParamsFile, dict[str, str]]:
-    """Read, validate and check against the disk; returns the params and each model's type."""
-    from hatch_onnx.exporting import resolve_config_class
-
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: params file not found", key=None)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ParamsError(f"{path}: params file not found" if not path.exists() else f"{path}: unreadable ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml when built
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    params = parse_params(data, str(path))
-    from hatch_onnx.exporting import check_tf_feature
-    from hatch_onnx.onnx.features import FeaturesManager
-
-    model_types: dict[str, str] = {}
-    for name, model in params.onnx.models.items():
-        checkpoint = checkpoint_path(path, model)
-        prefix = f"onnx.models.{name}"
-        for index, feature in enumerate(model.features):
-            key = f"{prefix}.features[{index}]"
-            try:
-                model_type, _ = resolve_config_class(checkpoint, feature)
-            except UnsupportedFeatureError as exc:
-                raise ParamsError(f"{path}: {key}: {exc}", key=key) from None
-            except BadInputError as exc:  # the folder, its config.json or its model type
-                raise ParamsError(f"{path}: {prefix}.checkpoint: {exc}", key=f"{prefix}.checkpoint") from None
-            try:
-                framework = FeaturesManager.determine_framework(str(checkpoint), None if model.framework == "auto" else model.framework)
-            except BadInputError as exc:  # asked for weights the checkpoint does not have
-                raise ParamsError(f"{path}: {prefix}.framework: {exc}", key=f"{prefix}.framework") from None
-            if framework == "tf":
-                try:
-                    check_tf_feature(model_type, feature, checkpoint)
-                except UnsupportedFeatureError as exc:
-                    raise ParamsError(f"{path}: {key}: {exc}", key=key) from None
-            model_types[name] = model_type
-    return params, model_types
-
-
-def checkpoint_path(params_file: Path, model: ModelParams) -> Path:
-    checkpoint = Path(model.checkpoint)
-    return checkpoint if checkpoint.is_absolute() else Path(params_file).resolve().parent / checkpoint
+    onnx = data.get("onnx") if isinstance(data, dict) else None
+    configured = onnx.get("cache") if isinstance(onnx, dict) else None
+    # A malformed value is reported by the schema check; the cache root never depends on it.
+    cache_root = resolve_cache_root(configured if isinstance(configured, str) else None, path.parent)
+    return ParamsSource(path, raw, data, cache_root)

@@ -1,26 +1,25 @@
-"""params -> jobs: one frozen value per (model, feature) holding all that determines its export."""
+"""params -> jobs: each model resolved once, every feature checked, one frozen value per (model, feature).
+
+A :class:`Job` holds all that determines its export; it makes its cache key's inputs and the
+request a worker runs (:meth:`Job.request`, the fields of :class:`hatch_onnx.exporting.ExportRequest`).
+Resolving a model reads its ``config.json`` and looks for its weights once, whatever the number
+of features; every error names the params.yaml key at fault.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import re
-import subprocess
-import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from hatch_onnx.errors import ParamsError
+from hatch_onnx.errors import BadInputError, ParamsError
+from hatch_onnx.toolchain import Versions, job_versions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hatch_onnx.params import ParamsFile
-
-# Distributions whose versions enter a job's cache key, by framework: only those the job uses.
-TOOLCHAIN = {
-    "pt": ("torch", "transformers", "onnx", "onnxruntime"),
-    "tf": ("tensorflow", "tf-keras", "tf2onnx", "transformers", "onnx", "onnxruntime"),
-}
+    from hatch_onnx.params import ParamsSource
+    from hatch_onnx.schema import ModelParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +38,11 @@ class Job:
     def label(self) -> str:
         return f"{self.name}:{self.feature}"
 
-    def key_inputs(self, checkpoint_fingerprint: str, versions: Mapping[str, str]) -> dict:
+    def key_inputs(self, checkpoint_fingerprint: str, versions: Versions) -> dict:
         """Everything that determines the exported bytes and the validation verdict."""
         from hatch_onnx.onnx.config import OnnxConfig
         from hatch_onnx.onnx.convert import VALIDATION_BATCH_DELTA, VALIDATION_PAST_DELTA, VALIDATION_SEQUENCE_DELTA
 
-        wanted = TOOLCHAIN[self.framework] + (("onnxscript",) if self.exporter == "dynamo" else ())
         return {
             "checkpoint": checkpoint_fingerprint,
             "model_type": self.model_type,
@@ -57,58 +55,123 @@ class Job:
                 "seed": OnnxConfig.DUMMY_SEED,
                 "deltas": [VALIDATION_BATCH_DELTA, VALIDATION_SEQUENCE_DELTA, VALIDATION_PAST_DELTA],
             },
-            "versions": {name: versions.get(name) for name in ("hatch-onnx", "python", *wanted)},
+            "versions": job_versions(versions, self.framework, self.exporter),
         }
 
+    def request(self) -> dict[str, Any]:
+        """What a worker runs: the keyword arguments of ``ExportRequest`` (plain JSON data)."""
+        return {
+            "model": str(self.checkpoint), "feature": self.feature, "framework": self.framework, "opset": self.opset,
+            "atol": self.atol, "exporter": self.exporter, "allow_new_head": self.allow_new_head,
+        }
 
-def _framework(model_framework: str, checkpoint: Path) -> str:
-    from hatch_onnx.onnx.features import FeaturesManager
+    @property
+    def head(self) -> str:
+        """The task whose model class the job loads: jobs with the same head share one loaded model."""
+        from hatch_onnx.models import feature_to_task
 
-    return FeaturesManager.determine_framework(str(checkpoint), None if model_framework == "auto" else model_framework)
+        return feature_to_task(self.feature)
 
 
-def make_plan(params: "ParamsFile", params_file: Path, model_types: Mapping[str, str], only: Optional[Iterable[str]] = None) -> list[Job]:
-    from hatch_onnx.models import REGISTRY
-    from hatch_onnx.params import checkpoint_path
-
-    models = params.onnx.models
-    selected = list(only) if only else list(models)
-    for name in selected:
-        if name not in models:
-            raise ParamsError(f"--only {name}: no such model in {params_file} (models: {', '.join(models)})", key=f"onnx.models.{name}")
-    jobs = []
-    for name in selected:
-        model = models[name]
-        checkpoint = checkpoint_path(params_file, model)
-        model_type = model_types[name]
-        minimum = REGISTRY[model_type].onnx_config.DEFAULT_ONNX_OPSET
-        wanted = model.opset if model.opset is not None else params.onnx.opset
-        for feature in model.features:
-            jobs.append(
-                Job(
-                    name=name,
-                    feature=feature,
-                    checkpoint=checkpoint,
-                    model_type=model_type,
-                    framework=_framework(model.framework, checkpoint),
-                    opset=max(wanted or minimum, minimum),
-                    atol=model.atol if model.atol is not None else params.onnx.atol,
-                    exporter=model.exporter,
-                    allow_new_head=model.allow_new_head,
-                )
-            )
+def resolve_plan(source: "ParamsSource", only: Optional[Iterable[str]] = None) -> list[Job]:
+    """The jobs of params.yaml (or of the models in ``only``), validated once per file content."""
+    selected = sorted(only or [])
+    memo = _Memo(source, selected)
+    jobs = memo.load()
+    if jobs is None:
+        jobs = _resolve(source, selected)
+        memo.save(jobs)
     return jobs
 
 
-# --- the plan memo -------------------------------------------------------------------------------
-# Validating params.yaml (pydantic, the model registry, each checkpoint's config.json) costs more
-# than everything else a fully cached build does. A plan is a pure function of the params bytes,
-# the selection and what the checks read from disk, so it is memoised under the cache's state
-# folder, keyed by the first two and guarded by the stats of the third, as DVC's state does.
+def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
+    params = source.params
+    models = params.onnx.models
+    for name in selected:
+        if name not in models:
+            raise ParamsError(f"--only {name}: no such model in {source.file} (models: {', '.join(models)})", key=f"onnx.models.{name}")
+    jobs = []
+    for name, model in models.items():
+        if selected and name not in selected:
+            continue
+        checkpoint, support, framework = _resolve_model(source, name, model)
+        minimum = support.onnx_config.DEFAULT_ONNX_OPSET
+        wanted = model.opset if model.opset is not None else params.onnx.opset
+        for index, feature in enumerate(model.features):
+            key = f"onnx.models.{name}.features[{index}]"
+            try:
+                support.check(feature, framework, where=str(checkpoint))
+            except BadInputError as exc:
+                raise ParamsError(f"{source.file}: {key}: {exc}", key=key) from None
+            jobs.append(Job(
+                name=name, feature=feature, checkpoint=checkpoint, model_type=support.model_type, framework=framework,
+                # a default, not a demand: the architecture's minimum wins when higher
+                opset=max(wanted or minimum, minimum),
+                atol=model.atol if model.atol is not None else params.onnx.atol,
+                exporter=model.exporter, allow_new_head=model.allow_new_head,
+            ))
+    return jobs
 
 
-def _watched(checkpoints: Iterable[Path]) -> dict[str, Any]:
-    """What validation and framework detection read: config.json stats and which weights exist."""
+def _resolve_model(source: "ParamsSource", name: str, model: "ModelParams"):
+    """(checkpoint, registry entry, framework) of one model; errors name its key."""
+    from hatch_onnx.models import support_for
+    from hatch_onnx.onnx.features import FeaturesManager, read_model_type
+
+    prefix = f"onnx.models.{name}"
+    checkpoint = source.checkpoint(model)
+    try:
+        support = support_for(read_model_type(checkpoint), where=str(checkpoint))
+    except BadInputError as exc:  # the folder, its config.json or its model type
+        raise ParamsError(f"{source.file}: {prefix}.checkpoint: {exc}", key=f"{prefix}.checkpoint") from None
+    try:
+        framework = FeaturesManager.determine_framework(str(checkpoint), None if model.framework == "auto" else model.framework)
+    except BadInputError as exc:  # asked for weights the checkpoint does not have
+        raise ParamsError(f"{source.file}: {prefix}.framework: {exc}", key=f"{prefix}.framework") from None
+    return checkpoint, support, framework
+
+
+class _Memo:
+    """The validated plan, memoised per params content and selection.
+
+    Validating params.yaml (pydantic, the registry, each checkpoint's config.json) costs more
+    than everything else a fully cached build does. A plan is a pure function of the params
+    bytes, the selection and what resolving read from disk, so it is stored under the cache's
+    state folder, keyed by the first two and guarded by the stats of the third, as DVC's state
+    does. A read-only cache only loses the memo.
+    """
+
+    def __init__(self, source: "ParamsSource", selected: list[str]) -> None:
+        import xxhash
+
+        from hatch_onnx.__about__ import __version__
+
+        selection = json.dumps([str(source.file), selected, __version__]).encode()
+        self.path = source.cache_root / "state" / "plans" / f"{xxhash.xxh3_128_hexdigest(source.raw + selection)}.json"
+
+    def load(self) -> Optional[list[Job]]:
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+            jobs = [Job(**{**job, "checkpoint": Path(job["checkpoint"])}) for job in saved["jobs"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return jobs if saved["watched"] == _watched(job.checkpoint for job in jobs) else None
+
+    def save(self, jobs: list[Job]) -> None:
+        from hatch_onnx.atomic import write_json
+
+        record = {
+            "jobs": [{**dataclasses.asdict(job), "checkpoint": str(job.checkpoint)} for job in jobs],
+            "watched": _watched(job.checkpoint for job in jobs),
+        }
+        try:
+            write_json(self.path, record)
+        except OSError:  # a read-only cache still builds, only slower
+            pass
+
+
+def _watched(checkpoints: Iterable[Path]) -> Mapping[str, Any]:
+    """What resolving read: config.json stats and which weights exist."""
     from hatch_onnx.weights import PT_WEIGHTS, TF_WEIGHTS
 
     watched: dict[str, Any] = {}
@@ -121,88 +184,3 @@ def _watched(checkpoints: Iterable[Path]) -> dict[str, Any]:
             watched[str(config)] = None
         watched[str(checkpoint)] = [name for name in PT_WEIGHTS + TF_WEIGHTS if (checkpoint / name).exists()]
     return watched
-
-
-def load_plan(params_file: Path, only: Optional[Iterable[str]] = None) -> tuple[list[Job], Optional[str]]:
-    """The jobs of ``params_file`` and its configured cache location, validated once per content."""
-    import xxhash
-    import yaml
-
-    from hatch_onnx.__about__ import __version__
-    from hatch_onnx.cache import resolve_cache_root
-
-    params_file = Path(params_file).resolve()
-    try:
-        raw = params_file.read_bytes()
-        data = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml when built
-        configured = data["onnx"].get("cache")
-        state = resolve_cache_root(configured, params_file.parent) / "state" / "plans"
-    except Exception:  # unreadable or malformed: the full validation says what is wrong
-        state = None
-    if state is not None:
-        selection = json.dumps([str(params_file), sorted(only or []), __version__])
-        memo = state / f"{xxhash.xxh3_128_hexdigest(raw + selection.encode())}.json"
-        try:
-            saved = json.loads(memo.read_text(encoding="utf-8"))
-            jobs = [Job(**{**job, "checkpoint": Path(job["checkpoint"])}) for job in saved["jobs"]]
-            if saved["watched"] == _watched(job.checkpoint for job in jobs):
-                return jobs, saved["cache"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-
-    from hatch_onnx.params import load_params
-
-    params, model_types = load_params(params_file)
-    jobs = make_plan(params, params_file, model_types, only)
-    if state is not None:
-        record = {
-            "jobs": [{**dataclasses.asdict(job), "checkpoint": str(job.checkpoint)} for job in jobs],
-            "watched": _watched(job.checkpoint for job in jobs),
-            "cache": params.onnx.cache,
-        }
-        try:
-            state.mkdir(parents=True, exist_ok=True)
-            tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(record), encoding="utf-8")
-            tmp.replace(memo)
-        except OSError:  # a read-only cache still builds, only slower
-            pass
-    return jobs, params.onnx.cache
-
-
-VERSIONED = tuple(sorted({"hatch-onnx", "onnxscript", *TOOLCHAIN["pt"], *TOOLCHAIN["tf"]}))
-
-
-def installed_versions() -> dict[str, Optional[str]]:
-    """This interpreter's toolchain, through ``importlib.metadata`` (never by importing)."""
-    from importlib import metadata
-
-    versions: dict[str, Optional[str]] = {"python": "%d.%d" % sys.version_info[:2]}
-    for name in VERSIONED:
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-            continue
-        # The Version header is near the top of METADATA; ``dist.version`` would parse the
-        # whole file with the email parser, the slowest step of a fully cached build.
-        head = (dist.read_text("METADATA") or "").split("\n\n", 1)[0]
-        found = re.search(r"^Version:\s*(\S+)", head, re.MULTILINE)
-        versions[name] = found.group(1) if found else dist.version
-    return versions
-
-
-def toolchain_versions(python: Optional[str] = None) -> dict[str, Optional[str]]:
-    """The toolchain of the interpreter that will run the exports (the worker's), ``None``: this one.
-
-    Asked of the worker interpreter itself, in a worker's environment, even when its path is
-    ours: virtual environments share a base interpreter (resolved paths compare equal across
-    them), and a build frontend may hide this process's site-packages (pip's build isolation).
-    """
-    if python is None:
-        return installed_versions()
-    from hatch_onnx.worker import worker_command, worker_env
-
-    result = subprocess.run(worker_command(python) + ["--versions"], capture_output=True, text=True, check=True,
-                            env=worker_env("pt"))
-    return json.loads(result.stdout)

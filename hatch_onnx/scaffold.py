@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hatch_onnx.errors import BadInputError
-from hatch_onnx.params import SAFE_NAME
+from hatch_onnx.schema import SAFE_NAME
 
 HOOK_TABLE = "[tool.hatch.build.hooks.onnx]"
 
@@ -43,7 +43,8 @@ def init_project(
     destination: Optional[str] = None,
 ) -> list[Path]:
     """Write the three pieces into ``folder``; returns what was written."""
-    from hatch_onnx.exporting import resolve_config_class
+    from hatch_onnx.models import support_for
+    from hatch_onnx.onnx.features import read_model_type
 
     folder = Path(folder)
     params_file, dvc_file, pyproject = folder / "params.yaml", folder / "dvc.yaml", folder / "pyproject.toml"
@@ -56,8 +57,9 @@ def init_project(
     if not SAFE_NAME.match(name):
         raise BadInputError(f"--name {name!r}: model names must be safe path components (letters, digits, . _ -)")
     absolute = checkpoint if Path(checkpoint).is_absolute() else (Path.cwd() / checkpoint)
+    support = support_for(read_model_type(absolute), where=str(absolute))  # the checkpoint exists, its type is known
     for feature in features:
-        resolve_config_class(absolute, feature)  # the checkpoint exists and supports the feature
+        support.check(feature, where=str(absolute))
     # Relative when the checkpoint lives in the project (the repository moves with it), else absolute.
     try:
         relative = os.path.relpath(absolute.resolve(), folder.resolve())

@@ -1,11 +1,15 @@
-"""The export worker: ``python -m hatch_onnx.worker`` runs one job in its own process.
+"""The export worker: ``python -m hatch_onnx.worker`` runs job after job in one process.
 
-Protocol (JSON, one object each way): the request on stdin
-``{"model", "feature", "framework", "opset", "atol", "exporter", "allow_new_head", "output"}``;
-on stdout, the last line is ``{"ok": true, "report": {...}}`` or
-``{"ok": false, "error": "...", "type": "...", "exit_code": N}``. The exit code matches the CLI's.
-A separate process lets the build survive a crash or an out-of-memory kill, time a job out, run
-several at once, and use an interpreter that has the frameworks when the build's own has not.
+Protocol: JSON lines. Each request on stdin is one object, a job's :meth:`~hatch_onnx.plan.Job.request`
+plus ``"output"`` (a staging folder to write into); the worker answers each with one line on
+stdout, ``PROTOCOL_MARK`` then ``{"ok": true, "report": {...}}`` or ``{"ok": false, "error":
+"...", "type": "...", "exit_code": N}`` (the CLI's exit code for that error). Anything a
+library prints goes to stderr: the worker keeps stdout for its answers.
+
+Torch or TensorFlow and transformers are imported once, by the first job, and the last model
+loaded is kept: the jobs of one checkpoint that share a head class (``default`` and
+``default-with-past``) share one load. The pool (:mod:`hatch_onnx.pool`) starts, feeds and
+restarts workers.
 """
 
 from __future__ import annotations
@@ -13,89 +17,72 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
+from typing import Any, Optional, TextIO
 
 PROTOCOL_MARK = "hatch-onnx-worker:"
 
 
-def worker_command(python: str) -> list[str]:
-    return [python, "-m", "hatch_onnx.worker"]
+class _LastModel:
+    """A model loader that keeps the last model it loaded, with the config values it came with."""
+
+    def __init__(self) -> None:
+        self._key: Optional[tuple] = None
+        self._loaded: Any = None
+        self._config: dict = {}
+
+    def __call__(self, feature: str, model: str, framework: str, cache_dir: Optional[str]) -> tuple[Any, list[str]]:
+        from hatch_onnx.onnx.features import FeaturesManager
+
+        model_class = FeaturesManager.get_model_class_for_feature(feature, framework)
+        key = (model, framework, model_class.__name__, cache_dir)
+        if key != self._key:
+            self.forget()
+            self._loaded = FeaturesManager.load_model(feature, model, framework, cache_dir)
+            self._key = key
+            self._config = dict(self._loaded[0].config.__dict__)
+        else:  # exports override config values (use_cache...): give the next job the model as loaded
+            self._loaded[0].config.__dict__.update(self._config)
+        return self._loaded
+
+    def forget(self) -> None:
+        if self._key is not None:
+            import gc
+
+            self._key = self._loaded = None
+            self._config = {}
+            gc.collect()
 
 
-def _package_path() -> str:
-    """A folder holding only this ``hatch_onnx`` (a symlink), for the worker's ``PYTHONPATH``.
-
-    The worker may be another interpreter (the user's environment, with the frameworks) than the
-    build's (an isolated build environment). Putting our parent folder on its path would also
-    put every package beside ours first, compiled ones included, possibly for another Python.
-    """
-    package = Path(__file__).resolve().parent
-    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
-    folder = Path(tempfile.gettempdir()) / f"hatch-onnx-path-{user}-{_folder_name(str(package))}"
-    link = folder / "hatch_onnx"
-    if link.exists() and link.resolve() != package:  # not ours: never trust it
-        return str(package.parent)
-    if not link.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            link.symlink_to(package, target_is_directory=True)
-        except FileExistsError:  # another build made it first
-            pass
-        except OSError:  # no symlinks here: fall back to the parent folder
-            return str(package.parent)
-    return str(folder)
-
-
-def _folder_name(text: str) -> str:
-    import hashlib  # a name for a folder, not a content address: any stable hash does
-
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def worker_env(framework: str) -> dict[str, str]:
-    """The worker's environment: our package importable, only the job's framework visible to transformers."""
-    env = dict(os.environ)
-    package_path = _package_path()
-    env["PYTHONPATH"] = package_path + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if framework == "pt":
-        env.update({"USE_TF": "0", "USE_TORCH": "1"})
-    else:
-        env.update({"USE_TORCH": "0", "USE_TF": "1", "TF_USE_LEGACY_KERAS": "1"})
-    return env
-
-
-def _reply(payload: dict) -> None:
-    sys.stdout.write(PROTOCOL_MARK + json.dumps(payload) + "\n")
-    sys.stdout.flush()
-
-
-def main() -> int:
-    if sys.argv[1:] == ["--versions"]:
-        from hatch_onnx.plan import installed_versions
-
-        print(json.dumps(installed_versions()))
-        return 0
+def serve(requests: TextIO, replies: TextIO) -> None:
     from hatch_onnx.errors import HatchOnnxError
     from hatch_onnx.exporting import ExportRequest, export_checkpoint
 
-    request = json.loads(sys.stdin.read())
-    output = Path(request.pop("output"))
-    try:
-        report = export_checkpoint(
-            ExportRequest(**{**request, "model": Path(request["model"])}),
-            output,
-            output / "report.json",
-            log=lambda line: print(line, file=sys.stderr),
-        )
-    except HatchOnnxError as exc:
-        _reply({"ok": False, "error": str(exc), "type": type(exc).__name__, "exit_code": exc.exit_code})
-        return exc.exit_code
-    except Exception as exc:  # reported to the parent, which names the job
-        _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0], "type": type(exc).__name__, "exit_code": 1})
-        return 1
-    _reply({"ok": True, "report": report})
+    load = _LastModel()
+    for line in requests:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        output = Path(request.pop("output"))
+        try:
+            report = export_checkpoint(
+                ExportRequest(**{**request, "model": Path(request["model"])}), output, output / "report.json",
+                log=lambda text: print(text, file=sys.stderr), load=load,
+            )
+            reply = {"ok": True, "report": report}
+        except HatchOnnxError as exc:
+            reply = {"ok": False, "error": str(exc), "type": type(exc).__name__, "exit_code": exc.exit_code}
+        except Exception as exc:  # reported to the parent, which names the job
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0], "type": type(exc).__name__, "exit_code": 1}
+        replies.write(PROTOCOL_MARK + json.dumps(reply) + "\n")
+        replies.flush()
+
+
+def main() -> int:
+    # Answers go to the original stdout; file descriptor 1 (C libraries and print alike) to stderr.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin, replies)
     return 0
 
 

@@ -108,7 +108,86 @@ def test_failed_job_fails_the_build_after_the_others(tmp_path):
     })
     out = tmp_path / "out"
     result = build(params, "--out", str(out))
-    assert result.returncode == 1 and "head:sequence-classification" in result.stderr and "--allow-new-head" in result.stderr
+    # the worker's error type travels back: a checkpoint without the head's weights is bad input
+    assert result.returncode == 2 and "head:sequence-classification" in result.stderr and "--allow-new-head" in result.stderr
     assert "good:default" in result.stdout and not out.exists()
     retry = build(params, "--only", "good", "--out", str(out))
     assert retry.returncode == 0 and " hit " in retry.stdout  # the good job was cached
+
+
+# A sitecustomize for workers: logs each worker's start and each model load, and SIGKILLs the
+# worker that is asked to export a checkpoint whose folder name starts with "crash".
+WORKER_PROBE = """
+import os, signal
+if b"hatch_onnx.worker" in open("/proc/self/cmdline", "rb").read():
+    log = open(os.environ["PROBE_LOG"], "a")
+    log.write(f"start {os.getpid()}\\n"); log.flush()
+    from hatch_onnx.onnx import features
+    real = features.FeaturesManager.load_model
+    def load_model(feature, model, *args, **kwargs):
+        if os.path.basename(model).startswith("crash"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        log.write(f"load {os.path.basename(model)} {feature}\\n"); log.flush()
+        return real(feature, model, *args, **kwargs)
+    features.FeaturesManager.load_model = staticmethod(load_model)
+"""
+
+
+def probed_env(tmp_path: Path) -> tuple[dict, Path]:
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "sitecustomize.py").write_text(WORKER_PROBE)
+    log = tmp_path / "probe.log"
+    return {**os.environ, "PYTHONPATH": str(tmp_path / "probe"), "PROBE_LOG": str(log)}, log
+
+
+def test_one_worker_runs_every_job_and_loads_each_head_once(tmp_path):
+    params = project(tmp_path, {
+        "gpt2": {"checkpoint": str(checkpoint("gpt2")), "features": ["causal-lm", "default", "causal-lm-with-past", "default-with-past"]},
+        "bert": {"checkpoint": str(checkpoint("bert")), "features": ["default", "masked-lm"]},
+    })
+    env, log = probed_env(tmp_path)
+    result = build(params, "-j", "1", "--out", str(tmp_path / "out"), env=env)
+    assert result.returncode == 0, result.stderr
+    lines = log.read_text().splitlines()
+    assert sum(line.startswith("start") for line in lines) == 1  # six jobs, one worker
+    loads = sorted(line for line in lines if line.startswith("load"))
+    # one load per (checkpoint, head class): gpt2's default and causal-lm heads, bert's two
+    assert loads == ["load bert-tiny default", "load bert-tiny masked-lm", "load gpt2-tiny causal-lm", "load gpt2-tiny default"]
+
+
+def test_crashed_worker_fails_its_job_alone(tmp_path):
+    crash = tmp_path / "crash-gpt2"  # not bert's content: the same content would be a cache hit
+    import shutil
+
+    shutil.copytree(checkpoint("gpt2"), crash)
+    params = project(tmp_path, {
+        "bert": {"checkpoint": str(checkpoint("bert")), "features": ["default"]},
+        "crash": {"checkpoint": str(crash), "features": ["default", "causal-lm"]},
+        "vit": {"checkpoint": str(checkpoint("vit")), "features": ["default"]},
+    })
+    env, log = probed_env(tmp_path)
+    result = build(params, "-j", "1", "--out", str(tmp_path / "out"), env=env)
+    assert result.returncode == 1
+    assert "crash:default (worker died (killed by signal 9)" in result.stderr
+    assert "crash:causal-lm (worker died (killed by signal 9)" in result.stderr
+    statuses = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()[1:] if ":" in line.split()[0]}
+    assert statuses == {"bert:default": "exported", "crash:default": "failed", "crash:causal-lm": "failed", "vit:default": "exported"}
+    assert not (tmp_path / "out").exists()
+    # the pool restarted the worker after each crash; the good exports are in the cache
+    starts = sum(line.startswith("start") for line in log.read_text().splitlines())
+    assert starts == 3
+    again = build(params, "--only", "bert", "vit", "--out", str(tmp_path / "out"))
+    assert again.returncode == 0 and "Nothing exported" in again.stdout
+
+
+def test_big_checkpoint_recycles_its_worker(tmp_path):
+    params = project(tmp_path, {
+        "bert": {"checkpoint": str(checkpoint("bert")), "features": ["default", "masked-lm"]},
+        "vit": {"checkpoint": str(checkpoint("vit")), "features": ["default"]},
+    })
+    env, log = probed_env(tmp_path)
+    env["HATCH_ONNX_RECYCLE_MB"] = "0.001"  # every fixture is "big"
+    result = build(params, "-j", "1", "--out", str(tmp_path / "out"), env=env)
+    assert result.returncode == 0, result.stderr
+    # a new worker per checkpoint, never per job: bert's two features share one
+    assert sum(line.startswith("start") for line in log.read_text().splitlines()) == 2

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
+from hatch_onnx.atomic import swap_folder
 from hatch_onnx.package import MANIFEST
 
 LOADER = "__init__.py"
@@ -64,12 +65,13 @@ class ModelsFolder:
 
     # --- writing --------------------------------------------------------------------------
 
-    def export(self, params_file: Path, *, python: Optional[str], jobs: int, version: str,
-               progress_stream: Optional[TextIO] = None, environ: Optional[Mapping[str, str]] = None) -> Any:
-        """Run the plan (cache, workers) into a staging folder, add the loader, swap it in.
+    def build(self, params_file: Path, *, version: str, python: Optional[str] = None, python_tf: Optional[str] = None,
+              jobs: int = 1, versions: Optional[Mapping[str, Mapping[str, Optional[str]]]] = None,
+              progress_stream: Optional[TextIO] = None, environ: Optional[Mapping[str, str]] = None) -> Any:
+        """Run the build (:func:`hatch_onnx.build.run_build`) into a staging folder, add the loader, swap it in.
 
-        Returns :func:`hatch_onnx.build.run_build`'s result; a failed job raises ``BuildError``
-        and leaves the folder as it was.
+        With ``versions`` the build is lookup only (see ``run_build``). A failed job, or a miss of
+        a lookup-only build, raises and leaves the folder as it was.
         """
         from hatch_onnx.build import run_build
 
@@ -77,51 +79,13 @@ class ModelsFolder:
         staging = self._staging()
         try:
             with _environ(environ):
-                result = run_build(params_file, out=staging, python=python, jobs=jobs, package_version=version,
-                                   progress_stream=progress_stream)
+                result = run_build(params_file, out=staging, python=python, python_tf=python_tf, jobs=jobs,
+                                   package_version=version, progress_stream=progress_stream, versions=versions)
             self._write_loader(staging)
-            self._swap_in(staging)
+            swap_folder(staging, self.path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return result
-
-    def serve_from_cache(self, params_file: Path, versions: Mapping[str, Optional[str]], version: str) -> list[str]:
-        """Materialise the plan from cache entries keyed with ``versions``; returns the jobs that missed.
-
-        For a build with no interpreter able to export: the toolchain cannot be asked for its
-        versions, so the keys use the versions that made the folder's current models (the
-        "toolchain of record"). Nothing is written unless every job hits.
-        """
-        # Mirrors the lookup half of run_build, which asks the worker interpreter for versions.
-        from hatch_onnx.build import JobResult
-        from hatch_onnx.cache import CacheStore, cache_key, resolve_cache_root
-        from hatch_onnx.fingerprint import default_stat_cache, fingerprint
-        from hatch_onnx.package import materialize
-        from hatch_onnx.plan import load_plan
-
-        params_file = Path(params_file).resolve()
-        plan, configured_cache = load_plan(params_file)
-        store = CacheStore(resolve_cache_root(configured_cache, params_file.parent))
-        with default_stat_cache(store.root) as stats:
-            prints = {checkpoint: fingerprint(checkpoint, stats) for checkpoint in sorted({job.checkpoint for job in plan})}
-        results, misses = [], []
-        for job in plan:
-            key = cache_key(job.key_inputs(prints[job.checkpoint], versions))
-            entry = store.lookup(key)
-            if entry is None:
-                misses.append(job.label)
-            else:
-                results.append(JobResult(job, key, "hit", 0.0, entry))
-        if misses:
-            return misses
-        staging = self._staging()
-        try:
-            materialize(staging, results, prints, versions, version)
-            self._write_loader(staging)
-            self._swap_in(staging)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return []
 
     def verify_shipped(self, version: str, planned: set[tuple[str, str]]) -> dict:
         """Check models carried by an sdist against their manifest; returns the manifest.
@@ -173,18 +137,6 @@ class ModelsFolder:
         header = "# Written by hatch-onnx's build hook from hatch_onnx/runtime.py; rebuilt on every build.\n"
         (folder / LOADER).write_text(header + source, encoding="utf-8")
 
-    def _swap_in(self, staging: Path) -> None:
-        old = self._sibling("old")
-        if self.path.exists():
-            self.path.rename(old)
-        try:
-            staging.rename(self.path)
-        except OSError:
-            if old.exists():
-                old.rename(self.path)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-
 
 @contextlib.contextmanager
 def _environ(environ: Optional[Mapping[str, str]]) -> Iterator[None]:
@@ -202,11 +154,10 @@ def _environ(environ: Optional[Mapping[str, str]]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def toolchain_of_record(manifest: Optional[dict]) -> Optional[dict[str, Optional[str]]]:
-    """The toolchain versions that made a manifest's models (``None`` if it has none)."""
-    versions: dict[str, Optional[str]] = {}
+def toolchain_of_record(manifest: Optional[dict]) -> Optional[dict[str, dict[str, Optional[str]]]]:
+    """Per framework, the toolchain versions that made a manifest's models (``None`` if it has none)."""
+    versions: dict[str, dict[str, Optional[str]]] = {}
     for features in (manifest or {}).get("models", {}).values():
         for entry in features.values():
-            versions.update(entry.get("toolchain", {}))
+            versions.setdefault(entry["source"]["framework"], {}).update(entry.get("toolchain", {}))
     return versions or None
-

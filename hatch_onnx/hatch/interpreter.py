@@ -30,7 +30,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Optional
 
-PYTHON_ENV = "HATCH_ONNX_PYTHON"
+from hatch_onnx.toolchain import PYTHON_ENV
+
 REQUIRED = ("transformers", "onnx", "onnxruntime")
 FRAMEWORKS = ("torch", "tensorflow")
 _PROBE = (

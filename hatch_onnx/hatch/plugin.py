@@ -65,13 +65,14 @@ class OnnxBuildHook(BuildHookInterface):
     PLUGIN_NAME = "onnx"
     # Keys of the same table that hatchling itself reads; accepted and left to it.
     HATCHLING_OPTIONS = frozenset({"dependencies", "require-runtime-dependencies", "require-runtime-features", "enable-by-default"})
-    OPTIONS = ("params", "destination", "python", "jobs")
+    OPTIONS = ("params", "destination", "python", "python-tf", "jobs")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.__config_params: Optional[str] = None
         self.__config_destination: Optional[str] = None
         self.__config_python: Optional[str] = None
+        self.__config_python_tf: Optional[str] = None
         self.__config_jobs: Optional[int] = None
         self.__source_path: Optional[str] = None
 
@@ -83,7 +84,7 @@ class OnnxBuildHook(BuildHookInterface):
         if unknown:
             message = f"Unknown option `{unknown[0]}` for build hook `{self.PLUGIN_NAME}` (options: {', '.join(self.OPTIONS)})"
             raise ValueError(message)
-        _ = self.config_params, self.config_destination, self.config_python, self.config_jobs
+        _ = self.config_params, self.config_destination, self.config_python, self.config_python_tf, self.config_jobs
 
     @property
     def config_params(self) -> str:
@@ -126,6 +127,17 @@ class OnnxBuildHook(BuildHookInterface):
                 raise TypeError(message)
             self.__config_python = python
         return self.__config_python
+
+    @property
+    def config_python_tf(self) -> str:
+        """The interpreter for TensorFlow jobs (transformers 4 with hatch-onnx[tf]); empty: ``$HATCH_ONNX_PYTHON_TF``, else ``python``'s."""
+        if self.__config_python_tf is None:
+            python_tf = self.config.get("python-tf", "")
+            if not isinstance(python_tf, str):
+                message = f"Option `python-tf` for build hook `{self.PLUGIN_NAME}` must be a string"
+                raise TypeError(message)
+            self.__config_python_tf = python_tf
+        return self.__config_python_tf
 
     @property
     def config_jobs(self) -> int:
@@ -230,28 +242,18 @@ class OnnxBuildHook(BuildHookInterface):
 
     def _params(self) -> Any:
         """params.yaml's schema alone: checkpoints are checked by the build, and an sdist may not carry them."""
-        import yaml
+        from hatch_onnx.params import read_params
 
-        from hatch_onnx.params import parse_params
-
-        path = self._params_file()
-        return parse_params(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
+        return read_params(self._params_file()).params
 
     def _planned(self) -> set[tuple[str, str]]:
         return {(name, feature) for name, model in self._params().onnx.models.items() for feature in model.features}
 
     def _warn_if_sdist_ships_the_cache(self) -> None:
         """A cache inside the project, not ignored, would go into the sdist whole (entries, locks, state)."""
-        from hatch_onnx.cache import resolve_cache_root
+        from hatch_onnx.params import read_params
 
-        import yaml
-
-        params_file = self._params_file()
-        try:  # the raw value, as run_build's plan memo reads it: no schema (pydantic) for a warning
-            configured = yaml.safe_load(params_file.read_text(encoding="utf-8"))["onnx"].get("cache")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return
-        cache = resolve_cache_root(configured, params_file.parent)
+        cache = read_params(self._params_file()).cache_root  # the raw value: no schema (pydantic) for a warning
         try:
             relative = cache.resolve().relative_to(Path(self.root).resolve()).as_posix()
         except ValueError:
@@ -261,6 +263,7 @@ class OnnxBuildHook(BuildHookInterface):
                                      f"add it to .gitignore or to [tool.hatch.build.targets.sdist] exclude")
 
     def _export(self, folder) -> None:
+        from hatch_onnx.build import NotCachedError
         from hatch_onnx.hatch.folder import toolchain_of_record
         from hatch_onnx.hatch.interpreter import PYTHON_ENV, find_export_python, frontend_free_environ
 
@@ -271,21 +274,32 @@ class OnnxBuildHook(BuildHookInterface):
             # No interpreter can export, and none can say which toolchain the cache keys are for:
             # serve the plan from the cache with the toolchain that made the current models.
             versions = toolchain_of_record(folder.manifest())
-            misses = folder.serve_from_cache(params_file, versions, version) if versions else ["every job"]
-            if not misses:
-                self.app.display_info("onnx: every model came from the cache (no interpreter with torch or tensorflow found; "
-                                      "keys use the toolchain of the previous build)")
-                return
-            message = (
-                f"Build hook `{self.PLUGIN_NAME}`: {', '.join(misses)} must be exported, and no Python with the ML "
-                f"frameworks was found (tried: {', '.join(chosen.tried) or 'none'}). Activate the virtual environment "
-                f"that has torch or tensorflow (e.g. `. .venv/bin/activate`) before building, or name its interpreter "
-                f"with option `python` in [tool.hatch.build.hooks.{self.PLUGIN_NAME}] or the variable ${PYTHON_ENV}"
-            )
-            raise RuntimeError(message)
+            try:
+                if versions is None:
+                    raise NotCachedError(["every job"])
+                folder.build(params_file, version=version, versions=versions)
+            except NotCachedError as exc:
+                message = (
+                    f"Build hook `{self.PLUGIN_NAME}`: {', '.join(exc.missing)} must be exported, and no Python with the ML "
+                    f"frameworks was found (tried: {', '.join(chosen.tried) or 'none'}). Activate the virtual environment "
+                    f"that has torch or tensorflow (e.g. `. .venv/bin/activate`) before building, or name its interpreter "
+                    f"with option `python` in [tool.hatch.build.hooks.{self.PLUGIN_NAME}] or the variable ${PYTHON_ENV}"
+                )
+                raise RuntimeError(message) from None
+            self.app.display_info("onnx: every model came from the cache (no interpreter with torch or tensorflow found; "
+                                  "keys use the toolchain of the previous build)")
+            return
 
-        result = folder.export(params_file, python=chosen.python, jobs=self.config_jobs, version=version,
-                               environ=frontend_free_environ(os.environ))
+        result = folder.build(params_file, version=version, python=chosen.python, python_tf=self._python_tf(),
+                              jobs=self.config_jobs, environ=frontend_free_environ(os.environ))
         hits = len(result.results) - result.exported
         self.app.display_info(f"onnx: {len(result.results)} model(s): {result.exported} exported, {hits} from the cache "
                               f"(exports run by {chosen.python}, from {chosen.source})")
+
+    def _python_tf(self) -> Optional[str]:
+        """Option `python-tf` as a path (relative to the project) or a command; ``None`` leaves it to the build."""
+        value = self.config_python_tf
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else Path(self.root, path)) if os.sep in value else value

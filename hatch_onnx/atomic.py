@@ -1,0 +1,75 @@
+"""Atomic writes: a reader sees the old file or folder or the new one, never half of either.
+
+Both helpers follow dvc-objects' ``as_atomic``: the new content is written under a temporary
+name in the target's own folder (so the final rename stays on one file system and is atomic),
+unique per process and thread (so concurrent writers never share one), and removed on any
+exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _temporary_name(path: Path, role: str) -> Path:
+    # Hidden, so that a walk of the folder (a wheel's file list, a DVC out) never ships it.
+    return path.with_name(f".{path.name}.{role}-{os.getpid()}-{threading.get_ident()}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def as_atomic(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(path, "tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with as_atomic(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """``data`` as indented, key-sorted JSON (stable bytes for the same data)."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def swap_folder(staging: Path, target: Path) -> None:
+    """Put the folder ``staging`` at ``target``, replacing whatever folder is there.
+
+    Two renames: the old folder out of the way, the new one in. If the second fails, the old
+    folder is put back and the error raised: ``target`` is never left missing by a failure.
+    """
+    old = _temporary_name(target, "old")
+    had_old = target.exists()
+    if had_old:
+        target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if had_old:
+            old.rename(target)
+        raise
+    if had_old:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,221 @@
+"""Worker processes that export many jobs each.
+
+A worker (``python -m hatch_onnx.worker``) imports its framework once and runs job after job,
+keeping the last model it loaded. The pool runs *batches*: the jobs of one checkpoint, which
+go to one worker in a row so that features sharing a head class share one load. ``size``
+threads each drive one worker at a time, so ``-j N`` runs N workers.
+
+- A worker serves one framework in one interpreter (the frameworks' jobs may need different
+  interpreters: TensorFlow needs transformers 4). A thread whose next batch is for the other
+  framework stops its worker and starts the right one; batches are ordered by framework, so
+  that happens once per thread.
+- A job that kills its worker (a crash, the out-of-memory killer, the timeout) fails alone:
+  the next job starts a new worker.
+- Memory stays bounded: after the batch of a checkpoint larger than ``recycle_bytes`` the
+  worker is stopped, and its successor starts empty.
+
+Separate processes also let the build survive a crash and export with an interpreter that is
+not its own (a Hatch build environment has no torch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+from hatch_onnx.worker import PROTOCOL_MARK  # light: the worker imports its framework only when it runs
+
+WORKER_MODULE = "hatch_onnx.worker"
+DEFAULT_TIMEOUT = float(os.environ.get("HATCH_ONNX_WORKER_TIMEOUT", 3600))
+# A worker that exported from a checkpoint this large is replaced before its next batch.
+DEFAULT_RECYCLE_BYTES = int(float(os.environ.get("HATCH_ONNX_RECYCLE_MB", 1024)) * 2**20)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class WorkerDied(RuntimeError):
+    """The worker process ended (or was killed) before answering."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Jobs of one checkpoint, run in a row by one worker."""
+
+    framework: str
+    size_bytes: int
+    items: tuple
+
+
+def package_path() -> str:
+    """A folder holding only this ``hatch_onnx`` (a symlink), for the worker's ``PYTHONPATH``.
+
+    The worker may be another interpreter (the user's environment, with the frameworks) than the
+    build's (an isolated build environment). Putting our parent folder on its path would also
+    put every package beside ours first, compiled ones included, possibly for another Python.
+    """
+    import hashlib  # a name for a folder, not a content address: any stable hash does
+
+    package = Path(__file__).resolve().parent
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    folder = Path(tempfile.gettempdir()) / f"hatch-onnx-path-{user}-{hashlib.sha1(str(package).encode()).hexdigest()[:16]}"
+    link = folder / "hatch_onnx"
+    if link.exists() and link.resolve() != package:  # not ours: never trust it
+        return str(package.parent)
+    if not link.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            link.symlink_to(package, target_is_directory=True)
+        except FileExistsError:  # another build made it first
+            pass
+        except OSError:  # no symlinks here: fall back to the parent folder
+            return str(package.parent)
+    return str(folder)
+
+
+def worker_env(framework: str, base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """The worker's environment: our package importable, only the job's framework visible to transformers."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = package_path() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if framework == "pt":
+        env.update({"USE_TF": "0", "USE_TORCH": "1"})
+    else:
+        env.update({"USE_TORCH": "0", "USE_TF": "1", "TF_USE_LEGACY_KERAS": "1"})
+    return env
+
+
+class Worker:
+    """One worker process: :meth:`run` sends a request and waits for its answer."""
+
+    def __init__(self, python: str, framework: str) -> None:
+        self.framework = framework
+        self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        self._process = subprocess.Popen(
+            [python, "-m", WORKER_MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            text=True, encoding="utf-8", env=worker_env(framework), bufsize=1,
+        )
+        self._timed_out = False
+
+    def run(self, request: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """The worker's answer to ``request``; :class:`WorkerDied` if it ended without one."""
+        watchdog = threading.Timer(timeout, self._time_out)
+        watchdog.start()
+        try:
+            self._process.stdin.write(json.dumps(dict(request)) + "\n")
+            self._process.stdin.flush()
+            for line in self._process.stdout:
+                if line.startswith(PROTOCOL_MARK):
+                    return json.loads(line[len(PROTOCOL_MARK):])
+        except (OSError, ValueError):  # a broken pipe: the worker is gone
+            pass
+        finally:
+            watchdog.cancel()
+        raise WorkerDied(self._death())
+
+    def _time_out(self) -> None:
+        self._timed_out = True
+        self._process.kill()
+
+    def _death(self) -> str:
+        code = self._process.wait()
+        if self._timed_out:
+            return f"worker timed out after {DEFAULT_TIMEOUT:g} s"
+        how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+        self._stderr.seek(0)
+        lines = self._stderr.read().strip().splitlines()
+        tail = lines[-1][:200] if lines else ""
+        return f"worker died ({how}) {tail}".strip()
+
+    @property
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
+    def close(self) -> None:
+        if self.alive:
+            try:
+                self._process.stdin.close()  # end of requests: the worker returns
+                self._process.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self._process.kill()
+                self._process.wait()
+        self._stderr.close()
+
+
+def run_batches(
+    batches: Sequence[Batch],
+    pythons: Mapping[str, str],
+    size: int,
+    handle: Callable[[Any, Callable[[Mapping[str, Any]], dict]], Result],
+    recycle_bytes: int = DEFAULT_RECYCLE_BYTES,
+) -> Iterator[Result]:
+    """Run every batch's items, yielding ``handle``'s results as they finish.
+
+    ``handle(item, send)`` does one job; ``send(request)`` runs a request on the calling thread's
+    worker (started on demand with ``pythons[framework]``) and returns its answer, or raises
+    :class:`WorkerDied`, after which the next ``send`` starts a new worker.
+    """
+    pending: "queue.Queue[Batch]" = queue.Queue()
+    for batch in sorted(batches, key=lambda b: (b.framework, -b.size_bytes)):
+        pending.put(batch)
+    results: "queue.Queue[tuple[bool, Any]]" = queue.Queue()
+
+    def drive() -> None:
+        worker: Optional[Worker] = None
+        try:
+            while True:
+                try:
+                    batch = pending.get_nowait()
+                except queue.Empty:
+                    return
+                if worker is not None and worker.framework != batch.framework:
+                    worker.close()
+                    worker = None
+
+                def send(request: Mapping[str, Any]) -> dict:
+                    nonlocal worker
+                    if worker is None or not worker.alive:
+                        if worker is not None:
+                            worker.close()
+                        try:
+                            worker = Worker(pythons[batch.framework], batch.framework)
+                        except OSError as exc:
+                            raise WorkerDied(f"cannot start a worker with {pythons[batch.framework]}: {exc.strerror or exc}") from None
+                    try:
+                        return worker.run(request)
+                    except WorkerDied:
+                        worker.close()
+                        worker = None
+                        raise
+
+                for item in batch.items:
+                    results.put((True, handle(item, send)))
+                if worker is not None and batch.size_bytes > recycle_bytes:
+                    worker.close()
+                    worker = None
+        except BaseException as exc:  # a bug in handle: surface it in the caller's thread
+            results.put((False, exc))
+        finally:
+            if worker is not None:
+                worker.close()
+
+    total = sum(len(batch.items) for batch in batches)
+    threads = [threading.Thread(target=drive, daemon=True) for _ in range(max(1, min(size, len(batches))))]
+    for thread in threads:
+        thread.start()
+    for _ in range(total):
+        ok, value = results.get()
+        if not ok:
+            raise value
+        yield value
+    for thread in threads:
+        thread.join()

@@ -1,0 +1,92 @@
+"""params.yaml's schema (pydantic), with errors that name the key at fault.
+
+```yaml
+onnx:
+  opset: 17                # default for every model; an architecture's minimum wins when higher
+  atol: 1.0e-4             # optional; default: each architecture's own tolerance
+  cache: .hatch-onnx-cache # relative to params.yaml, or absolute; env HATCH_ONNX_CACHE overrides
+  models:
+    bert-tiny:
+      checkpoint: fixtures/checkpoints/bert-tiny
+      features: [default, sequence-classification]
+      framework: auto      # auto | pt | tf
+      atol: 1.0e-4         # optional per-model override
+      opset: 18            # optional per-model override
+      exporter: torchscript
+      allow_new_head: false
+```
+This module is the schema alone (pydantic, imported only when a plan is not memoised);
+:mod:`hatch_onnx.params` reads the file, :mod:`hatch_onnx.plan` checks each checkpoint
+against the registry.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hatch_onnx.errors import ParamsError
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelParams(_Strict):
+    checkpoint: str
+    features: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
+    framework: Literal["auto", "pt", "tf"] = "auto"
+    atol: Optional[float] = Field(default=None, gt=0)
+    opset: Optional[int] = Field(default=None, ge=7)
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    allow_new_head: bool = False
+
+    @field_validator("atol", mode="before")
+    @classmethod
+    def _int_is_a_float(cls, value):  # YAML writes 1 for 1.0; strict mode would refuse it
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class OnnxParams(_Strict):
+    opset: Optional[int] = Field(default=None, ge=7)
+    atol: Optional[float] = Field(default=None, gt=0)
+    cache: Optional[str] = None
+    models: dict[str, ModelParams] = Field(min_length=1)
+
+    _int_is_a_float = field_validator("atol", mode="before")(ModelParams._int_is_a_float.__func__)
+
+
+class ParamsFile(_Strict):
+    onnx: OnnxParams
+
+
+def _key_path(loc: tuple) -> str:
+    """pydantic's location tuple as ``onnx.models.bert-tiny.features[1]``."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def parse_params(data: object, source: str = "params.yaml") -> ParamsFile:
+    """Validate the structure; raises :class:`ParamsError` naming the first bad key."""
+    try:
+        params = ParamsFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = _key_path(first["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        message = first["msg"].replace("Extra inputs are not permitted", "unknown key")
+        raise ParamsError(f"{source}: {key}: {message}{more}", key=key) from None
+    for name in params.onnx.models:
+        if not SAFE_NAME.match(name):
+            key = f"onnx.models.{name}"
+            raise ParamsError(f"{source}: {key}: model names must be safe path components (letters, digits, . _ -)", key=key)
+    return params
