@@ -88,7 +88,8 @@ def resolve_toolchains(plan: Iterable[Job], python: Optional[str] = None, python
         toolchain = Toolchain(named, interpreter_versions(named)) if named else chosen["pt"]
         if not runs_tensorflow(toolchain.versions):
             models = sorted({job.name for job in plan if job.framework == "tf"})
-            have = f"transformers {toolchain.versions.get('transformers')}" if toolchain.versions.get("tensorflow") else "no TensorFlow"
+            transformers = toolchain.versions.get("transformers") or "none"
+            have = "no TensorFlow" if transformers.startswith("4.") else f"transformers {transformers}"
             raise FrameworkError(
                 f"TensorFlow checkpoints ({', '.join(models)}) need an interpreter with transformers 4.x and "
                 f"hatch-onnx[tf], and {toolchain.python} has {have}: name one with --python-tf, "
