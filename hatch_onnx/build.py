@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from hatch_onnx.cache import CacheEntry, CacheStore, cache_key
 from hatch_onnx.errors import BuildError, FrameworkError

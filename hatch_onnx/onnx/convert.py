@@ -8,7 +8,7 @@ fails here. Every mismatch raises; nothing is a warning.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Union
 
 from hatch_onnx.errors import AtolError, ExportError, InputMismatchError, OpsetError, OutputMismatchError, ShapeError
 from hatch_onnx.onnx.config import OnnxConfig, OnnxConfigWithPast

@@ -1,8 +1,8 @@
 """The ``onnx`` build hook: real ``hatch build`` / ``python -m build`` / ``pip wheel`` runs in temporary projects.
 
 The slow tests share one project (bert-tiny and vit-tiny, built once by ``hatch build``) and one
-cache; a test that changes a project works on its own copy. The quick tests at the end drive the
-hook in-process for what needs no real build (option errors, size warnings, external data).
+cache; a test that changes a project works on its own copy. The hook's in-process tests are in
+tests/test_hatch_plugin.py.
 """
 
 from __future__ import annotations
@@ -257,142 +257,21 @@ def test_a_model_that_fails_validation_fails_the_build_and_writes_no_wheel(tools
 # --- in-process: options, sizes, external data ------------------------------------------
 
 
-class RecordingApp:
-    """Stands in for hatchling's Application: keeps what the hook displays."""
+@pytest.mark.slow
+def test_tensorflow_models_export_in_the_interpreter_named_by_option_python_tf(tools):
+    """A mixed project: PyTorch jobs in the user's environment, TensorFlow jobs in `python-tf`'s."""
+    import os
 
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, str]] = []
+    from hatch_onnx.toolchain import installed_versions, runs_tensorflow
 
-    def __getattr__(self, name: str):
-        if not name.startswith("display_"):
-            raise AttributeError(name)
-        return lambda message="", **_: self.messages.append((name[len("display_"):], message))
-
-
-def make_hook(root: Path, config: dict, target: str = "wheel", build_config=None, app=None):
-    from hatch_onnx.hatch.plugin import OnnxBuildHook
-
-    metadata = SimpleNamespace(version="1.2.3", core=SimpleNamespace(name="our-models"))
-    build_config = build_config or SimpleNamespace(sources={"src/": ""})
-    return OnnxBuildHook(str(root), config, build_config, metadata, str(root / "dist"), target, app or RecordingApp())
-
-
-@pytest.mark.parametrize(("config", "error", "message"), [
-    ({"params": 3}, TypeError, "Option `params` for build hook `onnx` must be a string"),
-    ({"destination": ["x"]}, TypeError, "Option `destination` for build hook `onnx` must be a string"),
-    ({"destination": "/abs"}, ValueError, "Option `destination` for build hook `onnx` must be a relative path"),
-    ({"destination": "../up"}, ValueError, "Option `destination` for build hook `onnx` must be a relative path"),
-    ({"python": 3.11}, TypeError, "Option `python` for build hook `onnx` must be a string"),
-    ({"jobs": "2"}, TypeError, "Option `jobs` for build hook `onnx` must be an integer"),
-    ({"jobs": 0}, ValueError, "Option `jobs` for build hook `onnx` must be at least 1"),
-    ({"destinaton": "x"}, ValueError, "Unknown option `destinaton` for build hook `onnx`"),
-])
-def test_options_are_checked_and_errors_name_the_option_and_the_hook(tmp_path, config, error, message):
-    with pytest.raises(error, match=message.replace("(", r"\(")):
-        make_hook(tmp_path, config).check_options()
-
-
-def test_hatchling_keys_are_accepted_and_defaults_follow_the_project(tmp_path):
-    hook = make_hook(tmp_path, {"dependencies": ["x"], "require-runtime-dependencies": True,
-                                "require-runtime-features": ["a"], "enable-by-default": False})
-    hook.check_options()
-    assert (hook.config_params, hook.config_destination, hook.config_python, hook.config_jobs) == ("params.yaml", "our_models/onnx", "", 1)
-    (tmp_path / "src" / "our_models").mkdir(parents=True)
-    assert hook.source_path == "src/our_models/onnx"  # the wheel's `src/` rewrite, reversed
-
-
-def test_size_warnings_name_the_file_and_the_limits(tmp_path, monkeypatch):
-    from hatch_onnx.hatch import plugin
-
-    big, small = tmp_path / "model.onnx.data", tmp_path / "model.onnx"
-    big.write_bytes(b"x" * 300)
-    small.write_bytes(b"x" * 10)
-    assert plugin.size_warnings([big, small], tmp_path) == []
-    monkeypatch.setattr(plugin, "PYPI_FILE_LIMIT", 100)
-    monkeypatch.setattr(plugin, "ZIP64_LIMIT", 200)
-    warnings = plugin.size_warnings([big, small], tmp_path)
-    assert len(warnings) == 2 and warnings[0].startswith("model.onnx.data is") and "PyPI" in warnings[0] and "Zip64" in warnings[1]
-    assert len(plugin.artifact_warnings(big)) == 2
-
-
-def test_external_data_travels_with_its_graph_from_an_sdist(tmp_path):
-    """A wheel built from an sdist: the shipped folder is verified and included whole."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from hatch_onnx import runtime
-    from hatch_onnx.fingerprint import file_digest
-
-    folder = tmp_path / "src" / DESTINATION
-    model_dir = folder / "big" / "default"
-    model_dir.mkdir(parents=True)
-    weight = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(8, 8), "weight")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "weight"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save_model(model, model_dir / "model.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=0)
-    files = {name: {"path": f"big/default/{name}", "size": (model_dir / name).stat().st_size, "xxh3_128": file_digest(model_dir / name)}
-             for name in ("model.onnx", "model.onnx.data")}
-    manifest = {"format": 1, "version": "1.2.3", "hatch_onnx": "0.1.0", "models": {"big": {"default": {"files": files}}}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    (tmp_path / "PKG-INFO").write_text("Metadata-Version: 2.4\nName: our-models\nVersion: 1.2.3\n")
-    (tmp_path / "params.yaml").write_text("onnx:\n  models:\n    big:\n      checkpoint: gone\n")
-
-    build_data: dict = {"force_include": {}}
-    app = RecordingApp()
-    make_hook(tmp_path, {"destination": DESTINATION}, app=app).initialize("standard", build_data)
-    assert ("info", "onnx: 1 model(s) from the sdist, checked against its manifest") in app.messages
-    assert build_data["force_include"][str(model_dir / "model.onnx.data")] == f"{DESTINATION}/big/default/model.onnx.data"
-    assert build_data["force_include"][str(model_dir / "model.onnx")] == f"{DESTINATION}/big/default/model.onnx"
-    assert build_data["force_include"][str(folder / "__init__.py")] == f"{DESTINATION}/__init__.py"
-
-    path, session = runtime.load("big", root=folder)
-    (y,) = session.run(None, {"x": np.ones((2, 8), dtype=np.float32)})
-    assert path == model_dir / "model.onnx" and y.shape == (2, 8)
-    with pytest.raises(KeyError, match="no model 'small'.*models: big"):
-        runtime.load("small", root=folder)
-
-    (model_dir / "model.onnx.data").write_bytes(b"\0" * files["model.onnx.data"]["size"])  # same size, other bytes
-    with pytest.raises(ValueError, match="differs from .*manifest.json"):
-        make_hook(tmp_path, {"destination": DESTINATION}).initialize("standard", {"force_include": {}})
-
-
-def test_explicit_interpreters_win_and_must_be_able_to_export(tmp_path):
-    from hatch_onnx.hatch.interpreter import find_export_python
-
-    bare = tmp_path / "bare"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
-    chosen = find_export_python("/no/such/python", tmp_path, {"HATCH_ONNX_PYTHON": sys.executable})
-    assert (chosen.python, chosen.source) == (sys.executable, "$HATCH_ONNX_PYTHON")
-    with pytest.raises(ValueError, match=r"option `python` for build hook `onnx`: `/no/such/python` is not a Python"):
-        find_export_python("/no/such/python", tmp_path, {})
-    with pytest.raises(ValueError, match=r"\$HATCH_ONNX_PYTHON: .* cannot export: it lacks transformers, onnx, onnxruntime, torch or tensorflow"):
-        find_export_python(None, tmp_path, {"HATCH_ONNX_PYTHON": str(bare / "bin" / "python")})
-
-
-def test_the_users_environment_is_found_before_the_builds_own(tmp_path):
-    from hatch_onnx.hatch.interpreter import _candidates, frontend_free_environ
-
-    user = tmp_path / "user-venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(user)], check=True)
-    environ = {"VIRTUAL_ENV": str(user), "PATH": f"/usr/bin:{user / 'bin'}", "_": str(user / "bin" / "hatch")}
-    assert [(str(path), source) for path, source in _candidates(environ)] == [
-        (str(user / "bin" / "python"), "$VIRTUAL_ENV"), (str(user / "bin" / "python"), "PATH"),
-        (str(user / "bin" / "python"), "$_"), (sys.executable, "the build's interpreter"),
-    ]
-    # pip hides the user's site-packages from its build with a sitecustomize on PYTHONPATH.
-    cleaned = frontend_free_environ({"PYTHONPATH": "/tmp/pip-build-env-x1/site:/mine", "A": "1"})
-    assert cleaned == {"PYTHONPATH": "/mine", "A": "1"}
-
-
-def test_a_cache_inside_the_project_that_the_sdist_would_carry_is_reported(tmp_path, monkeypatch):
-    monkeypatch.delenv("HATCH_ONNX_CACHE")  # params.yaml's relative cache, then
-    app = RecordingApp()
-    (tmp_path / "params.yaml").write_text("onnx:\n  cache: .hatch-onnx-cache\n  models:\n    m:\n      checkpoint: c\n")
-    sdist_config = SimpleNamespace(include_path=lambda path: path.startswith(".hatch-onnx-cache/"))
-    make_hook(tmp_path, {}, "sdist", sdist_config, app)._warn_if_sdist_ships_the_cache()
-    ((kind, message),) = app.messages
-    assert kind == "warning" and "`.hatch-onnx-cache/` is inside the project and the sdist would carry it" in message
+    tf_python = os.environ.get("HATCH_ONNX_TEST_PYTHON_TF") or (sys.executable if runs_tensorflow(installed_versions()) else None)
+    assert tf_python, "set HATCH_ONNX_TEST_PYTHON_TF to an interpreter with transformers 4.57 and hatch-onnx[tf] (scripts/test does)"
+    models = {"bert-tiny": {"checkpoint": "bert", "features": ["default"]},
+              "bert-tf-tiny": {"checkpoint": "bert-tf", "features": ["default"]}}
+    path = make_project(tools.base / "mixed", models, hook={"python-tf": tf_python})
+    built, _ = hatch_build(path, env_for(tools), "-t", "wheel")
+    assert built.returncode == 0, built.stderr
+    manifest = wheel_manifest(_wheel(path))
+    tf_entry = manifest["models"]["bert-tf-tiny"]["default"]
+    assert tf_entry["source"]["framework"] == "tf" and tf_entry["toolchain"]["transformers"].startswith("4.")
+    assert manifest["models"]["bert-tiny"]["default"]["toolchain"]["transformers"] == installed_versions()["transformers"]
