@@ -23,6 +23,9 @@ _MODULES = (
     "codegen", "gptj",
     # encoder-decoders
     "bigbird_pegasus", "blenderbot", "blenderbot_small", "longt5", "m2m_100", "marian", "mbart", "mt5",
+    # vision
+    "beit", "data2vec_vision", "deit", "detr", "imagegpt", "levit", "mobilenet_v1", "mobilenet_v2", "mobilevit",
+    "poolformer", "segformer", "swin", "yolos",
 )
 
 

@@ -32,6 +32,11 @@ FEATURE_TO_AUTOMODEL: Mapping[str, str] = {
     "image-classification": "AutoModelForImageClassification",
     "masked-im": "AutoModelForMaskedImageModeling",
     "speech2seq-lm": "AutoModelForSpeechSeq2Seq",
+    "object-detection": "AutoModelForObjectDetection",
+    "image-segmentation": "AutoModelForImageSegmentation",
+    "semantic-segmentation": "AutoModelForSemanticSegmentation",
+    # AutoModelForVision2Seq is gone from transformers 5; both lines map vision-encoder-decoder here.
+    "vision2seq-lm": "AutoModelForImageTextToText",
 }
 # Features whose model has no cache: "-with-past" is offered only for these tasks.
 PAST_TASKS = frozenset({"default", "causal-lm", "seq2seq-lm", "speech2seq-lm"})
@@ -277,14 +282,32 @@ class SpeechSeq2SeqOnnxConfig(Seq2SeqOnnxConfig):
 # --- vision ----------------------------------------------------------------------------------
 
 
+# The legacy outputs of the vision heads beyond classification.
+VISION_OUTPUTS: Mapping[str, Mapping[str, Mapping[int, str]]] = {
+    **OnnxConfig._tasks_to_common_outputs,
+    "object-detection": {"logits": {0: "batch", 1: "sequence"}, "pred_boxes": {0: "batch", 1: "sequence"}},
+    "image-segmentation": {
+        "logits": {0: "batch", 1: "sequence"},
+        "pred_boxes": {0: "batch", 1: "sequence"},
+        "pred_masks": {0: "batch", 1: "sequence", 2: "height", 3: "width"},
+    },
+    "semantic-segmentation": {"logits": {0: "batch", 1: "num_labels", 2: "height", 3: "width"}},
+    "vision2seq-lm": {"logits": {0: "batch", 1: "sequence"}},
+}
+
+
 class VisionOnnxConfig(OnnxConfig):
     """Image models: one ``pixel_values`` tensor."""
 
     MODALITY = "vision"
+    _tasks_to_common_outputs = VISION_OUTPUTS
+    # Name every axis of the image dynamic; False: only the batch (fixed-resolution models).
+    DYNAMIC_IMAGE_AXES = True
 
     @property
     def inputs(self) -> Mapping[str, Mapping[int, str]]:
-        common: dict = OrderedDict({"pixel_values": {0: "batch", 1: "num_channels", 2: "height", 3: "width"}})
+        axes = {0: "batch", 1: "num_channels", 2: "height", 3: "width"} if self.DYNAMIC_IMAGE_AXES else {0: "batch"}
+        common: dict = OrderedDict({"pixel_values": axes})
         if self.task == "masked-im":
             common["bool_masked_pos"] = {0: "batch"}
         return common
@@ -297,4 +320,14 @@ class ConvVisionOnnxConfig(VisionOnnxConfig):
     def outputs(self) -> Mapping[str, Mapping[int, str]]:
         if self.task == "default":
             return OrderedDict({"last_hidden_state": {0: "batch"}, "pooler_output": {0: "batch"}})
+        return super().outputs
+
+
+class FeatureMapOnnxConfig(VisionOnnxConfig):
+    """Backbones whose ``last_hidden_state`` is a feature map (batch, channels, height, width), no pooler."""
+
+    @property
+    def outputs(self) -> Mapping[str, Mapping[int, str]]:
+        if self.task == "default":
+            return OrderedDict({"last_hidden_state": {0: "batch"}})
         return super().outputs

@@ -1,0 +1,16 @@
+"""beit: ViT with relative position biases."""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import ModelSupport, VisionOnnxConfig
+
+
+class BeitOnnxConfig(VisionOnnxConfig):
+    ATOL_FOR_VALIDATION = 1e-4
+
+
+SUPPORT = ModelSupport(
+    "beit",
+    BeitOnnxConfig,
+    features=("default", "image-classification"),
+)

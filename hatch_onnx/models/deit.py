@@ -1,0 +1,17 @@
+"""deit: ViT with a distillation token."""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import ModelSupport, VisionOnnxConfig
+
+
+class DeiTOnnxConfig(VisionOnnxConfig):
+    ATOL_FOR_VALIDATION = 1e-4
+
+
+SUPPORT = ModelSupport(
+    "deit",
+    DeiTOnnxConfig,
+    features=("default", "image-classification"),
+    tensorflow=True,
+)

@@ -1,0 +1,17 @@
+"""swin: shifted-window attention over a patch hierarchy."""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import ModelSupport, VisionOnnxConfig
+
+
+class SwinOnnxConfig(VisionOnnxConfig):
+    ATOL_FOR_VALIDATION = 1e-4
+
+
+SUPPORT = ModelSupport(
+    "swin",
+    SwinOnnxConfig,
+    features=("default", "image-classification"),
+    tensorflow=True,
+)
