@@ -18,9 +18,10 @@ import transformers
 MAJOR = int(transformers.__version__.split(".")[0])
 # Every pair this transformers line can export; the registry says why any other cannot.
 PAIRS = [(m, f) for m, support in REGISTRY.items() for f in support.features if support.unavailable_reason(f, MAJOR) is None]
-# Pairs whose head loads from a checkpoint of its own (DETR's segmentation model names its weights
-# detr.model.*, so no object-detection checkpoint holds them: the Hub has *-panoptic checkpoints).
-FIXTURE_FOR = {("detr", "image-segmentation"): "detr-panoptic"}
+# Pairs whose model loads from a checkpoint of its own: DETR's segmentation model names its weights
+# detr.model.*, so no object-detection checkpoint holds them (the Hub has *-panoptic checkpoints);
+# Perceiver's image model has the text model's layer names with other shapes (vision-perceiver-*).
+FIXTURE_FOR = {("detr", "image-segmentation"): "detr-panoptic", ("perceiver", "image-classification"): "perceiver-vision"}
 UNAVAILABLE = [(m, f) for m, support in REGISTRY.items() for f in support.features if support.unavailable_reason(f, MAJOR) is not None]
 # Each pair's graph interface (input and output names in order, dtypes, shapes with named dynamic
 # axes), pinned: both transformers lines must export exactly this. Regenerate after a deliberate

@@ -26,6 +26,8 @@ _MODULES = (
     # vision
     "beit", "data2vec_vision", "deit", "detr", "imagegpt", "levit", "mobilenet_v1", "mobilenet_v2", "mobilevit",
     "poolformer", "segformer", "swin", "yolos",
+    # multimodal
+    "clip", "groupvit", "layoutlmv3", "owlvit", "perceiver", "vision_encoder_decoder",
 )
 
 

@@ -331,3 +331,38 @@ class FeatureMapOnnxConfig(VisionOnnxConfig):
         if self.task == "default":
             return OrderedDict({"last_hidden_state": {0: "batch"}})
         return super().outputs
+
+
+# --- multimodal ------------------------------------------------------------------------------
+
+
+class DualEncoderOnnxConfig(OnnxConfig):
+    """CLIP and its relatives: token ids, an image and the text's mask in; both towers' projected
+    embeddings and the image-text similarity logits out."""
+
+    ATOL_FOR_VALIDATION = 1e-4
+    APPEND_EOS = True  # the text tower pools the hidden state at the end-of-text token
+
+    @property
+    def inputs(self) -> Mapping[str, Mapping[int, str]]:
+        return OrderedDict(
+            {
+                "input_ids": {0: "batch", 1: "sequence"},
+                "pixel_values": {0: "batch", 1: "num_channels", 2: "height", 3: "width"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+            }
+        )
+
+    @property
+    def outputs(self) -> Mapping[str, Mapping[int, str]]:
+        names = ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds")
+        return OrderedDict((name, {0: "batch"}) for name in names)
+
+    def _image_size(self, height: int, width: int) -> tuple[int, int]:
+        size = self._config.vision_config.image_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
+        arrays = super()._dummy_text(preprocessor, rng, batch, seq, choices, is_pair)
+        arrays["pixel_values"] = self._dummy_vision(None, rng, batch, 3, 0, 0)["pixel_values"]
+        return arrays

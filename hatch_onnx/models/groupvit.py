@@ -1,0 +1,12 @@
+"""groupvit: a dual encoder whose vision tower groups patches into segments (hard assignment)."""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import DualEncoderOnnxConfig, ModelSupport
+
+
+class GroupViTOnnxConfig(DualEncoderOnnxConfig):
+    pass
+
+
+SUPPORT = ModelSupport("groupvit", GroupViTOnnxConfig, features=("default",), tensorflow=True)
