@@ -196,7 +196,7 @@ def _export(misses: list[tuple[Job, str, dict]], store: CacheStore, toolchains: 
                 return JobResult(job, key, "hit", time.perf_counter() - started, entry)
             with store.staging() as staging:
                 try:
-                    reply = send({**job.request(), "output": str(staging)})
+                    reply = send({**job.request(), "output": str(staging), "report": str(staging / "report.json")})
                 except WorkerDied as exc:
                     return failed(str(exc))
                 if not reply["ok"]:

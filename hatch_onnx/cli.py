@@ -32,13 +32,41 @@ def _export_parser(sub) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from hatch_onnx.exporting import ExportRequest, export_checkpoint
+    from hatch_onnx import server
+    from hatch_onnx.exporting import ExportRequest
 
     request = ExportRequest(
-        model=args.model, feature=args.feature, framework=args.framework, opset=args.opset, atol=args.atol,
+        model=args.model.absolute(), feature=args.feature, framework=args.framework, opset=args.opset, atol=args.atol,
         exporter=args.exporter, preprocessor=args.preprocessor, allow_new_head=args.allow_new_head, cache_dir=args.cache_dir,
     )
-    report = export_checkpoint(request, args.output, args.report, log=lambda line: print(line, file=sys.stderr))
+    payload = {**_fields(request), "output": str(args.output.absolute()), "report": str(args.report.absolute()) if args.report else None}
+    if args.debug:  # in this process, so that a failure shows its traceback
+        from hatch_onnx.exporting import export_checkpoint
+
+        report = export_checkpoint(request, args.output, args.report, log=lambda line: print(line, file=sys.stderr))
+        return _print_export(args, report)
+    reply = None
+    if server.enabled():
+        from hatch_onnx.onnx.features import FeaturesManager
+
+        framework = FeaturesManager.determine_framework(str(request.model), request.framework)  # bad input: before any work
+        reply = server.request(payload, framework)
+        if reply is None:
+            server.start(framework)  # warms up on the other core while this call exports in-process
+    if reply is None:
+        from hatch_onnx.worker import handle
+
+        reply = handle(payload)
+    for line in reply["log"]:
+        print(line, file=sys.stderr)
+    if not reply["ok"]:
+        hint = " (rerun with --debug for the traceback)" if reply.get("unexpected") else ""
+        print(f"{PROG}: error: {reply['error']}{hint}", file=sys.stderr)
+        return reply["exit_code"]
+    return _print_export(args, reply["report"])
+
+
+def _print_export(args: argparse.Namespace, report: dict) -> int:
     target = args.output if args.output.suffix == ".onnx" else args.output / "model.onnx"
     print(f"Validated {target} ({report['model_type']}, {report['feature']}, opset {report['opset']}, {report['exporter']})")
     for name, figures in report["validation"]["outputs"].items():
@@ -46,6 +74,12 @@ def _run_export(args: argparse.Namespace) -> int:
     timings = report["timings"]
     print(f"  load {timings['load']:.2f}s, export {timings['export']:.2f}s, validate {timings['validate']:.2f}s")
     return 0
+
+
+def _fields(request) -> dict:
+    import dataclasses
+
+    return {name: str(value) if isinstance(value, Path) else value for name, value in dataclasses.asdict(request).items()}
 
 
 def _features_parser(sub) -> None:

@@ -1,10 +1,11 @@
 """The export worker: ``python -m hatch_onnx.worker`` runs job after job in one process.
 
 Protocol: JSON lines. Each request on stdin is one object, a job's :meth:`~hatch_onnx.plan.Job.request`
-plus ``"output"`` (a staging folder to write into); the worker answers each with one line on
-stdout, ``PROTOCOL_MARK`` then ``{"ok": true, "report": {...}}`` or ``{"ok": false, "error":
-"...", "type": "...", "exit_code": N}`` (the CLI's exit code for that error). Anything a
-library prints goes to stderr: the worker keeps stdout for its answers.
+plus ``"output"`` (a staging folder to write into) and ``"report"`` (where the validation report
+goes); the worker answers each with one line on stdout, ``PROTOCOL_MARK`` then ``{"ok": true,
+"report": {...}, "log": [...]}`` or ``{"ok": false, "error": "...", "type": "...", "exit_code":
+N, "log": [...]}`` (the CLI's exit code for that error). Anything a library prints goes to
+stderr: the worker keeps stdout for its answers.
 
 Torch or TensorFlow and transformers are imported once, by the first job, and the last model
 loaded is kept: the jobs of one checkpoint that share a head class (``default`` and
@@ -18,6 +19,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any, Optional, TextIO
 
 PROTOCOL_MARK = "hatch-onnx-worker:"
@@ -54,28 +56,39 @@ class _LastModel:
             gc.collect()
 
 
-def serve(requests: TextIO, replies: TextIO) -> None:
+def handle(request: Mapping[str, Any], load: Optional[Callable] = None) -> dict:
+    """Run one request (a job's fields, ``output``, optionally ``report``); the answer, as JSON data.
+
+    Never raises for a failed export: the error's message, type and exit code travel back, with
+    the lines the export logged.
+    """
     from hatch_onnx.errors import HatchOnnxError
     from hatch_onnx.exporting import ExportRequest, export_checkpoint
 
+    fields = dict(request)
+    output = Path(fields.pop("output"))
+    report = fields.pop("report", None)
+    log: list[str] = []
+    try:
+        result = export_checkpoint(
+            ExportRequest(**{**fields, "model": Path(fields["model"])}), output, Path(report) if report else None,
+            log=log.append, **({"load": load} if load is not None else {}),
+        )
+        return {"ok": True, "report": result, "log": log}
+    except HatchOnnxError as exc:
+        return {"ok": False, "error": str(exc), "type": type(exc).__name__, "exit_code": exc.exit_code, "log": log}
+    except Exception as exc:  # reported to the parent, which names the job
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0], "type": type(exc).__name__,
+                "exit_code": 1, "log": log, "unexpected": True}
+
+
+def serve(requests: TextIO, replies: TextIO) -> None:
     load = _LastModel()
     for line in requests:
-        if not line.strip():
-            continue
-        request = json.loads(line)
-        output = Path(request.pop("output"))
-        try:
-            report = export_checkpoint(
-                ExportRequest(**{**request, "model": Path(request["model"])}), output, output / "report.json",
-                log=lambda text: print(text, file=sys.stderr), load=load,
-            )
-            reply = {"ok": True, "report": report}
-        except HatchOnnxError as exc:
-            reply = {"ok": False, "error": str(exc), "type": type(exc).__name__, "exit_code": exc.exit_code}
-        except Exception as exc:  # reported to the parent, which names the job
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0], "type": type(exc).__name__, "exit_code": 1}
-        replies.write(PROTOCOL_MARK + json.dumps(reply) + "\n")
-        replies.flush()
+        if line.strip():
+            reply = handle(json.loads(line), load)
+            replies.write(PROTOCOL_MARK + json.dumps(reply) + "\n")
+            replies.flush()
 
 
 def main() -> int:

