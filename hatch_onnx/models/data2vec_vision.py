@@ -13,5 +13,4 @@ SUPPORT = ModelSupport(
     "data2vec-vision",
     Data2VecVisionOnnxConfig,
     features=("default", "image-classification"),
-    tensorflow=True,
 )

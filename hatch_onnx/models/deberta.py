@@ -13,5 +13,4 @@ SUPPORT = ModelSupport(
     "deberta",
     DebertaOnnxConfig,
     features=("default", "masked-lm", "sequence-classification", "token-classification", "question-answering"),
-    tensorflow=True,
 )

@@ -13,5 +13,4 @@ SUPPORT = ModelSupport(
     "deit",
     DeiTOnnxConfig,
     features=("default", "image-classification"),
-    tensorflow=True,
 )

@@ -14,5 +14,4 @@ SUPPORT = ModelSupport(
     FlaubertOnnxConfig,
     features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
     unavailable={"causal-lm": "transformers maps no causal-LM class to Flaubert (AutoModelForCausalLM refuses FlaubertConfig)"},
-    tensorflow=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
 )

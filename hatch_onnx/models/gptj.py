@@ -13,5 +13,4 @@ SUPPORT = ModelSupport(
     "gptj",
     GPTJOnnxConfig,
     features=("default", "default-with-past", "causal-lm", "causal-lm-with-past", "question-answering", "sequence-classification"),
-    tensorflow=True,
 )

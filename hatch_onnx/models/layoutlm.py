@@ -35,5 +35,4 @@ SUPPORT = ModelSupport(
     "layoutlm",
     LayoutLMOnnxConfig,
     features=("default", "masked-lm", "sequence-classification", "token-classification"),
-    tensorflow=True,
 )

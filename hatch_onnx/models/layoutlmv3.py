@@ -34,5 +34,4 @@ SUPPORT = ModelSupport(
     "layoutlmv3",
     LayoutLMv3OnnxConfig,
     features=("default", "question-answering", "sequence-classification", "token-classification"),
-    tensorflow=True,
 )

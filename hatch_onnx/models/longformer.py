@@ -83,5 +83,4 @@ SUPPORT = ModelSupport(
     "longformer",
     LongformerOnnxConfig,
     features=("default", "masked-lm", "multiple-choice", "question-answering", "sequence-classification", "token-classification"),
-    tensorflow=True,
 )

@@ -13,5 +13,4 @@ SUPPORT = ModelSupport(
     "mobilebert",
     MobileBertOnnxConfig,
     features=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
-    tensorflow=True,
 )

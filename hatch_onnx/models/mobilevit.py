@@ -13,5 +13,4 @@ SUPPORT = ModelSupport(
     "mobilevit",
     MobileViTOnnxConfig,
     features=("default", "image-classification"),
-    tensorflow=True,
 )

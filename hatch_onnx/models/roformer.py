@@ -13,5 +13,4 @@ SUPPORT = ModelSupport(
     "roformer",
     RoFormerOnnxConfig,
     features=("default", "masked-lm", "causal-lm", "sequence-classification", "token-classification", "multiple-choice", "question-answering"),
-    tensorflow=True,
 )

@@ -13,5 +13,4 @@ SUPPORT = ModelSupport(
     "segformer",
     SegformerOnnxConfig,
     features=("default", "image-classification", "semantic-segmentation"),
-    tensorflow=True,
 )

@@ -13,5 +13,4 @@ SUPPORT = ModelSupport(
     "swin",
     SwinOnnxConfig,
     features=("default", "image-classification"),
-    tensorflow=True,
 )

@@ -13,5 +13,4 @@ SUPPORT = ModelSupport(
     "xlm",
     XLMOnnxConfig,
     features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
-    tensorflow=True,
 )
