@@ -47,6 +47,6 @@ def pytest_collection_modifyitems(config, items):
         if "tf" in item.keywords:
             item.add_marker(skip)
 
-# `hatch-onnx export` leaves a warm server behind (hatch_onnx.server); tests that run the CLI
-# check what their own process imports and exports, so the server is off unless a test turns it on.
-os.environ.setdefault("HATCH_ONNX_SERVER", "0")
+# The warm export server (hatch_onnx.server) is opt-in; a user's setting must not leak into tests
+# that check what their own process imports and exports.
+os.environ["HATCH_ONNX_SERVER"] = "0"

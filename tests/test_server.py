@@ -1,4 +1,4 @@
-"""The warm export server: the first `hatch-onnx export` leaves one behind, the next are served by it."""
+"""The warm export server (opt-in): the first `hatch-onnx export` leaves one behind, the next are served by it."""
 
 from __future__ import annotations
 
@@ -92,8 +92,8 @@ def test_idle_server_exits_and_removes_its_socket(server_env, tmp_path):
     assert not socket_file.exists()
 
 
-def test_off_switch(tmp_path, server_env):
+def test_off_by_default(tmp_path, server_env):
     env, sockets = server_env
-    export({**env, "HATCH_ONNX_SERVER": "0"}, "--model", str(checkpoint("bert")), str(tmp_path / "a"))
+    export({k: v for k, v in env.items() if k != "HATCH_ONNX_SERVER"}, "--model", str(checkpoint("bert")), str(tmp_path / "a"))
     time.sleep(1)
     assert not sockets.exists() or not list(sockets.glob("*.sock"))
