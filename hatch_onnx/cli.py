@@ -89,19 +89,26 @@ def _features_parser(sub) -> None:
 
 
 def _run_features(args: argparse.Namespace) -> int:
-    from hatch_onnx.models import tf_features
-    from hatch_onnx.onnx.features import FeaturesManager
+    from importlib.metadata import PackageNotFoundError, version
 
+    from hatch_onnx.models import REGISTRY, support_for
+
+    try:
+        line = int(version("transformers").split(".")[0])
+    except PackageNotFoundError:
+        line = 5  # what `pip install hatch-onnx[torch]` would bring
     if args.model_type:
-        model_type = args.model_type.replace("_", "-")
-        tf = tf_features(model_type)
-        for feature in FeaturesManager.get_supported_features_for_model_type(model_type):
-            print(f"{feature}{'' if feature in tf else '  (PyTorch only)'}")
+        support = support_for(args.model_type)
+        for feature in support.features:
+            reason = support.unavailable_reason(feature, line)
+            note = f"  (not exportable with transformers {line}.x: {reason})" if reason else "" if feature in support.tensorflow else "  (PyTorch only)"
+            print(f"{feature}{note}")
         return 0
-    print("model type: features (* = PyTorch only; the others also from TensorFlow checkpoints)")
-    for model_type, features in FeaturesManager._SUPPORTED_MODEL_TYPE.items():
-        tf = tf_features(model_type)
-        print(f"{model_type}: {', '.join(f if f in tf else f + '*' for f in features)}")
+    print(f"model type: features (* = PyTorch only, ! = not exportable with transformers {line}.x; "
+          "the others also from TensorFlow checkpoints, with transformers 4.x)")
+    for model_type, support in REGISTRY.items():
+        marks = [f + ("!" if support.unavailable_reason(f, line) else "" if f in support.tensorflow else "*") for f in support.features]
+        print(f"{model_type}: {', '.join(marks)}")
     return 0
 
 

@@ -35,6 +35,12 @@ class ExportRequest:
     cache_dir: Optional[str] = None
 
 
+def _transformers_major() -> int:
+    from importlib.metadata import version
+
+    return int(version("transformers").split(".")[0])
+
+
 def _load_preprocessor(kind: str, model_dir: Path) -> Any:
     """The named preprocessor; ``auto`` loads none (dummy inputs come from the model config)."""
     if kind == "auto":
@@ -61,7 +67,7 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
     model_dir = Path(request.model)
     support = support_for(read_model_type(model_dir), where=str(model_dir))
     framework = FeaturesManager.determine_framework(str(model_dir), request.framework)
-    support.check(request.feature, framework, where=str(model_dir))
+    support.check(request.feature, framework, where=str(model_dir), transformers_major=_transformers_major())
     model_type, opset = support.model_type, support.opset(request.opset)
     isolate_framework(framework)
 

@@ -48,32 +48,16 @@ def test_export_and_validate(model_type, feature, tmp_path):
 
 
 def _check_interface(pair: str, interface: dict) -> None:
-    """Compare with the pinned interface (pinned on the 4.57 line).
-
-    Where transformers 5's model code yields a different but equivalent interface (a reshape by a
-    traced size, gone in 5.x, leaves an axis symbolic on 4.57 only), the entry holds the 5.x one
-    under ``"transformers5"``: still exact on each line, and the difference is in the diff.
-    """
+    """Compare with the pinned interface: the same on both transformers lines, exactly."""
     pinned = json.loads(INTERFACES.read_text()) if INTERFACES.exists() else {}
     if os.environ.get("HATCH_ONNX_PIN_INTERFACES") == "1":
-        entry = dict(pinned.get(pair, {}))
-        if MAJOR >= 5:
-            entry.pop("transformers5", None)
-            if entry and entry != interface:
-                entry["transformers5"] = interface
-            elif not entry:
-                entry = interface
-        else:
-            entry = {**interface, **({"transformers5": entry["transformers5"]} if "transformers5" in entry else {})}
-        pinned[pair] = entry
+        pinned[pair] = interface
         INTERFACES.parent.mkdir(exist_ok=True)
         lines = [f"  {json.dumps(name)}: {json.dumps(pinned[name], sort_keys=True)}" for name in sorted(pinned)]
         INTERFACES.write_text("{\n" + ",\n".join(lines) + "\n}\n")  # a line per pair: readable diffs
         return
     assert pair in pinned, f"{pair}: no pinned interface in {INTERFACES.name} (HATCH_ONNX_PIN_INTERFACES=1 writes it)"
-    expected = dict(pinned[pair])
-    variant = expected.pop("transformers5", None)
-    assert interface == (variant if MAJOR >= 5 and variant is not None else expected)
+    assert interface == pinned[pair]
 
 
 @pytest.mark.slow

@@ -274,6 +274,7 @@ def _export_torchscript(flat, args, output: Path, input_names, output_names, dyn
         opset_version=opset, export_params=False, do_constant_folding=False, dynamo=False,
     )
     model = onnx.load_model_from_string(buffer.getvalue())
+    _size_undeclared_axes(model, dynamic_axes)
     weights = dict(flat.named_parameters(remove_duplicate=False))
     weights.update(flat.named_buffers(remove_duplicate=False))
     graph = model.graph
@@ -287,6 +288,27 @@ def _export_torchscript(flat, args, output: Path, input_names, output_names, dyn
     del graph.input[:]
     graph.input.extend(kept)
     write_model(model, tensors, output, external_data)
+
+
+def _size_undeclared_axes(model, dynamic_axes: Mapping[str, Mapping[int, str]]) -> None:
+    """Give an output axis that the config does not declare dynamic its size, where the graph fixes it.
+
+    Whether torch's exporter can size an axis depends on the model code: CodeGen's hidden axis,
+    a reshape to ``size()[:-2] + (heads * head_dim,)``, is 32 on transformers 5 and named
+    ``Reshapelast_hidden_state_dim_2`` on 4.57. ONNX shape inference with data propagation
+    follows such a reshape through the graph; an axis it sizes gets that number. An axis it
+    cannot size keeps its name: only the graph decides, never the export's example inputs.
+    """
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    sizes = {value.name: value.type.tensor_type.shape.dim for value in inferred.graph.output}
+    for value in model.graph.output:
+        declared = dynamic_axes.get(value.name, {})
+        known = sizes.get(value.name, ())
+        for index, dim in enumerate(value.type.tensor_type.shape.dim):
+            if index not in declared and dim.HasField("dim_param") and index < len(known) and known[index].HasField("dim_value"):
+                dim.dim_value = known[index].dim_value
 
 
 def _varint(value: int) -> bytes:

@@ -86,11 +86,12 @@ class ModelSupport:
             return self.unavailable_on_transformers5.get(feature)
         return None
 
-    def check(self, feature: str, framework: str = "pt", where: str = "") -> None:
+    def check(self, feature: str, framework: str = "pt", where: str = "", transformers_major: int = 4) -> None:
         """Raise :class:`UnsupportedFeatureError` unless ``feature`` exports from ``framework``.
 
         The one place feature support is decided: the plan, the exporter and the CLI call it.
-        ``where`` prefixes the message (a checkpoint path).
+        ``where`` prefixes the message (a checkpoint path); ``transformers_major`` is the line
+        that will export (the plan, which runs before any worker, checks what every line lacks).
         """
         from hatch_onnx.errors import UnsupportedFeatureError
 
@@ -98,6 +99,12 @@ class ModelSupport:
         if feature not in self.features:
             raise UnsupportedFeatureError(
                 f"{prefix}{self.model_type} does not support feature {feature!r}; supported: {', '.join(self.features)}",
+                model_type=self.model_type, feature=feature,
+            )
+        reason = self.unavailable_reason(feature, transformers_major)
+        if reason is not None:
+            raise UnsupportedFeatureError(
+                f"{prefix}{self.model_type} cannot export feature {feature!r} with transformers {transformers_major}.x: {reason}",
                 model_type=self.model_type, feature=feature,
             )
         if framework == "tf" and feature not in self.tensorflow:

@@ -60,7 +60,7 @@ _COMMON_OUTPUTS: Mapping[str, Mapping[str, Mapping[int, str]]] = {
     "image-classification": {"logits": {0: "batch"}},
     "masked-im": {"reconstruction": {0: "batch"}},
     "masked-lm": {"logits": {0: "batch", 1: "sequence"}},
-    "multiple-choice": {"logits": {0: "batch"}},
+    "multiple-choice": {"logits": {0: "batch", 1: "choice"}},
     "question-answering": {
         "start_logits": {0: "batch", 1: "sequence"},
         "end_logits": {0: "batch", 1: "sequence"},
