@@ -19,8 +19,9 @@ from typing import Any
 
 
 def _temporary_name(path: Path, role: str) -> Path:
-    # Hidden, so that a walk of the folder (a wheel's file list, a DVC out) never ships it.
-    return path.with_name(f".{path.name}.{role}-{os.getpid()}-{threading.get_ident()}")
+    # Hidden, so that a walk of the folder (a wheel's file list, a DVC out) never ships it, and
+    # recognisable, so that what a killed process left can be found (``.<name>.hatch-onnx-*``).
+    return path.with_name(f".{path.name}.hatch-onnx-{role}-{os.getpid()}-{threading.get_ident()}")
 
 
 def _remove(path: Path) -> None:
@@ -73,3 +74,17 @@ def swap_folder(staging: Path, target: Path) -> None:
         raise
     if had_old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def as_atomic_folder(target: Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``target``; on success it replaces ``target`` (:func:`swap_folder`)."""
+    target = Path(target)
+    staging = _temporary_name(target, "staging")
+    _remove(staging)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        swap_folder(staging, target)
+    finally:
+        _remove(staging)

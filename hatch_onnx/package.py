@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 from hatch_onnx.__about__ import __version__
-from hatch_onnx.atomic import swap_folder, write_json, write_text
+from hatch_onnx.atomic import as_atomic_folder, write_json, write_text
 
 MANIFEST = "manifest.json"
 # What inference needs beside the graph: the model config and the preprocessor's files.
@@ -84,9 +84,7 @@ def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], p
                    for r in model_results}
         if models.get(name) == entries and _intact(out, entries):
             continue  # already materialised from the same cache entries: nothing to rewrite
-        staging = out / f".{name}.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
+        with as_atomic_folder(out / name) as staging:
             for result in model_results:
                 folder = staging / result.job.feature
                 folder.mkdir(parents=True)
@@ -96,9 +94,6 @@ def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], p
                 for side in CHECKPOINT_SIDE_FILES:
                     if (result.job.checkpoint / side).is_file():
                         shutil.copyfile(result.job.checkpoint / side, folder / side)
-            swap_folder(staging, out / name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         models[name] = entries
 
     manifest = {"format": 1, "version": package_version, "hatch_onnx": __version__, "models": dict(sorted(models.items()))}

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from hatch_onnx.atomic import swap_folder
+from hatch_onnx.atomic import as_atomic_folder
 from hatch_onnx.package import MANIFEST
 
 LOADER = "__init__.py"
@@ -76,15 +76,10 @@ class ModelsFolder:
         from hatch_onnx.build import run_build
 
         self.manifest()  # refuse a folder that is not ours before any work
-        staging = self._staging()
-        try:
-            with _environ(environ):
-                result = run_build(params_file, out=staging, python=python, python_tf=python_tf, jobs=jobs,
-                                   package_version=version, progress_stream=progress_stream, versions=versions)
+        with as_atomic_folder(self.path) as staging, _environ(environ):
+            result = run_build(params_file, out=staging, python=python, python_tf=python_tf, jobs=jobs,
+                               package_version=version, progress_stream=progress_stream, versions=versions)
             self._write_loader(staging)
-            swap_folder(staging, self.path)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return result
 
     def verify_shipped(self, version: str, planned: set[tuple[str, str]]) -> dict:
@@ -118,16 +113,6 @@ class ModelsFolder:
             return False
         shutil.rmtree(self.path)
         return True
-
-    def _sibling(self, role: str) -> Path:
-        # Beside the folder, so that swapping is a rename on one file system; hidden, so no walk ships it.
-        return self.path.with_name(f".{self.path.name}.hatch-onnx-{role}-{os.getpid()}")
-
-    def _staging(self) -> Path:
-        staging = self._sibling("staging")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        return staging
 
     @staticmethod
     def _write_loader(folder: Path) -> None:
