@@ -1,0 +1,66 @@
+"""One checkpoint, one feature: bad input refused before any model loads; nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import checkpoint
+from hatch_onnx.errors import CheckpointError, OpsetError, UnsupportedFeatureError, UnsupportedModelTypeError
+from hatch_onnx.exporting import ExportRequest, export_checkpoint
+
+
+def never_load(*args):
+    raise AssertionError(f"a model was loaded for bad input: {args}")
+
+
+@pytest.mark.parametrize("request_, error", [
+    (ExportRequest(model=checkpoint("vit"), feature="causal-lm"), UnsupportedFeatureError),
+    (ExportRequest(model=checkpoint("bert"), opset=9), OpsetError),
+    (ExportRequest(model=checkpoint("gpt2"), framework="tf"), Exception),  # no tf_model.h5
+    (ExportRequest(model=checkpoint("flaubert"), feature="causal-lm"), UnsupportedFeatureError),  # declared unavailable
+])
+def test_bad_input_is_refused_before_loading(request_, error, tmp_path):
+    with pytest.raises(error) as info:
+        export_checkpoint(request_, tmp_path / "out", load=never_load)
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_folder_and_unknown_type(tmp_path):
+    with pytest.raises(CheckpointError):
+        export_checkpoint(ExportRequest(model=tmp_path / "nope"), tmp_path / "out", load=never_load)
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text(json.dumps({"model_type": "llama-ish"}))
+    with pytest.raises(UnsupportedModelTypeError):
+        export_checkpoint(ExportRequest(model=tmp_path / "odd"), tmp_path / "out", load=never_load)
+
+
+@pytest.mark.slow
+def test_export_loads_through_the_given_loader_and_writes_only_a_validated_graph(tmp_path):
+    from hatch_onnx.onnx.features import FeaturesManager
+
+    calls = []
+
+    def load(*args):
+        calls.append(args)
+        return FeaturesManager.load_model(*args)
+
+    report = export_checkpoint(ExportRequest(model=checkpoint("bert"), feature="masked-lm"), tmp_path / "out",
+                               tmp_path / "report.json", log=lambda line: None, load=load)
+    assert [call[:3] for call in calls] == [("masked-lm", str(checkpoint("bert")), "pt")]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx"]
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert report["opset"] == 14 and report["framework"] == "pt"
+
+
+@pytest.mark.slow
+def test_a_graph_that_fails_validation_leaves_nothing(tmp_path):
+    broken = tmp_path / "bert"
+    shutil.copytree(checkpoint("bert"), broken)
+    with pytest.raises(Exception, match="atol"):
+        export_checkpoint(ExportRequest(model=broken, atol=1e-30), tmp_path / "out", log=lambda line: None)
+    assert not list((tmp_path / "out").glob("model.onnx*"))
+    assert not list((tmp_path / "out").glob(".hatch-onnx-staging-*"))
