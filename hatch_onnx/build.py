@@ -26,7 +26,7 @@ from typing import Optional
 from hatch_onnx.cache import CacheEntry, CacheStore, cache_key
 from hatch_onnx.errors import BuildError, FrameworkError
 from hatch_onnx.fingerprint import default_stat_cache, fingerprint
-from hatch_onnx.params import read_params
+from hatch_onnx.params import REMOTE_ENV, read_params
 from hatch_onnx.plan import Job, resolve_plan
 from hatch_onnx.toolchain import PYTHON_ENV, PYTHON_TF_ENV, Versions, interpreter_versions, runs_tensorflow
 
@@ -34,7 +34,7 @@ from hatch_onnx.toolchain import PYTHON_ENV, PYTHON_TF_ENV, Versions, interprete
 class JobResult:
     job: Job
     key: str
-    status: str  # "hit", "exported" or "failed"
+    status: str  # "hit" (local cache), "fetched" (remote cache), "exported" or "failed"
     seconds: float
     entry: Optional[CacheEntry] = None
     error: Optional[str] = None
@@ -126,24 +126,35 @@ def run_build(
     if versions is None:
         toolchains = resolve_toolchains(plan, python, python_tf)
         versions = {framework: toolchain.versions for framework, toolchain in toolchains.items()}
-    with default_stat_cache(store.root) as stats:
-        prints = {checkpoint: fingerprint(checkpoint, stats) for checkpoint in sorted({job.checkpoint for job in plan})}
+    prints, keyed = _keys(plan, store, versions)
 
     results: dict[Job, JobResult] = {}
     misses: list[tuple[Job, str, dict]] = []
-    for job in plan:
-        inputs = job.key_inputs(prints[job.checkpoint], versions.get(job.framework, {}))
-        key = cache_key(inputs)
+    for job, key, inputs in keyed:
         started = time.perf_counter()
         entry = store.lookup(key)
         if entry is not None:
             results[job] = JobResult(job, key, "hit", time.perf_counter() - started, entry)
         else:
             misses.append((job, key, inputs))
+    tier = None
+    if misses and source.remote:  # read-through: fsspec is imported only here
+        from hatch_onnx.remote import Tier
+
+        tier = Tier(source.remote, warn=_warn)
+        started = time.perf_counter()
+        fetched = tier.fetch({key for _, key, _ in misses}, store)
+        seconds = time.perf_counter() - started
+        for job, key, _ in misses:
+            if key in fetched:
+                results[job] = JobResult(job, key, "fetched", seconds, fetched[key])
+        misses = [miss for miss in misses if miss[1] not in fetched]
     if misses and not toolchains:
         raise NotCachedError([job.label for job, _, _ in misses])
     for result in _export(misses, store, toolchains, jobs, progress_stream):
         results[result.job] = result
+    if tier is not None:  # write-through, entry.json last (see hatch_onnx.remote)
+        tier.upload(r.entry for r in results.values() if r.status == "exported")
 
     build = BuildResult(tuple(results[job] for job in plan), out)
     if build.failed:
@@ -158,6 +169,51 @@ def run_build(
 
         materialize(Path(out), build.results, prints, package_version)
     return build
+
+
+def _keys(plan: list[Job], store: CacheStore, versions: Mapping[str, Versions]) -> tuple[dict[Path, str], list[tuple[Job, str, dict]]]:
+    """Each checkpoint's fingerprint (through the stat cache), and each job's cache key with its inputs."""
+    with default_stat_cache(store.root) as stats:
+        prints = {checkpoint: fingerprint(checkpoint, stats) for checkpoint in sorted({job.checkpoint for job in plan})}
+    keyed = []
+    for job in plan:
+        inputs = job.key_inputs(prints[job.checkpoint], versions.get(job.framework, {}))
+        keyed.append((job, cache_key(inputs), inputs))
+    return prints, keyed
+
+
+def _warn(message: str) -> None:
+    print(f"hatch-onnx: warning: {message}", file=sys.stderr)
+
+
+def sync_remote(params_file: Path, direction: str, only: Optional[Iterable[str]] = None,
+                python: Optional[str] = None, python_tf: Optional[str] = None) -> tuple[list[str], int]:
+    """``push`` the plan's local entries to the remote, or ``pull`` those the local cache lacks.
+
+    Returns the labels of the jobs moved and how many of the plan's jobs the other side still
+    lacks (not exported yet, or the remote failed, which is reported once as a warning).
+    """
+    from hatch_onnx.errors import BadInputError
+    from hatch_onnx.remote import Tier
+
+    source = read_params(params_file)
+    if not source.remote:
+        raise BadInputError(f"{source.file}: no remote cache: set onnx.remote or ${REMOTE_ENV} (an fsspec URL such as s3://bucket/prefix)")
+    plan = resolve_plan(source, only)
+    store = CacheStore(source.cache_root)
+    versions = {framework: toolchain.versions for framework, toolchain in resolve_toolchains(plan, python, python_tf).items()}
+    _, keyed = _keys(plan, store, versions)
+    tier = Tier(source.remote, warn=_warn)
+    labels = {key: [job.label for job, k, _ in keyed if k == key] for _, key, _ in keyed}
+    if direction == "push":
+        local = {key: entry for _, key, _ in keyed if (entry := store.lookup(key)) is not None}
+        moved = tier.upload(local.values())
+        lacking = len(keyed) - len(local)
+    else:
+        wanted = {key for _, key, _ in keyed if store.lookup(key) is None}
+        moved = sorted(tier.fetch(wanted, store))
+        lacking = len(wanted) - len(moved)
+    return sorted(label for key in moved for label in labels[key]), lacking
 
 
 class NotCachedError(BuildError):

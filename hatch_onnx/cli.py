@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -170,8 +171,12 @@ def _run_hash(args: argparse.Namespace) -> int:
 
 def _cache_parser(sub) -> None:
     p = sub.add_parser("cache", help="inspect and maintain the export cache")
-    p.add_argument("action", choices=("path", "ls", "verify", "gc"))
+    p.add_argument("action", choices=("path", "ls", "verify", "gc", "push", "pull"))
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file naming the cache (optional)")
+    p.add_argument("--remote", action="store_true", help="ls: list the remote cache's entries instead")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="push/pull: only these models of params.yaml")
+    p.add_argument("--python", help="push/pull: interpreter whose toolchain the keys hold (as for build)")
+    p.add_argument("--python-tf", help="push/pull: the same for TensorFlow jobs")
     p.add_argument("--max-age-days", type=float, help="gc: remove entries older than this")
     p.add_argument("--max-size-mb", type=float, help="gc: then remove the oldest until the cache fits")
     p.set_defaults(run=_run_cache)
@@ -181,10 +186,35 @@ def _run_cache(args: argparse.Namespace) -> int:
     from hatch_onnx.cache import CacheStore, resolve_cache_root
     from hatch_onnx.params import read_params
 
-    if args.params.is_file():
-        store = CacheStore(read_params(args.params).cache_root)
-    else:  # no params file: $HATCH_ONNX_CACHE or the default beside it
-        store = CacheStore(resolve_cache_root(None, args.params.absolute().parent))
+    if args.action in ("push", "pull"):
+        from hatch_onnx.build import sync_remote
+
+        moved, lacking = sync_remote(args.params, args.action, only=args.only, python=args.python, python_tf=args.python_tf)
+        for label in moved:
+            print(f"{'pushed' if args.action == 'push' else 'pulled'} {label}")
+        where = "local cache" if args.action == "push" else "remote cache"
+        print(f"{len(moved)} job(s) {args.action}ed; {lacking} not in the {where} to {args.action}")
+        return 0
+    source = read_params(args.params) if args.params.is_file() else None
+    if args.remote:
+        from hatch_onnx.errors import BadInputError
+        from hatch_onnx.params import REMOTE_ENV
+        from hatch_onnx.remote import Remote, RemoteError
+
+        url = source.remote if source is not None else os.environ.get(REMOTE_ENV)
+        if not url:
+            raise BadInputError(f"no remote cache: set onnx.remote in {args.params} or ${REMOTE_ENV}")
+        try:
+            keys = Remote(url).keys()
+        except RemoteError as exc:
+            print(f"{PROG}: error: remote cache {url}: {exc}", file=sys.stderr)
+            return 1
+        for key in keys:
+            print(key)
+        print(f"{len(keys)} entr(ies) in {url}")
+        return 0
+    # no params file: $HATCH_ONNX_CACHE or the default beside it
+    store = CacheStore(source.cache_root if source is not None else resolve_cache_root(None, args.params.absolute().parent))
     if args.action == "path":
         print(store.root)
     elif args.action == "ls":

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
 from hatch_onnx.errors import ParamsError
+
+REMOTE_ENV = "HATCH_ONNX_REMOTE"
 
 if TYPE_CHECKING:  # pragma: no cover
     from hatch_onnx.schema import ModelParams, ParamsFile
@@ -33,6 +36,7 @@ class ParamsSource:
     raw: bytes
     data: Any
     cache_root: Path
+    remote: Optional[str] = None  # the cache's remote tier (an fsspec URL): $HATCH_ONNX_REMOTE, else onnx.remote
 
     @functools.cached_property
     def params(self) -> "ParamsFile":
@@ -64,4 +68,5 @@ def read_params(path: str | Path) -> ParamsSource:
     configured = onnx.get("cache") if isinstance(onnx, dict) else None
     # A malformed value is reported by the schema check; the cache root never depends on it.
     cache_root = resolve_cache_root(configured if isinstance(configured, str) else None, path.parent)
-    return ParamsSource(path, raw, data, cache_root)
+    remote = os.environ.get(REMOTE_ENV) or (onnx.get("remote") if isinstance(onnx, dict) else None)
+    return ParamsSource(path, raw, data, cache_root, remote if isinstance(remote, str) and remote else None)

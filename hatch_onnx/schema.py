@@ -55,6 +55,7 @@ class OnnxParams(_Strict):
     opset: Optional[int] = Field(default=None, ge=7)
     atol: Optional[float] = Field(default=None, gt=0)
     cache: Optional[str] = None
+    remote: Optional[str] = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://")  # an fsspec URL; $HATCH_ONNX_REMOTE overrides
     models: dict[str, ModelParams] = Field(min_length=1)
 
     _int_is_a_float = field_validator("atol", mode="before")(ModelParams._int_is_a_float.__func__)

@@ -22,6 +22,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("hatch.plugin", "scaffold"),
     ("hatch.folder", "hatch.interpreter"),
     ("build",),
+    ("remote",),
     ("params",),
     ("schema", "plan"),
     ("package",),

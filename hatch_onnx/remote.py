@@ -1,0 +1,237 @@
+"""The cache's remote tier: entries shared through any fsspec filesystem (S3, GCS, Azure, file, SSH).
+
+The remote holds the local store's layout, under the URL's path::
+
+    s3://bucket/prefix/
+    └── v1/3f/3fa9…e1/
+        ├── model.onnx           (+ model.onnx.data, report.json): uploaded first
+        └── entry.json           uploaded last: the commit marker. No entry.json, no entry
+
+A build looks up locally, then remotely, then exports (and uploads). A fetched entry is
+downloaded into a local staging folder, every file checked against the remote ``entry.json``
+(size and xxh3_128, through :func:`hatch_onnx.fingerprint.file_digest`), and only then put in
+the local store: a partial download or a tampered object never reaches it, and a tampered
+entry is exported again, with a warning naming its remote key. Two machines uploading one key
+write the same bytes, so concurrent uploads are harmless.
+
+A remote is never required: the first failure (unreachable, forbidden, misconfigured) is
+reported once, and the build carries on with the local tier; a later run catches up.
+Credentials and endpoints come from each filesystem's own configuration (for S3: the AWS
+variables and profiles, ``AWS_ENDPOINT_URL`` for S3-compatible stores). fsspec and the
+filesystem packages (extras ``s3``, ``gcs``, ``azure``) are imported only when a remote is used.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Optional
+
+from hatch_onnx.cache import ENTRY_FILE, LAYOUT, CacheEntry, CacheStore
+from hatch_onnx.fingerprint import file_digest
+
+# Transfers at once: object stores answer many requests in parallel; 2 cores hash what arrives.
+TRANSFERS = 4
+# Files at least this large get a progress bar (on a terminal).
+PROGRESS_BYTES = 64 * 2**20
+
+
+class RemoteError(Exception):
+    """A remote operation failed (the reason is the message); callers warn and go on locally."""
+
+
+class Remote:
+    """One remote tier: fetch, upload and list entries. Thread-safe; errors raise :class:`RemoteError`."""
+
+    def __init__(self, url: str, warn: Callable[[str], None] = lambda message: None) -> None:
+        self.url = url.rstrip("/")
+        self.warn = warn
+        self._fs: Any = None
+        self._root = ""
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Remote({self.url!r})"
+
+    @property
+    def fs(self) -> Any:
+        with self._lock:
+            if self._fs is None:
+                try:
+                    import fsspec
+
+                    self._fs, self._root = fsspec.core.url_to_fs(self.url)
+                except Exception as exc:  # an unknown protocol, a missing package (s3fs...), bad options
+                    raise RemoteError(_reason(exc)) from None
+            return self._fs
+
+    def _path(self, key: str, name: str = "") -> str:
+        path = f"{self._root}/{LAYOUT}/{key[:2]}/{key}"
+        return f"{path}/{name}" if name else path
+
+    # --- reading ------------------------------------------------------------------------
+
+    def fetch(self, key: str, store: CacheStore, progress: Optional["Progress"] = None) -> Optional[CacheEntry]:
+        """The remote entry for ``key``, checked and put in ``store``; ``None`` if absent or tampered."""
+        fs = self.fs
+        try:
+            try:
+                record = json.loads(fs.cat_file(self._path(key, ENTRY_FILE)))
+            except FileNotFoundError:
+                return None
+            files = {name: (int(info["size"]), str(info["xxh3_128"])) for name, info in record["files"].items()}
+            if record.get("key") != key or any(Path(name).name != name for name in files):
+                self.warn(f"remote entry {self._path(key)} is malformed: exporting it again")
+                return None
+            with store.staging() as staging:
+                for name, (size, digest) in files.items():
+                    target = staging / name
+                    fs.get_file(self._path(key, name), str(target), callback=_callback(progress, name, size))
+                    if target.stat().st_size != size or file_digest(target) != digest:
+                        self.warn(f"remote entry {self._path(key)}: {name} does not match its entry.json "
+                                  "(tampered or damaged): not used, exporting it again")
+                        return None
+                entry = store.put(key, staging, record["inputs"], record["timings"])
+            if dict(entry.files) != files:  # the local put re-hashed what was checked above
+                return None
+            return entry
+        except RemoteError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RemoteError(_reason(exc)) from None
+        except Exception as exc:  # botocore and friends raise their own types
+            raise RemoteError(_reason(exc)) from None
+
+    def keys(self) -> list[str]:
+        """Keys of the complete entries (those with an ``entry.json``)."""
+        fs = self.fs
+        try:
+            found = fs.glob(f"{self._root}/{LAYOUT}/*/*/{ENTRY_FILE}")
+        except Exception as exc:  # noqa: BLE001 - see fetch
+            raise RemoteError(_reason(exc)) from None
+        return sorted(Path(path).parent.name for path in found)
+
+    def has(self, key: str) -> bool:
+        try:
+            return bool(self.fs.exists(self._path(key, ENTRY_FILE)))
+        except RemoteError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see fetch
+            raise RemoteError(_reason(exc)) from None
+
+    # --- writing ------------------------------------------------------------------------
+
+    def upload(self, entry: CacheEntry, progress: Optional["Progress"] = None) -> bool:
+        """Upload a local entry unless the remote has it; whether it uploaded. ``entry.json`` goes last."""
+        if self.has(entry.key):
+            return False
+        fs = self.fs
+        try:
+            for name, (size, _) in sorted(entry.files.items()):
+                fs.put_file(str(entry.path / name), self._path(entry.key, name), callback=_callback(progress, name, size))
+            fs.put_file(str(entry.path / ENTRY_FILE), self._path(entry.key, ENTRY_FILE))
+        except Exception as exc:  # noqa: BLE001 - see fetch
+            raise RemoteError(_reason(exc)) from None
+        return True
+
+
+class Tier:
+    """A build's use of the remote: concurrent transfers, and the first failure reported once.
+
+    After a failure the tier is off for the rest of the process: a build with an unreachable
+    remote pays for one timeout, not one per job.
+    """
+
+    def __init__(self, url: Optional[str], warn: Callable[[str], None]) -> None:
+        self.warn = warn
+        self.remote = Remote(url, warn) if url else None
+        self._lock = threading.Lock()
+
+    def _failed(self, exc: RemoteError) -> None:
+        with self._lock:
+            if self.remote is not None:
+                self.warn(f"remote cache {self.remote.url} unavailable ({exc}); going on with the local cache only")
+                self.remote = None
+
+    def fetch(self, keys: Iterable[str], store: CacheStore) -> dict[str, CacheEntry]:
+        """The entries of ``keys`` found remotely, now in the local store."""
+        return self._map(lambda remote, key, progress: remote.fetch(key, store, progress), keys)
+
+    def upload(self, entries: Iterable[CacheEntry]) -> list[str]:
+        """Upload entries the remote lacks; the keys uploaded."""
+        done = self._map(lambda remote, entry, progress: entry.key if remote.upload(entry, progress) else None, entries)
+        return sorted(done.values())
+
+    def _map(self, work: Callable[[Remote, Any, "Progress"], Any], items: Iterable[Any]) -> dict[Any, Any]:
+        items = list(items)
+        if self.remote is None or not items:
+            return {}
+        remote = self.remote
+        try:
+            remote.fs  # connect (and fail) once, before the threads
+        except RemoteError as exc:
+            self._failed(exc)
+            return {}
+        found: dict[Any, Any] = {}
+        with Progress() as progress, ThreadPoolExecutor(max_workers=TRANSFERS) as pool:
+            futures = {pool.submit(work, remote, item, progress): item for item in items}
+            for future, item in futures.items():
+                try:
+                    result = future.result()
+                except RemoteError as exc:
+                    self._failed(exc)
+                    continue
+                if result is not None:
+                    found[getattr(item, "key", item)] = result
+        return found
+
+
+class Progress:
+    """Progress bars for large transfers, on a terminal only (rich); a no-op elsewhere."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self._console = Console(stderr=True)
+        self._bars: Any = None
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+
+    def task(self, name: str, size: int) -> Optional[Callable[[int], None]]:
+        if size < PROGRESS_BYTES or not self._console.is_terminal:
+            return None
+        if self._bars is None:
+            from rich.progress import Progress as Bars
+
+            self._bars = Bars(console=self._console, transient=True)
+            self._bars.start()
+        task = self._bars.add_task(name, total=size)
+        return lambda done: self._bars.update(task, completed=done)
+
+
+def _callback(progress: Optional[Progress], name: str, size: int) -> Any:
+    """An fsspec callback feeding a progress bar, or fsspec's no-op one."""
+    from fsspec.callbacks import Callback, NoOpCallback
+
+    update = progress.task(name, size) if progress is not None else None
+    if update is None:
+        return NoOpCallback()
+
+    class _Bar(Callback):
+        def call(self, *args: Any, **kwargs: Any) -> None:
+            update(self.value)
+
+    return _Bar(size=size)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
