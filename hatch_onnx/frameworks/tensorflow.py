@@ -264,6 +264,9 @@ def export_tensorflow(preprocessor: Any, model: Any, config: OnnxConfig, opset: 
         raise ExportError(f"tf2onnx failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
     if external:
         _load_external_tensors(proto, storage, output.parent)
+    _captures_as_initializers(proto, function, signature, input_names)
+    _fold_constant_ifs(proto.graph)
+    _standard_ranges(proto, opset)
     name_graph(proto, config, input_names, output_names)
     check_ops_supported(proto)
     data = output.with_name(output.name + ".data")
@@ -378,6 +381,101 @@ def _load_external_tensors(proto: Any, storage: Any, scratch_parent: Path) -> No
         for location, data in storage.name_to_tensor_data.items():
             (Path(scratch) / location).write_bytes(data)
         load_external_data_for_model(proto, scratch)
+
+
+# --- graph fixes -----------------------------------------------------------------------------
+
+
+def _captures_as_initializers(proto: Any, function: Any, signature: list, input_names: Sequence[str]) -> None:
+    """Constant tensors the function captured become initializers, not graph inputs.
+
+    tf2onnx freezes captured variables but lists any other captured tensor (a table a layer
+    computes when built, as TF GPT-J's sinusoidal positions and causal mask) as a graph input.
+    """
+    extra = [value.name for value in proto.graph.input if value.name not in input_names]
+    if not extra:
+        return
+    import tensorflow as tf
+    from onnx import numpy_helper
+
+    concrete = function.get_concrete_function(*signature)
+    captured = {internal.name: external for external, internal in concrete.graph.captures if internal.dtype != tf.resource}
+    for name in extra:
+        if name not in captured or not hasattr(captured[name], "numpy"):
+            continue  # left as an input: name_graph reports the changed signature
+        proto.graph.initializer.append(numpy_helper.from_array(captured[name].numpy(), name))
+        index = next(k for k, value in enumerate(proto.graph.input) if value.name == name)
+        del proto.graph.input[index]
+
+
+def _fold_constant_ifs(graph: Any, outer: "Mapping[str, Any] | None" = None) -> None:
+    """Replace each ``If`` whose condition only constants lead to by the branch it takes, and
+    give each ``Transpose`` by such a computed permutation its ``perm`` (in subgraphs too).
+
+    A Python ``if`` on a tensor that is constant once traced (TF DeBERTa's ``gather_axis !=
+    tf.rank(x) - 1``) becomes an ``If`` through autograph, which tf2onnx leaves unfolded
+    (``Not(Equal(c, c))``), and the permutation it computes (``tf.roll(tf.range(tf.rank(x)))``)
+    a Transpose with a second input, which ONNX does not have: onnxruntime would refuse the
+    whole graph, even with that branch never taken.
+    """
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    constants = dict(outer or {})
+    constants.update((tensor.name, numpy_helper.to_array(tensor)) for tensor in graph.initializer)
+    producers: dict[str, Any] = {}
+    unknown: set[str] = set()  # names found not to be constant
+
+    def value(name: str, depth: int = 0) -> Any:
+        if name in constants:
+            return constants[name]
+        node = producers.get(name)
+        if name in unknown or node is None or depth > 16 or node.domain not in ("", "ai.onnx") or _bodies(node) or node.op_type in _RANDOM_OPS:
+            return None
+        inputs = [value(i, depth + 1) if i else None for i in node.input]
+        if any(v is None for v, i in zip(inputs, node.input) if i):
+            unknown.add(name)
+            return None
+        outputs = ReferenceEvaluator(node).run(None, {i: v for i, v in zip(node.input, inputs) if i})
+        constants.update(zip(node.output, outputs))
+        return constants[name]
+
+    index = 0
+    while index < len(graph.node):
+        node = graph.node[index]
+        if node.domain in ("", "ai.onnx") and node.op_type == "If" and (condition := value(node.input[0])) is not None:
+            taken = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
+            body = next(attribute.g for attribute in node.attribute if attribute.name == taken)
+            inlined = list(body.node) + [
+                helper.make_node("Identity", [inner.name], [out], name=f"{node.name}/{taken}/out_{k}")
+                for k, (inner, out) in enumerate(zip(body.output, node.output)) if out
+            ]
+            graph.initializer.extend(body.initializer)
+            constants.update((tensor.name, numpy_helper.to_array(tensor)) for tensor in body.initializer)
+            del graph.node[index]
+            for offset, inner in enumerate(inlined):
+                graph.node.insert(index + offset, inner)
+            continue  # the inlined nodes next
+        if node.domain in ("", "ai.onnx") and node.op_type == "Transpose" and len(node.input) == 2:
+            perm = value(node.input[1])
+            if perm is not None:
+                del node.input[1]
+                node.attribute.append(helper.make_attribute("perm", [int(axis) for axis in perm.reshape(-1)]))
+        for body in _bodies(node):
+            _fold_constant_ifs(body, constants)
+        producers.update((name, node) for name in node.output if name)
+        index += 1
+
+
+def _standard_ranges(proto: Any, opset: int) -> None:
+    """tf2onnx converts a ``tf.range`` inside a while loop's body to ``com.microsoft`` Range (in TF
+    CLIP and GroupViT), without importing that domain: the ONNX
+    checker refuses the graph. ONNX has had the same op since opset 11."""
+    if opset < 11:
+        return
+    for node in _all_nodes(proto.graph):
+        if node.domain == "com.microsoft" and node.op_type == "Range":
+            node.domain = ""
 
 
 # --- naming ----------------------------------------------------------------------------------

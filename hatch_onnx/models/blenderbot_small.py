@@ -14,4 +14,5 @@ SUPPORT = ModelSupport(
     "blenderbot-small",
     BlenderbotSmallOnnxConfig,
     features=("default", "default-with-past", "causal-lm", "causal-lm-with-past", "seq2seq-lm", "seq2seq-lm-with-past"),
+    tensorflow=("default", "default-with-past", "seq2seq-lm", "seq2seq-lm-with-past"),
 )

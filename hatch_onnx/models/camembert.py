@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "camembert",
     CamembertOnnxConfig,
     features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    tensorflow=True,
 )

@@ -9,4 +9,4 @@ class CLIPOnnxConfig(DualEncoderOnnxConfig):
     pass
 
 
-SUPPORT = ModelSupport("clip", CLIPOnnxConfig, features=("default",))
+SUPPORT = ModelSupport("clip", CLIPOnnxConfig, features=("default",), tensorflow=True)

@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "convbert",
     ConvBertOnnxConfig,
     features=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    tensorflow=True,
 )

@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "data2vec-vision",
     Data2VecVisionOnnxConfig,
     features=("default", "image-classification"),
+    tensorflow=True,
 )

@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "deberta",
     DebertaOnnxConfig,
     features=("default", "masked-lm", "sequence-classification", "token-classification", "question-answering"),
+    tensorflow=True,
 )

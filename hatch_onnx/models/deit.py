@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "deit",
     DeiTOnnxConfig,
     features=("default", "image-classification"),
+    tensorflow=True,
 )

@@ -13,5 +13,8 @@ SUPPORT = ModelSupport(
     "flaubert",
     FlaubertOnnxConfig,
     features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    # transformers 4.57 maps multiple-choice to TFFlaubertForMultipleChoice, which cannot be built: its head reads
+    # config.initializer_range, which FlaubertConfig does not have (AttributeError).
+    tensorflow=("default", "masked-lm", "sequence-classification", "token-classification", "question-answering"),
     unavailable={"causal-lm": "transformers maps no causal-LM class to Flaubert (AutoModelForCausalLM refuses FlaubertConfig)"},
 )

@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "gptj",
     GPTJOnnxConfig,
     features=("default", "default-with-past", "causal-lm", "causal-lm-with-past", "question-answering", "sequence-classification"),
+    tensorflow=True,
 )

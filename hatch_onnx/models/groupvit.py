@@ -9,4 +9,4 @@ class GroupViTOnnxConfig(DualEncoderOnnxConfig):
     pass
 
 
-SUPPORT = ModelSupport("groupvit", GroupViTOnnxConfig, features=("default",))
+SUPPORT = ModelSupport("groupvit", GroupViTOnnxConfig, features=("default",), tensorflow=True)

@@ -35,4 +35,5 @@ SUPPORT = ModelSupport(
     "layoutlm",
     LayoutLMOnnxConfig,
     features=("default", "masked-lm", "sequence-classification", "token-classification"),
+    tensorflow=True,
 )

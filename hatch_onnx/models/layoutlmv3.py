@@ -34,4 +34,5 @@ SUPPORT = ModelSupport(
     "layoutlmv3",
     LayoutLMv3OnnxConfig,
     features=("default", "question-answering", "sequence-classification", "token-classification"),
+    tensorflow=True,
 )

@@ -14,4 +14,5 @@ SUPPORT = ModelSupport(
     "mbart",
     MBartOnnxConfig,
     features=("default", "default-with-past", "causal-lm", "causal-lm-with-past", "seq2seq-lm", "seq2seq-lm-with-past", "sequence-classification", "question-answering"),
+    tensorflow=("default", "default-with-past", "seq2seq-lm", "seq2seq-lm-with-past"),
 )

@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "mobilebert",
     MobileBertOnnxConfig,
     features=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    tensorflow=True,
 )

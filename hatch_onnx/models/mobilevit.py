@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "mobilevit",
     MobileViTOnnxConfig,
     features=("default", "image-classification"),
+    tensorflow=True,
 )

@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "mt5",
     MT5OnnxConfig,
     features=("default", "default-with-past", "seq2seq-lm", "seq2seq-lm-with-past"),
+    tensorflow=True,
 )

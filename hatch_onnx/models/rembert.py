@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "rembert",
     RemBertOnnxConfig,
     features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    tensorflow=True,
 )

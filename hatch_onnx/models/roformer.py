@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "roformer",
     RoFormerOnnxConfig,
     features=("default", "masked-lm", "causal-lm", "sequence-classification", "token-classification", "multiple-choice", "question-answering"),
+    tensorflow=True,
 )

@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "segformer",
     SegformerOnnxConfig,
     features=("default", "image-classification", "semantic-segmentation"),
+    tensorflow=True,
 )

@@ -13,4 +13,5 @@ SUPPORT = ModelSupport(
     "swin",
     SwinOnnxConfig,
     features=("default", "image-classification"),
+    tensorflow=True,
 )

@@ -13,4 +13,7 @@ SUPPORT = ModelSupport(
     "xlm",
     XLMOnnxConfig,
     features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    # transformers 4.57 maps multiple-choice to TFXLMForMultipleChoice, which cannot be built: its head reads
+    # config.initializer_range, which XLMConfig does not have (AttributeError).
+    tensorflow=("default", "masked-lm", "causal-lm", "sequence-classification", "token-classification", "question-answering"),
 )
