@@ -34,11 +34,16 @@ from hatch_onnx.toolchain import PYTHON_ENV, PYTHON_TF_ENV, Versions, interprete
 class JobResult:
     job: Job
     key: str
-    status: str  # "hit" (local cache), "fetched" (remote cache), "exported" or "failed"
+    status: str  # "hit" (local cache), "fetched" (remote cache), "exported", "failed" or "skipped" (a variant of a failed export)
     seconds: float
     entry: Optional[CacheEntry] = None
     error: Optional[str] = None
     exit_code: int = 0  # a failed job's: 2 for bad input (the worker's error type), 1 otherwise
+    variant: Optional[str] = None  # set for an optimised or quantised graph of the job's export
+
+    @property
+    def label(self) -> str:
+        return f"{self.job.label}.{self.variant}" if self.variant else self.job.label
 
     @functools.cached_property  # read once: the table, the manifest and the DVC figures all use it
     def report(self) -> Optional[dict]:
@@ -56,16 +61,18 @@ class JobResult:
 
 @dataclasses.dataclass(frozen=True)
 class BuildResult:
-    results: tuple[JobResult, ...]
+    results: tuple[JobResult, ...]  # one per job, in the plan's order
     out: Optional[Path]
+    variants: tuple[JobResult, ...] = ()  # one per (job, variant)
 
     @property
     def exported(self) -> int:
-        return sum(r.status == "exported" for r in self.results)
+        """Exports and variants made by this build (0: everything came from the cache)."""
+        return sum(r.status == "exported" for r in self.results + self.variants)
 
     @property
     def failed(self) -> list[JobResult]:
-        return [r for r in self.results if r.status == "failed"]
+        return [r for r in self.results + self.variants if r.status == "failed"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,17 +156,49 @@ def run_build(
             if key in fetched:
                 results[job] = JobResult(job, key, "fetched", seconds, fetched[key])
         misses = [miss for miss in misses if miss[1] not in fetched]
-    if misses and not toolchains:
-        raise NotCachedError([job.label for job, _, _ in misses])
-    for result in _export(misses, store, toolchains, jobs, progress_stream):
-        results[result.job] = result
-    if tier is not None:  # write-through, entry.json last (see hatch_onnx.remote)
-        tier.upload(r.entry for r in results.values() if r.status == "exported")
+    # Variants: each keyed on its export's key, looked up like exports; the misses are made by the
+    # worker that runs their checkpoint's batch, after its exports (the source graph is read
+    # from its cache entry, the model loaded again for the reference outputs).
+    variants: dict[tuple[Job, str], JobResult] = {}
+    variant_misses: list[Task] = []
+    for job, export_key, _ in keyed:
+        for variant in job.variants:
+            inputs = job.variant_inputs(variant, export_key, versions.get(job.framework, {}))
+            key = cache_key(inputs)
+            entry = store.lookup(key)
+            if entry is not None:
+                variants[job, variant] = JobResult(job, key, "hit", 0.0, entry, variant=variant)
+            else:
+                source_graph = store.entry_dir(export_key) / "model.onnx"
+                request = {**job.request(), "variant": variant, "settings": inputs["settings"], "source": str(source_graph)}
+                variant_misses.append(Task(job, key, inputs, request, variant, source_key=export_key))
+    if variant_misses and source.remote:
+        if tier is None:
+            from hatch_onnx.remote import Tier
 
-    build = BuildResult(tuple(results[job] for job in plan), out)
+            tier = Tier(source.remote, warn=_warn)
+        fetched = tier.fetch({task.key for task in variant_misses}, store)
+        for task in variant_misses:
+            if task.key in fetched:
+                variants[task.job, task.variant] = JobResult(task.job, task.key, "fetched", 0.0, fetched[task.key], variant=task.variant)
+        variant_misses = [task for task in variant_misses if task.key not in fetched]
+
+    if (misses or variant_misses) and not toolchains:
+        raise NotCachedError([job.label for job, _, _ in misses] + [f"{task.job.label}.{task.variant}" for task in variant_misses])
+    tasks = [Task(job, key, inputs, job.request()) for job, key, inputs in misses] + variant_misses
+    for result in _export(tasks, store, toolchains, jobs, progress_stream):
+        if result.variant is None:
+            results[result.job] = result
+        else:
+            variants[result.job, result.variant] = result
+    if tier is not None:  # write-through, entry.json last (see hatch_onnx.remote)
+        tier.upload(r.entry for r in [*results.values(), *variants.values()] if r.status == "exported")
+
+    build = BuildResult(tuple(results[job] for job in plan), out,
+                        tuple(variants[job, variant] for job in plan for variant in job.variants if (job, variant) in variants))
     if build.failed:
-        names = ", ".join(f"{r.job.label} ({r.error})" for r in build.failed)
-        error = BuildError(f"{len(build.failed)} of {len(plan)} job(s) failed: {names}")
+        names = ", ".join(f"{r.label} ({r.error})" for r in build.failed)
+        error = BuildError(f"{len(build.failed)} of {len(plan) + len(build.variants)} job(s) failed: {names}")
         # Bad input everywhere (a checkpoint the worker refused) is bad input for the build too.
         error.exit_code = 2 if all(r.exit_code == 2 for r in build.failed) else 1
         error.result = build
@@ -167,7 +206,7 @@ def run_build(
     if out is not None:
         from hatch_onnx.package import materialize
 
-        materialize(Path(out), build.results, prints, package_version)
+        materialize(Path(out), build.results, prints, package_version, variants=build.variants)
     return build
 
 
@@ -224,46 +263,60 @@ class NotCachedError(BuildError):
         self.missing = missing
 
 
-def _export(misses: list[tuple[Job, str, dict]], store: CacheStore, toolchains: Mapping[str, Toolchain], jobs: int,
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One request for the workers: an export, or a variant of one (``variant`` set)."""
+
+    job: Job
+    key: str
+    inputs: dict
+    request: dict
+    variant: Optional[str] = None
+    source_key: Optional[str] = None  # a variant's export: made earlier in the same batch, or cached
+
+
+def _export(tasks: list[Task], store: CacheStore, toolchains: Mapping[str, Toolchain], jobs: int,
             progress_stream) -> Iterable[JobResult]:
-    """Export the misses in worker processes, a batch per checkpoint; yields each result as it finishes."""
-    if not misses:
+    """Run the tasks in worker processes, a batch per checkpoint; yields each result as it finishes."""
+    if not tasks:
         return
     from hatch_onnx.pool import Batch, WorkerDied, run_batches
 
-    by_checkpoint: dict[tuple[str, Path], list] = {}
-    for miss in misses:
-        by_checkpoint.setdefault((miss[0].framework, miss[0].checkpoint), []).append(miss)
+    by_checkpoint: dict[tuple[str, Path], list[Task]] = {}
+    for task in tasks:
+        by_checkpoint.setdefault((task.job.framework, task.job.checkpoint), []).append(task)
     batches = [
-        Batch(framework, _size(checkpoint), tuple(sorted(items, key=lambda miss: miss[0].head)))  # same head: one load
+        # Exports before variants (which read them); same head in a row: one load.
+        Batch(framework, _size(checkpoint), tuple(sorted(items, key=lambda task: (task.variant is not None, task.job.head))))
         for (framework, checkpoint), items in by_checkpoint.items()
     ]
 
-    def export_one(miss: tuple[Job, str, dict], send) -> JobResult:
-        job, key, inputs = miss
+    def run_one(task: Task, send) -> JobResult:
         started = time.perf_counter()
 
-        def failed(error: str, exit_code: int = 1) -> JobResult:
-            return JobResult(job, key, "failed", time.perf_counter() - started, error=error, exit_code=exit_code)
+        def result(status: str, entry: Optional[CacheEntry] = None, error: Optional[str] = None, exit_code: int = 0) -> JobResult:
+            return JobResult(task.job, task.key, status, time.perf_counter() - started, entry, error, exit_code, task.variant)
 
-        with store.lock(key):
-            entry = store.lookup(key)  # another build may have exported it while we waited
+        if task.source_key is not None and store.lookup(task.source_key) is None:
+            return result("skipped", error="its export failed")  # the export's failure says why
+        with store.lock(task.key):
+            entry = store.lookup(task.key)  # another build may have made it while we waited
             if entry is not None:
-                return JobResult(job, key, "hit", time.perf_counter() - started, entry)
+                return result("hit", entry)
             with store.staging() as staging:
                 try:
-                    reply = send({**job.request(), "output": str(staging), "report": str(staging / "report.json")})
+                    reply = send({**task.request, "output": str(staging), "report": str(staging / "report.json")})
                 except WorkerDied as exc:
-                    return failed(str(exc))
+                    return result("failed", error=str(exc), exit_code=1)
                 if not reply["ok"]:
-                    return failed(reply["error"], reply.get("exit_code", 1))
-                entry = store.put(key, staging, inputs, reply["report"]["timings"])
-        return JobResult(job, key, "exported", time.perf_counter() - started, entry)
+                    return result("failed", error=reply["error"], exit_code=reply.get("exit_code", 1))
+                entry = store.put(task.key, staging, task.inputs, reply["report"]["timings"])
+        return result("exported", entry)
 
-    progress = _Progress(len(misses), progress_stream)
+    progress = _Progress(len(tasks), progress_stream)
     try:
         pythons = {framework: toolchain.python for framework, toolchain in toolchains.items()}
-        for result in run_batches(batches, pythons, jobs, export_one):
+        for result in run_batches(batches, pythons, jobs, run_one):
             progress.finished(result)
             yield result
     finally:
@@ -297,10 +350,10 @@ class _Progress:
     def finished(self, result: JobResult) -> None:
         self.done += 1
         if self._live is not None:
-            self._live.update(self._task, advance=1, description=f"{result.job.label} {result.status}")
+            self._live.update(self._task, advance=1, description=f"{result.label} {result.status}")
         else:
             detail = f": {result.error}" if result.error else ""
-            self.console.print(f"[{self.done}/{self.total}] {result.job.label} {result.status} in {result.seconds:.1f} s{detail}",
+            self.console.print(f"[{self.done}/{self.total}] {result.label} {result.status} in {result.seconds:.1f} s{detail}",
                                highlight=False, markup=False)
 
     def close(self) -> None:

@@ -140,7 +140,7 @@ def _run_build(args: argparse.Namespace) -> int:
     if args.metrics or args.plots:
         from hatch_onnx.package import write_validation_figures
 
-        write_validation_figures(result.results, metrics=args.metrics, plots=args.plots)
+        write_validation_figures(result.results + result.variants, metrics=args.metrics, plots=args.plots)
     if result.exported == 0:
         print(f"Nothing exported: all {len(result.results)} job(s) came from the cache.")
     print(f"Wrote {args.out}/ ({len(result.results)} model(s) and manifest.json)")
@@ -149,9 +149,9 @@ def _run_build(args: argparse.Namespace) -> int:
 
 def _print_table(result) -> None:
     print(f"{'job':<40} {'result':<9} {'time':>8}  max abs diff")
-    for r in result.results:
+    for r in result.results + result.variants:
         diff = r.max_abs_diff
-        print(f"{r.job.label:<40} {r.status:<9} {r.seconds:7.2f}s  {'-' if diff is None else f'{diff:.2e}'}")
+        print(f"{r.label:<40} {r.status:<9} {r.seconds:7.2f}s  {'-' if diff is None else f'{diff:.2e}'}")
 
 
 def _hash_parser(sub) -> None:

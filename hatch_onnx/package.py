@@ -67,13 +67,40 @@ def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str) -> dic
     }
 
 
-def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], package_version: Optional[str] = None) -> dict:
-    """Write every model folder of ``results`` into ``out`` and (re)write ``out/manifest.json``."""
+def variant_entry(result: Any, folder: str) -> dict:
+    """A variant's manifest entry: its file (``model.<variant>.onnx``), settings and validation figures."""
+    report = result.report
+    size, digest = result.entry.files["model.onnx"]
+    name = f"model.{result.variant}.onnx"
+    return {
+        "files": {name: {"path": f"{folder}/{name}", "size": size, "xxh3_128": digest}},
+        "settings": report["settings"],
+        "size_ratio": round(size / report["source_size"], 4),
+        "validation": report["validation"]["outputs"],
+        "toolchain": dict(result.entry.inputs.get("versions", {})),
+        "cache_key": result.entry.key,
+    }
+
+
+def all_files(entry: Mapping[str, Any]) -> list[dict]:
+    """Every file a feature's manifest entry ships: its graph files and its variants'."""
+    files = list(entry["files"].values())
+    for variant in entry.get("variants", {}).values():
+        files.extend(variant["files"].values())
+    return files
+
+
+def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], package_version: Optional[str] = None,
+                variants: Iterable[Any] = ()) -> dict:
+    """Write every model folder of ``results`` (and their ``variants``) into ``out``; (re)write ``out/manifest.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     by_model: dict[str, list] = {}
     for result in results:
         by_model.setdefault(result.job.name, []).append(result)
+    variants_of: dict[tuple[str, str], list] = {}
+    for variant in variants:
+        variants_of.setdefault((variant.job.name, variant.job.feature), []).append(variant)
 
     manifest_path = out / MANIFEST
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
@@ -82,6 +109,9 @@ def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], p
     for name, model_results in by_model.items():
         entries = {r.job.feature: manifest_entry(r, prints[r.job.checkpoint], f"{name}/{r.job.feature}")
                    for r in model_results}
+        for feature, entry in entries.items():
+            if variants_of.get((name, feature)):
+                entry["variants"] = {v.variant: variant_entry(v, f"{name}/{feature}") for v in variants_of[name, feature]}
         if models.get(name) == entries and _intact(out, entries):
             continue  # already materialised from the same cache entries: nothing to rewrite
         with as_atomic_folder(out / name) as staging:
@@ -94,6 +124,8 @@ def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], p
                 for side in CHECKPOINT_SIDE_FILES:
                     if (result.job.checkpoint / side).is_file():
                         shutil.copyfile(result.job.checkpoint / side, folder / side)
+                for variant in variants_of.get((name, result.job.feature), ()):
+                    _link_or_copy(variant.entry.path / "model.onnx", folder / f"model.{variant.variant}.onnx")
         models[name] = entries
 
     manifest = {"format": 1, "version": package_version, "hatch_onnx": __version__, "models": dict(sorted(models.items()))}
@@ -106,7 +138,7 @@ def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], p
 def _intact(out: Path, entries: Mapping[str, dict]) -> bool:
     """Every graph file the entries list is in place with its size (a stat each, no reading)."""
     for entry in entries.values():
-        for data in entry["files"].values():
+        for data in all_files(entry):
             try:
                 if (out / data["path"]).stat().st_size != data["size"]:
                     return False
@@ -122,11 +154,14 @@ def write_validation_figures(results: Iterable[Any], metrics: Optional[Path] = N
     nested: dict = {}
     records: list = []
     for result in results:
+        variant = getattr(result, "variant", None)
         for output, figures in result.report["validation"]["outputs"].items():
-            key = result.job.label if several_models else result.job.feature
-            nested.setdefault(key, {})[output] = {"max_abs_diff": figures["max_abs_diff"], "atol": figures["atol"]}
-            records.append({"job": result.job.label, "output": f"{result.job.feature}/{output}",
-                            "max_abs_diff": figures["max_abs_diff"], "atol": figures["atol"]})
+            feature = f"{result.job.feature}.{variant}" if variant else result.job.feature
+            key = f"{result.job.name}:{feature}" if several_models else feature
+            # exports and o1-o3: max abs diff and atol; int8 and fp16 add their cosine and its floor
+            numbers = {k: v for k, v in figures.items() if k in ("max_abs_diff", "atol", "cosine", "min_cosine")}
+            nested.setdefault(key, {})[output] = numbers
+            records.append({"job": f"{result.job.name}:{feature}", "output": f"{feature}/{output}", **numbers})
     for path, data in ((metrics, nested), (plots, records)):
         if path is not None:
             write_json(path, data)

@@ -33,6 +33,9 @@ class Job:
     atol: Optional[float]
     exporter: str
     allow_new_head: bool
+    variants: tuple[str, ...] = ()  # o1, o2, o3, int8, fp16: each its own cache entry
+    min_cosine: tuple[tuple[str, float], ...] = ()  # (variant, floor) for the lossy variants
+    fp16_io: bool = False
 
     @property
     def label(self) -> str:
@@ -56,6 +59,21 @@ class Job:
                 "deltas": [VALIDATION_BATCH_DELTA, VALIDATION_SEQUENCE_DELTA, VALIDATION_PAST_DELTA],
             },
             "versions": job_versions(versions, self.framework, self.exporter),
+        }
+
+    def variant_settings(self, variant: str) -> dict[str, Any]:
+        """What decides a variant's bytes and verdict, beyond its source export."""
+        from hatch_onnx.variants import settings
+
+        return settings(variant, self.model_type, dict(self.min_cosine), self.fp16_io, self.atol)
+
+    def variant_inputs(self, variant: str, export_key: str, versions: Versions) -> dict:
+        """A variant's key inputs: its source export's key, its settings, the onnxruntime that makes it."""
+        return {
+            "source": export_key,
+            "variant": variant,
+            "settings": self.variant_settings(variant),
+            "versions": {name: versions.get(name) for name in ("hatch-onnx", "onnxruntime", "onnx")},
         }
 
     def request(self) -> dict[str, Any]:
@@ -109,6 +127,9 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
                 opset=max(wanted or minimum, minimum),
                 atol=model.atol if model.atol is not None else params.onnx.atol,
                 exporter=model.exporter, allow_new_head=model.allow_new_head,
+                variants=tuple(dict.fromkeys(model.variants if model.variants is not None else params.onnx.variants)),
+                min_cosine=tuple(sorted({**params.onnx.min_cosine, **(model.min_cosine or {})}.items())),
+                fp16_io=model.fp16_io,
             ))
     return jobs
 
@@ -152,7 +173,8 @@ class _Memo:
     def load(self) -> Optional[list[Job]]:
         try:
             saved = json.loads(self.path.read_text(encoding="utf-8"))
-            jobs = [Job(**{**job, "checkpoint": Path(job["checkpoint"])}) for job in saved["jobs"]]
+            jobs = [Job(**{**job, "checkpoint": Path(job["checkpoint"]), "variants": tuple(job["variants"]),
+                           "min_cosine": tuple(map(tuple, job["min_cosine"]))}) for job in saved["jobs"]]
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return jobs if saved["watched"] == _watched(job.checkpoint for job in jobs) else None

@@ -47,29 +47,41 @@ def models(root: Optional[PathLike] = None) -> list[tuple[str, str]]:
     return sorted((name, feature) for name, features in manifest(root)["models"].items() for feature in features)
 
 
-def model_path(name: str, feature: str = "default", root: Optional[PathLike] = None) -> Path:
-    """The path of ``model.onnx`` for ``name`` and ``feature``; its external data, if any, lies beside it."""
+def model_path(name: str, feature: str = "default", root: Optional[PathLike] = None, variant: Optional[str] = None) -> Path:
+    """The path of ``model.onnx`` (or ``model.<variant>.onnx``) for ``name`` and ``feature``.
+
+    A graph's external data, if any, lies beside it. ``variant`` is one the build made: ``o1``,
+    ``o2``, ``o3``, ``int8`` or ``fp16`` (see the manifest's ``variants``).
+    """
     folder = Path(root) if root is not None else HERE
     shipped = manifest(folder)["models"]
     if name not in shipped:
         raise KeyError(f"no model {name!r} in {folder / MANIFEST} (models: {', '.join(sorted(shipped)) or 'none'})")
     if feature not in shipped[name]:
         raise KeyError(f"model {name!r} has no feature {feature!r} (features: {', '.join(sorted(shipped[name]))})")
-    files = shipped[name][feature]["files"]
+    entry = shipped[name][feature]
+    graph = "model.onnx"
+    if variant is not None:
+        made = entry.get("variants", {})
+        if variant not in made:
+            raise KeyError(f"{name!r} {feature!r} has no variant {variant!r} (variants: {', '.join(sorted(made)) or 'none'})")
+        entry, graph = made[variant], f"model.{variant}.onnx"
+    files = entry["files"]
     for file in files.values():  # a truncated install would otherwise fail deep inside onnxruntime
         path = folder / file["path"]
         if not path.is_file() or path.stat().st_size != file["size"]:
             raise FileNotFoundError(f"{path}: missing or not {file['size']} bytes as the manifest says; reinstall the package")
-    return folder / files["model.onnx"]["path"]
+    return folder / files[graph]["path"]
 
 
-def load(name: str, feature: str = "default", root: Optional[PathLike] = None, **session_options: Any) -> Model:
-    """``(path, session)`` for ``name`` and ``feature``; ``session`` is ``None`` when onnxruntime is absent.
+def load(name: str, feature: str = "default", root: Optional[PathLike] = None, variant: Optional[str] = None,
+         **session_options: Any) -> Model:
+    """``(path, session)`` for ``name`` and ``feature`` (and ``variant``); ``session`` is ``None`` when onnxruntime is absent.
 
     ``session_options`` go to ``onnxruntime.InferenceSession`` (``providers`` defaults to every
     available one, as onnxruntime itself would choose them).
     """
-    path = model_path(name, feature, root)
+    path = model_path(name, feature, root, variant)
     try:
         import onnxruntime
     except ImportError:

@@ -23,7 +23,7 @@ against the registry.
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -36,6 +36,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+# Optimised and quantised graphs made from each export (see hatch_onnx.variants).
+Variant = Literal["o1", "o2", "o3", "int8", "fp16"]
+# The cosine floors of the lossy variants: {int8: 0.98, fp16: 0.99} unless params.yaml says otherwise.
+MinCosine = dict[Literal["int8", "fp16"], Annotated[float, Field(gt=0, le=1)]]
+
+
 class ModelParams(_Strict):
     checkpoint: str
     features: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
@@ -44,6 +50,9 @@ class ModelParams(_Strict):
     opset: Optional[int] = Field(default=None, ge=7)
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     allow_new_head: bool = False
+    variants: Optional[list[Variant]] = None  # default: onnx.variants
+    min_cosine: Optional[MinCosine] = None  # per variant, over onnx.min_cosine
+    fp16_io: bool = False  # fp16 variant: float inputs and outputs in fp16 too (default: kept fp32)
 
     @field_validator("atol", mode="before")
     @classmethod
@@ -56,6 +65,8 @@ class OnnxParams(_Strict):
     atol: Optional[float] = Field(default=None, gt=0)
     cache: Optional[str] = None
     remote: Optional[str] = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://")  # an fsspec URL; $HATCH_ONNX_REMOTE overrides
+    variants: list[Variant] = Field(default_factory=list)
+    min_cosine: MinCosine = Field(default_factory=dict)
     models: dict[str, ModelParams] = Field(min_length=1)
 
     _int_is_a_float = field_validator("atol", mode="before")(ModelParams._int_is_a_float.__func__)

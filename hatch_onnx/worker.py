@@ -70,10 +70,19 @@ def handle(request: Mapping[str, Any], load: Optional[Callable] = None) -> dict:
     report = fields.pop("report", None)
     log: list[str] = []
     try:
-        result = export_checkpoint(
-            ExportRequest(**{**fields, "model": Path(fields["model"])}), output, Path(report) if report else None,
-            log=log.append, **({"load": load} if load is not None else {}),
-        )
+        if "variant" in fields:  # an optimised or quantised graph of an export (hatch_onnx.variants)
+            from hatch_onnx.atomic import write_json
+            from hatch_onnx.onnx.features import FeaturesManager
+            from hatch_onnx.variants import make_and_validate
+
+            result = make_and_validate({**fields, "output": str(output)}, load or FeaturesManager.load_model)
+            if report:
+                write_json(report, result)
+        else:
+            result = export_checkpoint(
+                ExportRequest(**{**fields, "model": Path(fields["model"])}), output, Path(report) if report else None,
+                log=log.append, **({"load": load} if load is not None else {}),
+            )
         return {"ok": True, "report": result, "log": log}
     except HatchOnnxError as exc:
         return {"ok": False, "error": str(exc), "type": type(exc).__name__, "exit_code": exc.exit_code, "log": log}

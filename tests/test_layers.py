@@ -31,7 +31,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("server",),
     ("pool",),
     ("worker",),
-    ("exporting",),
+    ("exporting", "variants"),
     ("onnx.convert",),
     ("frameworks.pytorch", "frameworks.tensorflow"),
     ("onnx.features",),

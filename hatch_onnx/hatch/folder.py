@@ -96,9 +96,11 @@ class ModelsFolder:
         shipped = {(name, feature) for name, features in manifest["models"].items() for feature in features}
         if shipped != planned:
             raise ValueError(f"{self.manifest_path}: ships {sorted(shipped)} but params.yaml plans {sorted(planned)}")
+        from hatch_onnx.package import all_files
+
         for features in manifest["models"].values():
             for entry in features.values():
-                for file in entry["files"].values():
+                for file in all_files(entry):
                     path = self.path / file["path"]
                     if not path.is_file() or path.stat().st_size != file["size"] or file_digest(path) != file["xxh3_128"]:
                         raise ValueError(f"{path}: differs from {self.manifest_path} (size or xxh3_128); the sdist is damaged")

@@ -1,0 +1,172 @@
+"""Optimised and quantised variants of an export, validated against the original model.
+
+======  =====================================================================================
+o1      onnxruntime's basic graph optimisations (constant folding, redundant nodes), offline
+o2      o1 plus onnxruntime's transformer fusions for the model type (attention, layer norm,
+        GELU, embeddings: ``onnxruntime.transformers.optimizer``)
+o3      o2 with onnxruntime's extended optimisations (level 2; CPU contrib ops)
+int8    dynamic int8 quantisation of the weights of MatMul and Gemm, and of Gather (the
+        embedding tables: without them a BERT-family int8 graph stays above 0.4x its fp32
+        size, and above 0.6x for a small-vocabulary-heavy one like MiniLM), per channel
+fp16    o2 converted to float16, inputs and outputs kept float32 unless ``fp16_io``
+======  =====================================================================================
+
+Each is validated on the export's validation inputs (the same seeded draw, at shapes other than
+the export's) against the PyTorch or TensorFlow model: o1-o3 at the export's ``atol``; int8 and
+fp16 by the cosine similarity of each output (floors: 0.98 and 0.99 unless ``min_cosine`` says
+otherwise), with the max abs diff reported beside it. A variant that fails raises
+:class:`~hatch_onnx.errors.AtolError` with the figures.
+
+Light at import: onnxruntime is imported by the functions that use it (the plan reads
+:func:`settings` in the light core).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+VARIANTS = ("o1", "o2", "o3", "int8", "fp16")
+LOSSY = {"int8": 0.98, "fp16": 0.99}  # default cosine floors
+GRAPH = "model.onnx"  # a variant's graph, as its cache entry holds it (shipped as model.<variant>.onnx)
+
+# onnxruntime.transformers.optimizer's model types, by ours; the rest get BERT's fusions, which
+# leave a graph they do not recognise as it was.
+_ORT_MODEL_TYPES = {
+    **dict.fromkeys(("gpt2", "gpt-neo", "codegen", "gptj", "bloom", "imagegpt"), "gpt2"),
+    **dict.fromkeys(("bart", "mbart", "marian", "blenderbot", "blenderbot-small", "m2m-100", "bigbird-pegasus"), "bart"),
+    **dict.fromkeys(("t5", "mt5", "longt5"), "t5"),
+    **dict.fromkeys(("vit", "deit", "beit", "yolos", "data2vec-vision"), "vit"),
+    **dict.fromkeys(("clip", "groupvit", "owlvit"), "clip"),
+    "swin": "swin",
+}
+
+
+def file_name(variant: str) -> str:
+    return f"model.{variant}.onnx"
+
+
+def settings(variant: str, model_type: str, min_cosine: Mapping[str, float], fp16_io: bool, atol: Optional[float]) -> dict[str, Any]:
+    """Everything that decides a variant's bytes and its verdict (part of its cache key)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    chosen: dict[str, Any] = {"fusions": _ORT_MODEL_TYPES.get(model_type, "bert")} if variant in ("o2", "o3", "fp16") else {}
+    if variant in LOSSY:
+        chosen["min_cosine"] = float(min_cosine.get(variant, LOSSY[variant]))
+    else:
+        chosen["atol"] = atol  # None: the architecture's own
+    if variant == "fp16":
+        chosen["fp16_io"] = fp16_io
+    return chosen
+
+
+def make(variant: str, source: Path, target: Path, settings: Mapping[str, Any]) -> None:
+    """Write ``variant`` of the graph at ``source`` to ``target`` (one file, no external data)."""
+    if variant == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+                         weight_type=QuantType.QInt8, per_channel=True)
+        return
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    if variant == "o1":
+        model = optimizer.optimize_model(str(source), opt_level=1, only_onnxruntime=True)
+    else:
+        fusions = settings["fusions"]
+        model = optimizer.optimize_model(str(source), model_type=fusions, num_heads=0, hidden_size=0,
+                                         opt_level=2 if variant == "o3" else 1, optimization_options=FusionOptions(fusions))
+        if variant == "fp16":
+            model.convert_float_to_float16(keep_io_types=not settings["fp16_io"])
+    model.save_model_to_file(str(target))
+
+
+def make_and_validate(request: Mapping[str, Any], load) -> dict[str, Any]:
+    """The worker's side of a variant job: make it from ``request["source"]``, validate, report."""
+    import numpy as np
+    import onnxruntime
+
+    from hatch_onnx.errors import AtolError, ExportError
+    from hatch_onnx.onnx.convert import _describe, _validation_inputs
+    from hatch_onnx.onnx.features import FeaturesManager
+
+    timings: dict[str, float] = {}
+    variant, chosen = request["variant"], request["settings"]
+    output = Path(request["output"])
+    target = output / GRAPH
+    t0 = time.perf_counter()
+    model, _ = load(request["feature"], request["model"], request["framework"], None)
+    _, constructor = FeaturesManager.check_supported_model_or_raise(model, request["feature"])
+    config = constructor(model.config)
+    inputs = _validation_inputs(config, None)  # the export's validation draw
+    if request["framework"] == "tf":
+        from hatch_onnx.frameworks.tensorflow import run_reference
+    else:
+        from hatch_onnx.frameworks.pytorch import run_reference
+    reference = run_reference(model, config, inputs)
+    timings["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    try:
+        make(variant, Path(request["source"]), target, chosen)
+    except Exception as exc:  # onnxruntime's tools raise many types
+        raise ExportError(f"variant {variant}: onnxruntime could not make it: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    timings["make"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+    wanted = {node.name: node.type for node in session.get_inputs()}
+    feed = {}
+    for name, value in config.generate_dummy_inputs_onnxruntime(inputs).items():
+        value = np.asarray(value)
+        feed[name] = value.astype(np.float16) if wanted.get(name) == "tensor(float16)" else value
+    names = [node.name for node in session.get_outputs()]
+    results = dict(zip(names, session.run(names, feed)))
+    atol = chosen.get("atol") if chosen.get("atol") is not None else config.atol_for_validation
+    figures: dict[str, Any] = {}
+    for name in config.outputs:
+        ref, got = np.asarray(reference[name], dtype=np.float64), np.asarray(results[name], dtype=np.float64)
+        if ref.shape != got.shape:
+            raise AtolError(f"variant {variant}: output {name!r} has shape {list(got.shape)}, the model {list(ref.shape)}", output=name)
+        diff = float(np.max(np.abs(ref - got))) if ref.size else 0.0
+        cosine = _cosine(ref, got)
+        figures[name] = {"max_abs_diff": diff, "cosine": cosine}
+        if "min_cosine" in chosen:
+            figures[name]["min_cosine"] = chosen["min_cosine"]
+            if not cosine >= chosen["min_cosine"]:
+                raise AtolError(f"variant {variant}: output {name!r}: cosine {cosine:.4f} below {chosen['min_cosine']:g} "
+                                f"(max abs diff {diff:.3g})", output=name, value=cosine)
+        else:
+            figures[name]["atol"] = atol
+            if not diff <= atol:
+                raise AtolError(f"variant {variant}: output {name!r}: max abs diff {diff:.3g} exceeds atol {atol:g} "
+                                f"(cosine {cosine:.6f})", output=name, value=diff)
+    timings["validate"] = time.perf_counter() - t0
+    return {
+        "variant": variant,
+        "settings": dict(chosen),
+        "size": target.stat().st_size,
+        "source_size": Path(request["source"]).stat().st_size,
+        "validation": {
+            "outputs": figures,
+            "inputs": {name: list(value.shape) for name, value in feed.items()},
+            "graph": {"inputs": [_describe(node) for node in session.get_inputs()],
+                      "outputs": [_describe(node) for node in session.get_outputs()]},
+        },
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def _cosine(a, b) -> float:
+    import numpy as np
+
+    a, b = a.ravel(), b.ravel()
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norms == 0.0:
+        return 1.0 if not a.any() and not b.any() else 0.0
+    return float(np.dot(a, b) / norms)
