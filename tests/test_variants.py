@@ -1,0 +1,101 @@
+"""Variants: made from the export, validated against the model, cached on their own, shipped and loadable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import checkpoint
+from hatch_onnx.variants import LOSSY, settings
+
+pytestmark = pytest.mark.slow
+
+
+def project(tmp_path: Path, **model) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"onnx": {"variants": ["o2", "int8"], "models": {
+        "bert": {"checkpoint": str(checkpoint("bert")), "features": ["default"], **model}}}}))
+    return path
+
+
+def build(params: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hatch_onnx", "build", "--params", str(params), *args], capture_output=True, text=True)
+
+
+def statuses(result: subprocess.CompletedProcess) -> dict[str, str]:
+    return {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()[1:] if line.split() and ":" in line.split()[0]}
+
+
+def test_every_variant_is_made_validated_and_shipped(tmp_path):
+    params = project(tmp_path, variants=["o1", "o2", "o3", "int8", "fp16"])
+    out = tmp_path / "out"
+    result = build(params, "--out", str(out), "--metrics", str(tmp_path / "metrics.json"))
+    assert result.returncode == 0, result.stderr
+    assert statuses(result) == {"bert:default": "exported", **{f"bert:default.{v}": "exported" for v in ("o1", "o2", "o3", "int8", "fp16")}}
+    entry = json.loads((out / "manifest.json").read_text())["models"]["bert"]["default"]
+    assert sorted(entry["variants"]) == ["fp16", "int8", "o1", "o2", "o3"]
+    for variant, data in entry["variants"].items():
+        (file,) = data["files"].values()
+        assert file["path"] == f"bert/default/model.{variant}.onnx" and (out / file["path"]).stat().st_size == file["size"]
+        for figures in data["validation"].values():
+            if variant in LOSSY:
+                assert figures["cosine"] >= figures["min_cosine"] == LOSSY[variant] and figures["max_abs_diff"] > 0
+            else:
+                assert figures["max_abs_diff"] <= figures["atol"]
+    assert entry["variants"]["o2"]["settings"]["fusions"] == "bert"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["default.int8"]["last_hidden_state"]["cosine"] >= 0.98  # DVC metrics carry the variants
+
+    # The loader opens a variant; an independent check: the o2 graph against PyTorch.
+    import numpy as np
+    import onnxruntime
+    import torch
+    import transformers
+
+    from hatch_onnx.runtime import load, model_path
+
+    path, session = load("bert", "default", root=out, variant="o2")
+    assert path.name == "model.o2.onnx" and isinstance(session, onnxruntime.InferenceSession)
+    with pytest.raises(KeyError, match="no variant 'o9'"):
+        model_path("bert", "default", root=out, variant="o9")
+    ids = np.random.default_rng(7).integers(5, 80, (2, 9))
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    model = transformers.AutoModel.from_pretrained(checkpoint("bert"), local_files_only=True, attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected = model(**{k: torch.as_tensor(v) for k, v in feed.items()}).last_hidden_state.numpy()
+    (got,) = session.run(["last_hidden_state"], feed)
+    assert np.abs(got - expected).max() < 1e-3
+
+    again = build(params, "--out", str(out))
+    assert again.returncode == 0 and "Nothing exported" in again.stdout
+    assert set(statuses(again).values()) == {"hit"}
+
+
+def test_changing_only_a_variant_redoes_only_that_variant(tmp_path):
+    assert build(project(tmp_path)).returncode == 0
+    changed = build(project(tmp_path, min_cosine={"int8": 0.95}))
+    assert changed.returncode == 0, changed.stderr
+    assert statuses(changed) == {"bert:default": "hit", "bert:default.o2": "hit", "bert:default.int8": "exported"}
+
+
+def test_a_variant_that_fails_fails_the_build_with_its_figures(tmp_path):
+    result = build(project(tmp_path, min_cosine={"int8": 0.99999999}), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "bert:default.int8" in result.stderr and "cosine" in result.stderr and "below 1" in result.stderr
+    assert "max abs diff" in result.stderr and not (tmp_path / "out").exists()
+    # the export and the other variant are cached all the same
+    assert statuses(build(project(tmp_path), "--out", str(tmp_path / "out")))["bert:default.o2"] == "hit"
+
+
+def test_settings_enter_the_key():
+    assert settings("int8", "bert", {}, False, None) == {"min_cosine": 0.98}
+    assert settings("int8", "bert", {"int8": 0.9}, False, None) == {"min_cosine": 0.9}
+    assert settings("fp16", "gpt2", {}, True, None) == {"fusions": "gpt2", "min_cosine": 0.99, "fp16_io": True}
+    assert settings("o2", "roberta", {}, False, 1e-4) == {"fusions": "bert", "atol": 1e-4}
+    with pytest.raises(ValueError):
+        settings("o4", "bert", {}, False, None)
