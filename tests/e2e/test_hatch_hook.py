@@ -275,3 +275,18 @@ def test_tensorflow_models_export_in_the_interpreter_named_by_option_python_tf(t
     tf_entry = manifest["models"]["bert-tf-tiny"]["default"]
     assert tf_entry["source"]["framework"] == "tf" and tf_entry["toolchain"]["transformers"].startswith("4.")
     assert manifest["models"]["bert-tiny"]["default"]["toolchain"]["transformers"] == installed_versions()["transformers"]
+
+
+@pytest.mark.slow
+def test_variants_ship_in_the_wheel_and_load_by_name(tools):
+    models = {"bert-tiny": {"checkpoint": "bert", "features": ["default"], "variants": ["int8"]}}
+    path = make_project(tools.base / "variants", models)
+    built, _ = hatch_build(path, env_for(tools), "-t", "wheel")
+    assert built.returncode == 0, built.stderr
+    wheel = _wheel(path)
+    manifest = wheel_manifest(wheel)
+    variant = manifest["models"]["bert-tiny"]["default"]["variants"]["int8"]
+    (file,) = variant["files"].values()
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.getinfo(f"{DESTINATION}/{file['path']}").file_size == file["size"]
+    assert variant["validation"]["last_hidden_state"]["cosine"] >= 0.98
