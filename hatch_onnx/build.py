@@ -133,6 +133,12 @@ def run_build(
     if versions is None:
         toolchains = resolve_toolchains(plan, python, python_tf)
         versions = {framework: toolchain.versions for framework, toolchain in toolchains.items()}
+    with default_stat_cache(store.root) as store.stats:
+        return _run(source, plan, store, toolchains, versions, jobs, out, package_version, progress_stream)
+
+
+def _run(source, plan: list[Job], store: CacheStore, toolchains: Mapping[str, Toolchain], versions: Mapping[str, Versions],
+         jobs: int, out: Optional[Path], package_version: Optional[str], progress_stream) -> BuildResult:
     prints, keyed = _keys(plan, store, versions)
 
     results: dict[Job, JobResult] = {}
@@ -144,6 +150,7 @@ def run_build(
             results[job] = JobResult(job, key, "hit", time.perf_counter() - started, entry)
         else:
             misses.append((job, key, inputs))
+    _refuse_misses_in_a_read_only_cache(store, [job.label for job, _, _ in misses])
     tier = None
     if misses and source.remote:  # read-through: fsspec is imported only here
         from hatch_onnx.remote import Tier
@@ -172,6 +179,7 @@ def run_build(
                 source_graph = store.entry_dir(export_key) / "model.onnx"
                 request = {**job.request(), "variant": variant, "settings": inputs["settings"], "source": str(source_graph)}
                 variant_misses.append(Task(job, key, inputs, request, variant, source_key=export_key))
+    _refuse_misses_in_a_read_only_cache(store, [f"{task.job.label}.{task.variant}" for task in variant_misses])
     if variant_misses and source.remote:
         if tier is None:
             from hatch_onnx.remote import Tier
@@ -206,14 +214,22 @@ def run_build(
     if out is not None:
         from hatch_onnx.package import materialize
 
-        materialize(Path(out), build.results, prints, package_version, variants=build.variants)
+        materialize(Path(out), build.results, prints, package_version, variants=build.variants, stats=store.stats)
     return build
 
 
+def _refuse_misses_in_a_read_only_cache(store: CacheStore, labels: list[str]) -> None:
+    if labels and not store.writable:
+        from hatch_onnx.errors import BadInputError
+
+        raise BadInputError(f"cache {store.root} is read-only and {len(labels)} job(s) must be exported "
+                            f"({', '.join(labels[:4])}{', ...' if len(labels) > 4 else ''}): make it writable or "
+                            "point $HATCH_ONNX_CACHE at a writable folder")
+
+
 def _keys(plan: list[Job], store: CacheStore, versions: Mapping[str, Versions]) -> tuple[dict[Path, str], list[tuple[Job, str, dict]]]:
-    """Each checkpoint's fingerprint (through the stat cache), and each job's cache key with its inputs."""
-    with default_stat_cache(store.root) as stats:
-        prints = {checkpoint: fingerprint(checkpoint, stats) for checkpoint in sorted({job.checkpoint for job in plan})}
+    """Each checkpoint's fingerprint (through the store's stat cache), and each job's cache key with its inputs."""
+    prints = {checkpoint: fingerprint(checkpoint, store.stats) for checkpoint in sorted({job.checkpoint for job in plan})}
     keyed = []
     for job in plan:
         inputs = job.key_inputs(prints[job.checkpoint], versions.get(job.framework, {}))
@@ -233,7 +249,6 @@ def sync_remote(params_file: Path, direction: str, only: Optional[Iterable[str]]
     lacks (not exported yet, or the remote failed, which is reported once as a warning).
     """
     from hatch_onnx.errors import BadInputError
-    from hatch_onnx.remote import Tier
 
     source = read_params(params_file)
     if not source.remote:
@@ -241,6 +256,13 @@ def sync_remote(params_file: Path, direction: str, only: Optional[Iterable[str]]
     plan = resolve_plan(source, only)
     store = CacheStore(source.cache_root)
     versions = {framework: toolchain.versions for framework, toolchain in resolve_toolchains(plan, python, python_tf).items()}
+    with default_stat_cache(store.root) as store.stats:
+        return _sync(source, plan, store, versions, direction)
+
+
+def _sync(source, plan: list[Job], store: CacheStore, versions: Mapping[str, Versions], direction: str) -> tuple[list[str], int]:
+    from hatch_onnx.remote import Tier
+
     _, keyed = _keys(plan, store, versions)
     tier = Tier(source.remote, warn=_warn)
     labels = {key: [job.label for job, k, _ in keyed if k == key] for _, key, _ in keyed}

@@ -16,12 +16,15 @@ its bytes), so a build only has to compute keys to know what it can skip::
     ├── locks/
     │   └── 3fa9…e1.lock                     one builder per key; the others wait, then hit
     └── state/
-        └── stat.db                          the fingerprint stat cache (hatch_onnx.fingerprint)
+        └── stat.db                          digests by file state (hatch_onnx.fingerprint): of
+                                             checkpoints, and of entry files once verified
 
 An entry appears only by one atomic ``rename`` of a fully written staging folder, and leaves
-by a rename into ``tmp/`` before it is deleted, so a reader never sees half an entry. An
-entry is trusted when ``entry.json`` parses and every file it lists has the listed size;
-:meth:`CacheStore.verify` re-hashes. A bad entry is removed, never repaired or packaged.
+by a rename into ``tmp/`` before it is deleted, so a reader never sees half an entry. A hit
+is served only when ``entry.json`` parses and every file it lists has the listed size and
+``xxh3_128``; the digest of a file whose (inode, size, mtime_ns) was already verified comes
+from ``stat.db``, as git's index and DVC's state do, so a warm check is a stat per file. A bad
+entry is removed (or, in a read-only cache, skipped), never repaired or packaged.
 
 Light core: standard library, xxhash and filelock only.
 """
@@ -49,6 +52,9 @@ import xxhash
 
 from hatch_onnx.errors import BadInputError, CorruptCacheEntryError
 from hatch_onnx.fingerprint import file_digest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hatch_onnx.fingerprint import StatCache
 
 __all__ = [
     "CACHE_ENV",
@@ -140,8 +146,24 @@ class CacheStore:
                     entry = store.put(key, folder, inputs, timings)
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, stats: "StatCache | None" = None) -> None:
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise BadInputError(f"cache {self.root}: not a folder (check $HATCH_ONNX_CACHE and onnx.cache)")
+        # Where verified digests are remembered by file state: a hit is served only after its
+        # files' digests match entry.json, and this keeps that to a stat per file when warm.
+        self.stats = stats
+
+    @property
+    def writable(self) -> bool:
+        """Whether entries can be added (a cache restored read-only still serves its hits)."""
+        folder = self.root
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        return os.access(folder, os.W_OK)
+
+    def _digest(self, path: Path) -> str:
+        return self.stats.digest(path) if self.stats is not None else file_digest(path)
 
     def __repr__(self) -> str:
         return f"CacheStore({str(self.root)!r})"
@@ -163,14 +185,19 @@ class CacheStore:
     # --- reading ------------------------------------------------------------------------
 
     def lookup(self, key: str) -> CacheEntry | None:
-        """The entry for ``key`` if present and sound; a bad one is removed and ``None`` returned."""
+        """The entry for ``key`` if present and sound; a bad one is removed and ``None`` returned.
+
+        Sound means: ``entry.json`` parses, and every file it lists has its size and its
+        ``xxh3_128`` (through :attr:`stats`, so a file unchanged since it was verified is a stat).
+        """
         folder = self.entry_dir(key)
         if not folder.exists():
             return None
         try:
-            entry = self._open(key, folder)
+            entry = self._open(key, folder, rehash=True)
         except CorruptCacheEntryError:
-            self._discard(folder)
+            with contextlib.suppress(OSError):  # a read-only cache cannot drop it: it is just not served
+                self._discard(folder)
             return None
         # The folder's mtime is the entry's "last used" for gc (atime is unreliable under
         # noatime/relatime). Best effort: a read-only shared cache still serves hits.
@@ -236,8 +263,8 @@ class CacheStore:
         already there (another builder won), the staging folder is discarded and that entry
         returned: both are the same export, since the key decides the bytes.
 
-        No fsync: after a power loss a torn entry shows up as a size mismatch (or, rarer,
-        a digest mismatch under ``verify``) and is rebuilt; fsyncing gigabytes every put
+        No fsync: after a power loss a torn entry shows up as a size or digest mismatch at
+        its next lookup and is rebuilt; fsyncing gigabytes every put
         is not worth that.
         """
         destination = self.entry_dir(key)
@@ -397,7 +424,7 @@ class CacheStore:
                 raise corrupt(f"{name} is missing") from None
             if actual != size:
                 raise corrupt(f"{name} has {actual} bytes, expected {size}")
-            if rehash and file_digest(file) != digest:
+            if rehash and self._digest(file) != digest:
                 raise corrupt(f"{name} content changed (xxh3_128 mismatch)")
         return entry
 

@@ -143,20 +143,47 @@ class StatCache:
     def __init__(self, db_path: str | Path, *, racy_window_ns: int = RACY_WINDOW_NS) -> None:
         self.db_path = Path(db_path)
         self.racy_window_ns = racy_window_ns
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         # Builds fingerprint from a thread pool; one connection guarded by a lock is enough.
         self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = sqlite3.connect(
-            self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable enough in WAL mode: a crash may lose the last rows, never corrupt.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS digests ("
-            " path TEXT PRIMARY KEY, inode INTEGER NOT NULL, size INTEGER NOT NULL,"
-            " mtime_ns INTEGER NOT NULL, digest TEXT NOT NULL)"
-        )
+        self._db: sqlite3.Connection | None = None
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable enough in WAL mode: a crash may lose the last rows, never corrupt.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS digests ("
+                " path TEXT PRIMARY KEY, inode INTEGER NOT NULL, size INTEGER NOT NULL,"
+                " mtime_ns INTEGER NOT NULL, digest TEXT NOT NULL)"
+            )
+            self._db = db
+        except (OSError, sqlite3.Error):
+            # A read-only cache (a CI cache restored read-only): read what it remembers, if it
+            # can be read at all, and remember nothing new. Every digest is then computed.
+            with contextlib.suppress(sqlite3.Error):
+                if self.db_path.is_file():
+                    self._db = sqlite3.connect(f"{self.db_path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                                               isolation_level=None, check_same_thread=False)
+                    self._db.execute("SELECT 1 FROM digests LIMIT 1")
+            if self._db is not None and not self._readable():
+                self._db = None
+
+    def _readable(self) -> bool:
+        try:
+            self._db.execute("SELECT 1 FROM digests LIMIT 1")
+            return True
+        except sqlite3.Error:
+            return False
+
+    def digest(self, path: str | Path) -> str:
+        """The file's ``xxh3_128``: remembered for its exact state, else read (and remembered)."""
+        st = os.stat(path)
+        found = self.get(path, st)
+        if found is None:
+            found = file_digest(path)
+            self.put(path, st, found)
+        return found
 
     def _trustworthy(self, st: os.stat_result) -> bool:
         return st.st_mtime_ns < time.time_ns() - self.racy_window_ns

@@ -7,14 +7,22 @@
                       /tokenizer.json ...  and its preprocessor files
 ```
 Each ``<out>/<name>`` folder is replaced whole, by renames: a reader never sees half a model.
-Graph files are hard links into the cache where the file system allows (they are read-only
-there), copies otherwise.
+The manifest lists every file it ships (graphs, variants, config and preprocessor files) with
+its size and ``xxh3_128``. A folder is left as it is only when its manifest entries are the same
+and every file still has its digest (through the stat record: a stat per unchanged file).
+
+Graph files are reflinks of the cache's files where the file system has them (``FICLONE``:
+btrfs, XFS; no data copied, and a write to one side never reaches the other), copies
+otherwise. Never hard links: read-only modes do not stop root, and an append to an ``--out``
+graph through a hard link would corrupt the cache entry.
+
+A lock per ``out`` folder (:func:`out_lock`) serialises builds that write into it: the
+manifest is read, merged and written by one at a time, and lists every model present.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
@@ -32,19 +40,54 @@ CHECKPOINT_SIDE_FILES = (
 )
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or links not allowed
-        shutil.copy2(source, target)
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
-def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str) -> dict:
+def clone_or_copy(source: Path, target: Path) -> None:
+    """``target`` as an independent file with ``source``'s bytes: a reflink if possible, else a copy."""
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        try:
+            import fcntl
+
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+            return
+        except (ImportError, OSError):  # no reflinks here (ext4, tmpfs, another file system)
+            pass
+        shutil.copyfileobj(src, dst, 8 * 1024 * 1024)  # sendfile when it can (Linux, Python >= 3.8)
+
+
+def out_lock(out: Path):
+    """The lock that serialises builds writing into the folder ``out``.
+
+    It lives in the temporary folder, named by a hash of ``out``'s absolute path: a lock file
+    beside ``out`` would land in a project's source tree (the hook's folder), and from there in
+    its sdist.
+    """
+    import tempfile
+
+    import xxhash
+    from filelock import FileLock
+
+    name = xxhash.xxh3_64_hexdigest(str(Path(out).absolute()).encode())
+    return FileLock(Path(tempfile.gettempdir()) / f"hatch-onnx-out-{name}.lock")
+
+
+def _side_files(checkpoint: Path) -> list[Path]:
+    return [checkpoint / name for name in CHECKPOINT_SIDE_FILES if (checkpoint / name).is_file()]
+
+
+def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str, digest=None) -> dict:
+    """A feature's manifest entry; ``digest(path)`` gives the side files' digests (default: read them)."""
+    from hatch_onnx.fingerprint import file_digest
+
+    digest = digest or file_digest
     entry = result.entry
     report = result.report
     validation = report["validation"]
-    graph_files = {name: {"path": f"{folder}/{name}", "size": size, "xxh3_128": digest}
-                   for name, (size, digest) in sorted(entry.files.items()) if name != "report.json"}
+    graph_files = {name: {"path": f"{folder}/{name}", "size": size, "xxh3_128": file_hash}
+                   for name, (size, file_hash) in sorted(entry.files.items()) if name != "report.json"}
+    for side in _side_files(result.job.checkpoint):
+        graph_files[side.name] = {"path": f"{folder}/{side.name}", "size": side.stat().st_size, "xxh3_128": digest(side)}
     return {
         "files": graph_files,
         "opset": report["opset"],
@@ -91,9 +134,20 @@ def all_files(entry: Mapping[str, Any]) -> list[dict]:
 
 
 def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], package_version: Optional[str] = None,
-                variants: Iterable[Any] = ()) -> dict:
-    """Write every model folder of ``results`` (and their ``variants``) into ``out``; (re)write ``out/manifest.json``."""
-    out = Path(out)
+                variants: Iterable[Any] = (), stats: Any = None) -> dict:
+    """Write every model folder of ``results`` (and their ``variants``) into ``out``; (re)write ``out/manifest.json``.
+
+    ``stats`` (a :class:`~hatch_onnx.fingerprint.StatCache`) remembers digests by file state.
+    """
+    with out_lock(out):
+        return _materialize(Path(out), list(results), prints, package_version, list(variants), stats)
+
+
+def _materialize(out: Path, results: list, prints: Mapping[Path, str], package_version: Optional[str], variants: list,
+                 stats: Any) -> dict:
+    from hatch_onnx.fingerprint import file_digest
+
+    digest = stats.digest if stats is not None and getattr(stats, "_db", None) is not None else file_digest
     out.mkdir(parents=True, exist_ok=True)
     by_model: dict[str, list] = {}
     for result in results:
@@ -107,12 +161,12 @@ def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], p
     models = {name: data for name, data in manifest.get("models", {}).items() if (out / name).is_dir()}
 
     for name, model_results in by_model.items():
-        entries = {r.job.feature: manifest_entry(r, prints[r.job.checkpoint], f"{name}/{r.job.feature}")
+        entries = {r.job.feature: manifest_entry(r, prints[r.job.checkpoint], f"{name}/{r.job.feature}", digest)
                    for r in model_results}
         for feature, entry in entries.items():
             if variants_of.get((name, feature)):
                 entry["variants"] = {v.variant: variant_entry(v, f"{name}/{feature}") for v in variants_of[name, feature]}
-        if models.get(name) == entries and _intact(out, entries):
+        if models.get(name) == entries and _intact(out, entries, digest):
             continue  # already materialised from the same cache entries: nothing to rewrite
         with as_atomic_folder(out / name) as staging:
             for result in model_results:
@@ -120,12 +174,12 @@ def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], p
                 folder.mkdir(parents=True)
                 for file_name in result.entry.files:
                     if file_name != "report.json":
-                        _link_or_copy(result.entry.path / file_name, folder / file_name)
-                for side in CHECKPOINT_SIDE_FILES:
-                    if (result.job.checkpoint / side).is_file():
-                        shutil.copyfile(result.job.checkpoint / side, folder / side)
+                        clone_or_copy(result.entry.path / file_name, folder / file_name)
+                for side in _side_files(result.job.checkpoint):
+                    shutil.copyfile(side, folder / side.name)
                 for variant in variants_of.get((name, result.job.feature), ()):
-                    _link_or_copy(variant.entry.path / "model.onnx", folder / f"model.{variant.variant}.onnx")
+                    clone_or_copy(variant.entry.path / "model.onnx", folder / f"model.{variant.variant}.onnx")
+            _check_written(staging, out, entries)
         models[name] = entries
 
     manifest = {"format": 1, "version": package_version, "hatch_onnx": __version__, "models": dict(sorted(models.items()))}
@@ -135,16 +189,30 @@ def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], p
     return manifest
 
 
-def _intact(out: Path, entries: Mapping[str, dict]) -> bool:
-    """Every graph file the entries list is in place with its size (a stat each, no reading)."""
+def _intact(out: Path, entries: Mapping[str, dict], digest) -> bool:
+    """Every file the entries list is in place with its size and digest."""
     for entry in entries.values():
         for data in all_files(entry):
+            path = out / data["path"]
             try:
-                if (out / data["path"]).stat().st_size != data["size"]:
+                if path.stat().st_size != data["size"] or digest(path) != data["xxh3_128"]:
                     return False
             except OSError:
                 return False
     return True
+
+
+def _check_written(staging: Path, out: Path, entries: Mapping[str, dict]) -> None:
+    """The staged side files are what the manifest will say (one changed in the checkpoint while copied fails here)."""
+    from hatch_onnx.fingerprint import file_digest
+
+    for entry in entries.values():
+        for data in all_files(entry):
+            if ".onnx" in data["path"]:  # graphs come from verified cache entries; side files from the checkpoint
+                continue
+            path = staging / Path(data["path"]).relative_to(Path(data["path"]).parts[0])
+            if path.stat().st_size != data["size"] or file_digest(path) != data["xxh3_128"]:
+                raise OSError(f"{out / data['path']}: changed while it was written; build again")
 
 
 def write_validation_figures(results: Iterable[Any], metrics: Optional[Path] = None, plots: Optional[Path] = None) -> None:

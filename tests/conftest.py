@@ -50,3 +50,32 @@ def pytest_collection_modifyitems(config, items):
 # The warm export server (hatch_onnx.server) is opt-in; a user's setting must not leak into tests
 # that check what their own process imports and exports.
 os.environ["HATCH_ONNX_SERVER"] = "0"
+
+
+@pytest.fixture
+def read_only(tmp_path_factory):
+    """``read_only(folder)`` -> the folder seen read-only: a read-only bind mount as root (whom
+    file modes do not stop), the folder with its write bits removed otherwise."""
+    import contextlib
+    import subprocess
+
+    cleanups = []
+
+    def make(folder: Path) -> Path:
+        if os.geteuid() != 0:
+            for path in [folder, *folder.rglob("*")]:
+                if path.is_dir():
+                    mode = path.stat().st_mode
+                    path.chmod(mode & ~0o222)
+                    cleanups.append(lambda p=path, m=mode: p.chmod(m))
+            return folder
+        view = tmp_path_factory.mktemp("read-only-view")
+        subprocess.run(["mount", "--bind", str(folder), str(view)], check=True)
+        cleanups.append(lambda: subprocess.run(["umount", "-l", str(view)], check=False))
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+        return view
+
+    yield make
+    for cleanup in reversed(cleanups):
+        with contextlib.suppress(Exception):
+            cleanup()

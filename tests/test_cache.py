@@ -218,11 +218,33 @@ def test_verify_detects_same_size_content_change(store: CacheStore) -> None:
     assert store.verify() == []
     bad.model_path.chmod(0o644)
     bad.model_path.write_bytes(b"SAME-SIZE")
-    assert store.lookup(bad.key) is not None  # sizes match: only a re-hash can tell
     assert store.verify(good.key) == []
     ((key, reason),) = store.verify()
     assert key == bad.key and "mismatch" in reason
     assert not bad.path.exists() and good.path.exists()
+
+
+def test_a_same_size_corruption_is_never_served(store: CacheStore, tmp_path: Path) -> None:
+    """A hit is served only when its digests match entry.json, even through a warm stat record."""
+    from hatch_onnx.fingerprint import StatCache
+
+    with StatCache(tmp_path / "stat.db", racy_window_ns=0) as stats:
+        store.stats = stats
+        entry = put(store, key_of(3), b"same-size")
+        assert store.lookup(entry.key) is not None  # verified once: remembered by file state
+        entry.model_path.chmod(0o644)
+        entry.model_path.write_bytes(b"SAME-SIZE")  # new mtime: the record no longer vouches
+        assert store.lookup(entry.key) is None and not entry.path.exists()
+
+
+def test_a_read_only_cache_serves_its_hits(store: CacheStore, read_only) -> None:
+    from hatch_onnx.fingerprint import default_stat_cache
+
+    entry = put(store, key_of(4), b"graph")
+    frozen = CacheStore(read_only(store.root))
+    with default_stat_cache(frozen.root) as stats:  # its database cannot be written: digests are read
+        frozen.stats = stats
+        assert frozen.lookup(entry.key) is not None and not frozen.writable
 
 
 # --- concurrency ---------------------------------------------------------------------------

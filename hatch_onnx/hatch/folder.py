@@ -75,8 +75,10 @@ class ModelsFolder:
         """
         from hatch_onnx.build import run_build
 
+        from hatch_onnx.package import out_lock
+
         self.manifest()  # refuse a folder that is not ours before any work
-        with as_atomic_folder(self.path) as staging, _environ(environ):
+        with out_lock(self.path), as_atomic_folder(self.path) as staging, _environ(environ):
             result = run_build(params_file, out=staging, python=python, python_tf=python_tf, jobs=jobs,
                                package_version=version, progress_stream=progress_stream, versions=versions)
             self._write_loader(staging)
@@ -98,12 +100,22 @@ class ModelsFolder:
             raise ValueError(f"{self.manifest_path}: ships {sorted(shipped)} but params.yaml plans {sorted(planned)}")
         from hatch_onnx.package import all_files
 
+        listed = {}
         for features in manifest["models"].values():
             for entry in features.values():
                 for file in all_files(entry):
-                    path = self.path / file["path"]
-                    if not path.is_file() or path.stat().st_size != file["size"] or file_digest(path) != file["xxh3_128"]:
-                        raise ValueError(f"{path}: differs from {self.manifest_path} (size or xxh3_128); the sdist is damaged")
+                    listed[file["path"]] = file
+        for relative, file in sorted(listed.items()):
+            path = self.path / relative
+            if not path.is_file() or path.stat().st_size != file["size"] or file_digest(path) != file["xxh3_128"]:
+                raise ValueError(f"{path}: differs from {self.manifest_path} (size or xxh3_128); the sdist is damaged")
+        # Exactly the listed files (and the manifest, and the loader rewritten below): a file added
+        # to the sdist's models folder would otherwise ship in the wheel.
+        unlisted = sorted(p.relative_to(self.path).as_posix() for p in self.files())
+        unlisted = [name for name in unlisted if name not in listed and name not in (MANIFEST, LOADER)]
+        if unlisted:
+            raise ValueError(f"{self.path}: holds files its manifest does not list ({', '.join(unlisted[:5])}); "
+                             "the sdist was altered after it was built")
         self._write_loader(self.path)  # the loader is code, not a model: always this hatch-onnx's
         return manifest
 

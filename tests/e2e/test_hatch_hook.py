@@ -83,7 +83,11 @@ def test_hatch_build_ships_the_models_in_a_pure_wheel(project, tools):
         assert "Root-Is-Purelib: true" in archive.read("our_models-1.2.3.dist-info/WHEEL").decode()
     manifest = wheel_manifest(wheel)
     assert manifest["version"] == "1.2.3"
-    assert set(digests(manifest)) == SHIPPED
+    assert {path for path in digests(manifest) if path.endswith(".onnx")} == SHIPPED
+    # The manifest lists every file the wheel ships in the models folder, side files included.
+    shipped = {name for name in names if name.startswith(f"{DESTINATION}/")}
+    assert shipped == {f"{DESTINATION}/{path}" for path in digests(manifest)} | {
+        f"{DESTINATION}/__init__.py", f"{DESTINATION}/manifest.json"}
     # Keyed by the worker's toolchain (the user's venv), not by the bare build environment's.
     assert manifest["models"]["bert-tiny"]["default"]["toolchain"]["torch"] is not None
     expected = {f"{DESTINATION}/{path}" for path in SHIPPED} | {
