@@ -194,6 +194,8 @@ def _run(source, plan: list[Job], store: CacheStore, toolchains: Mapping[str, To
     if (misses or variant_misses) and not toolchains:
         raise NotCachedError([job.label for job, _, _ in misses] + [f"{task.job.label}.{task.variant}" for task in variant_misses])
     tasks = [Task(job, key, inputs, job.request()) for job, key, inputs in misses] + variant_misses
+    if tasks:
+        store.clean_orphans()  # staging of builds killed mid-export
     for result in _export(tasks, store, toolchains, jobs, progress_stream):
         if result.variant is None:
             results[result.job] = result
@@ -376,7 +378,7 @@ class _Progress:
         else:
             detail = f": {result.error}" if result.error else ""
             self.console.print(f"[{self.done}/{self.total}] {result.label} {result.status} in {result.seconds:.1f} s{detail}",
-                               highlight=False, markup=False)
+                               highlight=False, markup=False, soft_wrap=True)  # one line per job, however long
 
     def close(self) -> None:
         if self._live is not None:

@@ -438,13 +438,20 @@ class CacheStore:
             return  # someone else removed it first
         _rmtree(trash)
 
-    def _clean_tmp(self, now: float) -> None:
+    def clean_orphans(self) -> None:
+        """Remove what killed builds of this machine left in ``tmp/`` (their process is gone)."""
+        self._clean_tmp(time.time(), any_age=True)
+
+    def _clean_tmp(self, now: float, any_age: bool = False) -> None:
         if not self.tmp_dir.is_dir():
             return
         for folder in self.tmp_dir.iterdir():
             with contextlib.suppress(OSError):
-                if now - folder.lstat().st_mtime <= STALE_TMP_SECONDS or _owner_alive(folder.name):
+                young = now - folder.lstat().st_mtime <= STALE_TMP_SECONDS
+                if (young and not any_age) or _owner_alive(folder.name):
                     continue
+                if any_age and not re.fullmatch(r"(?:stage|trash)-\d+-.*", folder.name):
+                    continue  # no owner to ask: left for gc's age rule
                 if folder.is_dir() and not folder.is_symlink():
                     _rmtree(folder)
                 else:

@@ -117,7 +117,7 @@ def _build_parser(sub) -> None:
     p = sub.add_parser("build", help="export every (model, feature) of params.yaml, through the cache")
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="build only these models")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="exports to run at once (default: %(default)s)")
+    p.add_argument("-j", "--jobs", type=_positive_int, default=1, help="worker processes (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("build/onnx"), help="where to materialise (default: %(default)s)")
     p.add_argument("--python", help="interpreter for PyTorch exports (default: $HATCH_ONNX_PYTHON or this one)")
     p.add_argument("--python-tf", help="interpreter for TensorFlow exports, with transformers 4.x and hatch-onnx[tf] "
@@ -152,6 +152,13 @@ def _print_table(result) -> None:
     for r in result.results + result.variants:
         diff = r.max_abs_diff
         print(f"{r.label:<40} {r.status:<9} {r.seconds:7.2f}s  {'-' if diff is None else f'{diff:.2e}'}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
 
 
 def _hash_parser(sub) -> None:
@@ -286,8 +293,15 @@ def _run_show(args: argparse.Namespace) -> int:
 PARSERS: tuple[Callable, ...] = (_init_parser, _show_parser, _export_parser, _build_parser, _hash_parser, _cache_parser, _features_parser)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (usage goes to ``--help``), exit 2 as before."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{PROG}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Export Hugging Face checkpoints to validated, cached ONNX.")
+    parser = _Parser(prog=PROG, description="Export Hugging Face checkpoints to validated, cached ONNX.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -35,6 +35,20 @@ class ExportRequest:
     cache_dir: Optional[str] = None
 
 
+def _check_output(output: Path) -> None:
+    """OUTPUT is a folder (or a ``.onnx`` path); anything else is refused before any model loads."""
+    from hatch_onnx.errors import BadInputError
+
+    folder = output.parent if output.suffix == ".onnx" else output
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise BadInputError(f"{output}: {path} is a file, not a folder to write model.onnx into")
+            break
+    if output.suffix == ".onnx" and output.is_dir():
+        raise BadInputError(f"{output}: a folder, not a .onnx file")
+
+
 def _transformers_major() -> int:
     from importlib.metadata import version
 
@@ -68,7 +82,12 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
     support = support_for(read_model_type(model_dir), where=str(model_dir))
     framework = FeaturesManager.determine_framework(str(model_dir), request.framework)
     support.check(request.feature, framework, where=str(model_dir), transformers_major=_transformers_major())
-    model_type, opset = support.model_type, support.opset(request.opset)
+    model_type, opset = support.model_type, support.opset(request.opset, request.exporter if framework == "pt" else "tf2onnx")
+    _check_output(Path(output))
+    if request.atol is not None and not 0 < request.atol < float("inf"):  # NaN fails both
+        from hatch_onnx.errors import BadInputError
+
+        raise BadInputError(f"atol {request.atol}: must be a positive finite number")
     isolate_framework(framework)
 
     t0 = time.perf_counter()

@@ -51,6 +51,23 @@ class ParamsSource:
         return checkpoint if checkpoint.is_absolute() else self.file.parent / checkpoint
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when built
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML says the last would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_params(path: str | Path) -> ParamsSource:
     """Read params.yaml; :class:`ParamsError` if it is missing or not YAML. The schema is checked lazily."""
     from hatch_onnx.cache import resolve_cache_root
@@ -61,9 +78,11 @@ def read_params(path: str | Path) -> ParamsSource:
     except OSError as exc:
         raise ParamsError(f"{path}: params file not found" if not path.exists() else f"{path}: unreadable ({exc.strerror})") from None
     try:
-        data = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml when built
+        data = yaml.load(raw, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ParamsError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ParamsError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     onnx = data.get("onnx") if isinstance(data, dict) else None
     configured = onnx.get("cache") if isinstance(onnx, dict) else None
     # A malformed value is reported by the schema check; the cache root never depends on it.

@@ -115,6 +115,13 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
         checkpoint, support, framework = _resolve_model(source, name, model)
         minimum = support.onnx_config.DEFAULT_ONNX_OPSET
         wanted = model.opset if model.opset is not None else params.onnx.opset
+        if wanted is not None:
+            exporter = model.exporter if framework == "pt" else "tf2onnx"
+            key = f"onnx.models.{name}.opset" if model.opset is not None else "onnx.opset"
+            try:
+                support.opset(max(wanted, minimum), exporter)
+            except BadInputError as exc:
+                raise ParamsError(f"{source.file}: {key}: {exc}", key=key) from None
         for index, feature in enumerate(model.features):
             key = f"onnx.models.{name}.features[{index}]"
             try:

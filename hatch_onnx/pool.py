@@ -86,6 +86,7 @@ def worker_env(framework: str, base: Optional[Mapping[str, str]] = None) -> dict
     env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = package_path() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["HATCH_ONNX_PARENT_PID"] = str(os.getpid())  # a worker dies with its build (hatch_onnx.worker)
     if framework == "pt":
         env.update({"USE_TF": "0", "USE_TORCH": "1"})
     else:

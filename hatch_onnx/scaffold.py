@@ -54,7 +54,7 @@ def init_project(
     if pyproject.is_file() and HOOK_TABLE in pyproject.read_text(encoding="utf-8"):
         raise BadInputError(f"{pyproject}: already has {HOOK_TABLE}; hatch-onnx init does not overwrite")
     name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", Path(checkpoint).resolve().name).strip("-.") or "model"
-    if not SAFE_NAME.match(name):
+    if not SAFE_NAME.fullmatch(name):
         raise BadInputError(f"--name {name!r}: model names must be safe path components (letters, digits, . _ -)")
     absolute = checkpoint if Path(checkpoint).is_absolute() else (Path.cwd() / checkpoint)
     support = support_for(read_model_type(absolute), where=str(absolute))  # the checkpoint exists, its type is known

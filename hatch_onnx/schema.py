@@ -29,7 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hatch_onnx.errors import ParamsError
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # use fullmatch: "$" would let a trailing newline in
+# Names a model cannot take: the files beside the models in an output folder.
+RESERVED_NAMES = frozenset({"manifest.json", "__init__.py"})
+MAX_OPSET_ANY = 23  # the newest any of our exporters writes (see hatch_onnx.models._base.MAX_OPSET)
 
 
 class _Strict(BaseModel):
@@ -46,8 +49,8 @@ class ModelParams(_Strict):
     checkpoint: str
     features: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
     framework: Literal["auto", "pt", "tf"] = "auto"
-    atol: Optional[float] = Field(default=None, gt=0)
-    opset: Optional[int] = Field(default=None, ge=7)
+    atol: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
+    opset: Optional[int] = Field(default=None, ge=7, le=MAX_OPSET_ANY)
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     allow_new_head: bool = False
     variants: Optional[list[Variant]] = None  # default: onnx.variants
@@ -61,8 +64,8 @@ class ModelParams(_Strict):
 
 
 class OnnxParams(_Strict):
-    opset: Optional[int] = Field(default=None, ge=7)
-    atol: Optional[float] = Field(default=None, gt=0)
+    opset: Optional[int] = Field(default=None, ge=7, le=MAX_OPSET_ANY)
+    atol: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
     cache: Optional[str] = None
     remote: Optional[str] = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://")  # an fsspec URL; $HATCH_ONNX_REMOTE overrides
     variants: list[Variant] = Field(default_factory=list)
@@ -97,8 +100,20 @@ def parse_params(data: object, source: str = "params.yaml") -> ParamsFile:
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         message = first["msg"].replace("Extra inputs are not permitted", "unknown key")
         raise ParamsError(f"{source}: {key}: {message}{more}", key=key) from None
-    for name in params.onnx.models:
-        if not SAFE_NAME.match(name):
-            key = f"onnx.models.{name}"
-            raise ParamsError(f"{source}: {key}: model names must be safe path components (letters, digits, . _ -)", key=key)
+    for name, model in params.onnx.models.items():
+        key = f"onnx.models.{name}"
+        if not SAFE_NAME.fullmatch(name):
+            shown = key if key.isprintable() else repr(key)  # a newline in a name stays on the error's one line
+            raise ParamsError(f"{source}: {shown}: model names must be safe path components (letters, digits, . _ -)", key=key)
+        if name in RESERVED_NAMES:
+            raise ParamsError(f"{source}: {key}: {name!r} is reserved (a file of the output folder)", key=key)
+        for field in ("features", "variants"):
+            values = getattr(model, field) or []
+            repeated = sorted({value for value in values if values.count(value) > 1})
+            if repeated:
+                index = values.index(repeated[0], values.index(repeated[0]) + 1)
+                raise ParamsError(f"{source}: {key}.{field}[{index}]: {repeated[0]!r} is listed twice", key=f"{key}.{field}[{index}]")
+    repeated = sorted({v for v in params.onnx.variants if params.onnx.variants.count(v) > 1})
+    if repeated:
+        raise ParamsError(f"{source}: onnx.variants: {repeated[0]!r} is listed twice", key="onnx.variants")
     return params

@@ -100,7 +100,27 @@ def serve(requests: TextIO, replies: TextIO) -> None:
             replies.flush()
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when the build that started it dies, ``kill -9`` included.
+
+    Otherwise an orphan would export on for up to the job timeout. The build's pool sets
+    ``HATCH_ONNX_PARENT_PID``; a parent already gone by now is caught by comparing it.
+    """
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pipe closing ends the worker after its job
+        return
+    parent = os.environ.get("HATCH_ONNX_PARENT_PID")
+    if parent and os.getppid() != int(parent):
+        os._exit(1)
+
+
 def main() -> int:
+    _die_with_parent()
     # Answers go to the original stdout; file descriptor 1 (C libraries and print alike) to stderr.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,36 @@ def test_big_checkpoint_recycles_its_worker(tmp_path):
     assert result.returncode == 0, result.stderr
     # a new worker per checkpoint, never per job: bert's two features share one
     assert sum(line.startswith("start") for line in log.read_text().splitlines()) == 2
+
+
+def test_a_killed_build_takes_its_worker_with_it_and_the_next_build_cleans_up(tmp_path):
+    import signal
+
+    params = project(tmp_path, {"bert": {"checkpoint": str(checkpoint("bert")), "features": ["default"]}})
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "if b'hatch_onnx.worker' in open('/proc/self/cmdline', 'rb').read():\n"
+        "    open(os.environ['PROBE_LOG'], 'a').write(f'{os.getpid()}\\n')\n"
+        "    from hatch_onnx.onnx import features\n"
+        "    features.FeaturesManager.load_model = staticmethod(lambda *a: time.sleep(600))\n"
+    )
+    log = tmp_path / "worker.pid"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "probe"), "PROBE_LOG": str(log)}
+    build_process = subprocess.Popen([sys.executable, "-m", "hatch_onnx", "build", "--params", str(params)],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cache = Path(os.environ["HATCH_ONNX_CACHE"])
+    deadline = time.monotonic() + 120
+    while not (log.exists() and list((cache / "tmp").glob("stage-*"))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    worker = int(log.read_text().split()[0])
+    build_process.send_signal(signal.SIGKILL)
+    build_process.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]
+    assert list((cache / "tmp").glob("stage-*"))  # the killed build's staging, left behind
+    ok = build(params)
+    assert ok.returncode == 0, ok.stderr
+    assert not list((cache / "tmp").glob("stage-*"))  # ... cleaned by the next build

@@ -50,8 +50,8 @@ def support_for(model_type: str, where: str = "") -> ModelSupport:
     if support is None:
         from hatch_onnx.errors import UnsupportedModelTypeError
 
-        what = f"{where} ({model_type})" if where else model_type
-        raise UnsupportedModelTypeError(f"model type {what!r} is not supported; supported: {', '.join(REGISTRY)}", model_type)
+        prefix = f"{where}: " if where else ""
+        raise UnsupportedModelTypeError(f"{prefix}model type {model_type!r} is not supported; supported: {', '.join(REGISTRY)}", model_type)
     return support
 
 

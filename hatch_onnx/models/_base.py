@@ -38,6 +38,8 @@ FEATURE_TO_AUTOMODEL: Mapping[str, str] = {
     # AutoModelForVision2Seq is gone from transformers 5; both lines map vision-encoder-decoder here.
     "vision2seq-lm": "AutoModelForImageTextToText",
 }
+# The newest opset each exporter writes (torch 2.13's TorchScript and dynamo exporters, tf2onnx 1.17).
+MAX_OPSET: Mapping[str, int] = {"torchscript": 20, "dynamo": 23, "tf2onnx": 18}
 # Features whose model has no cache: "-with-past" is offered only for these tasks.
 PAST_TASKS = frozenset({"default", "causal-lm", "seq2seq-lm", "speech2seq-lm"})
 
@@ -114,10 +116,10 @@ class ModelSupport:
                 model_type=self.model_type, feature=feature,
             )
 
-    def opset(self, requested: "int | None") -> int:
+    def opset(self, requested: "int | None", exporter: str = "torchscript") -> int:
         """The opset to export with: ``requested``, or the architecture's minimum when none is asked for.
 
-        Raises :class:`OpsetError` for a request below the minimum.
+        Raises :class:`OpsetError` for a request below the minimum or above what the exporter writes.
         """
         from hatch_onnx.errors import OpsetError
 
@@ -126,6 +128,9 @@ class ModelSupport:
             return minimum
         if requested < minimum:
             raise OpsetError(f"opset {requested} is below the minimum {minimum} for {self.model_type}", opset=requested, minimum=minimum)
+        maximum = MAX_OPSET.get(exporter, max(MAX_OPSET.values()))
+        if requested > maximum:
+            raise OpsetError(f"opset {requested} is above {maximum}, the newest {exporter} writes", opset=requested, minimum=minimum)
         return requested
 
     def config_for(self, feature: str):

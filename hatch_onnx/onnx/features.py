@@ -202,8 +202,11 @@ class FeaturesManager:
         hf_logging.disable_progress_bar()
         try:
             loaded, info = model_class.from_pretrained(model, **kwargs)
-        except OSError as exc:
-            raise CheckpointError(f"{model}: cannot load for {feature!r} ({str(exc).splitlines()[0]})", model) from exc
+        except Exception as exc:  # a truncated file, weights of other shapes, a broken config: bad input
+            # The whole message, on one line: transformers puts the useful part (which tensor,
+            # which shapes) after the first line.
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            raise CheckpointError(f"{model}: cannot load for {feature!r}: {type(exc).__name__}: {message}", model) from exc
         finally:
             hf_logging.set_verbosity(verbosity)
             if bars:
