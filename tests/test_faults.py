@@ -51,22 +51,26 @@ def export(*flags: str, model_dir: str = BERT) -> Callable:
     return setup
 
 
+def _copied(tmp: Path, change: Callable[[Path], None]) -> Path:
+    folder = tmp / "ckpt"
+    shutil.copytree(BERT, folder)
+    change(folder)
+    return folder
+
+
 def checkpoint_with(change: Callable[[Path], None], *features: str) -> Callable:
+    """A build of a copy of bert-tiny that ``change`` damaged."""
     def setup(tmp: Path):
-        folder = tmp / "ckpt"
-        shutil.copytree(BERT, folder)
-        change(folder)
+        folder = _copied(tmp, change)
         return ["build", "--params", str(params(tmp, onnx({"bert": {"checkpoint": str(folder), "features": list(features or ["default"])}}))),
                 "--out", str(tmp / "out")], {}
     return setup
 
 
 def exported_checkpoint_with(change: Callable[[Path], None], *flags: str) -> Callable:
+    """``hatch-onnx export`` of a copy of bert-tiny that ``change`` damaged."""
     def setup(tmp: Path):
-        folder = tmp / "ckpt"
-        shutil.copytree(BERT, folder)
-        change(folder)
-        return ["export", "--model", str(folder), *flags, str(tmp / "out")], {}
+        return ["export", "--model", str(_copied(tmp, change)), *flags, str(tmp / "out")], {}
     return setup
 
 
