@@ -69,11 +69,18 @@ def test_defaults_match_legacy():
 
 
 def test_support_matrix_covers_the_issue():
-    expected = {
-        "albert": 6, "bart": 8, "bert": 7, "bloom": 6, "convnext": 2, "deberta-v2": 6, "distilbert": 6, "electra": 7,
-        "gpt-neo": 5, "gpt2": 6, "resnet": 2, "roberta": 7, "t5": 4, "vit": 3, "whisper": 4, "xlm-roberta": 7,
+    expected = {  # the legacy list's 59 model types, with their number of features
+        "albert": 6, "bart": 8, "beit": 2, "bert": 7, "big-bird": 7, "bigbird-pegasus": 8, "blenderbot": 6,
+        "blenderbot-small": 6, "bloom": 6, "camembert": 7, "clip": 1, "codegen": 2, "convbert": 6, "convnext": 2,
+        "data2vec-text": 6, "data2vec-vision": 2, "deberta": 5, "deberta-v2": 6, "deit": 2, "detr": 3, "distilbert": 6,
+        "electra": 7, "flaubert": 7, "gpt-neo": 5, "gpt2": 6, "gptj": 6, "groupvit": 1, "ibert": 6, "imagegpt": 2,
+        "layoutlm": 4, "layoutlmv3": 4, "levit": 2, "longformer": 6, "longt5": 4, "m2m-100": 4, "marian": 6, "mbart": 8,
+        "mobilebert": 6, "mobilenet-v1": 2, "mobilenet-v2": 2, "mobilevit": 2, "mt5": 4, "owlvit": 1, "perceiver": 3,
+        "poolformer": 2, "rembert": 7, "resnet": 2, "roberta": 7, "roformer": 7, "segformer": 3, "squeezebert": 6,
+        "swin": 2, "t5": 4, "vision-encoder-decoder": 1, "vit": 3, "whisper": 4, "xlm": 7, "xlm-roberta": 7, "yolos": 2,
     }
     assert {name: len(support.features) for name, support in REGISTRY.items()} == expected
+    assert sum(len(support.tensorflow) for support in REGISTRY.values()) == 171  # tests/test_tensorflow.py checks which
     with pytest.raises(TypeError):
         REGISTRY["new"] = REGISTRY["bert"]  # frozen
 

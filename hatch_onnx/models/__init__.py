@@ -17,7 +17,7 @@ _MODULES = (
     "albert", "bart", "bert", "bloom", "convnext", "deberta_v2", "distilbert", "electra",
     "gpt2", "gpt_neo", "resnet", "roberta", "t5", "vit", "whisper", "xlm_roberta",
     # text encoders
-    "big_bird", "camembert", "convbert", "data2vec_text", "deberta", "flaubert", "ibert", "layoutlm",
+    "big_bird", "camembert", "convbert", "data2vec_text", "deberta", "flaubert", "ibert", "layoutlm", "longformer",
     "mobilebert", "rembert", "roformer", "squeezebert", "xlm",
     # decoders
     "codegen", "gptj",

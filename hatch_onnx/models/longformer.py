@@ -1,10 +1,5 @@
 """longformer: sliding-window attention plus a ``global_attention_mask`` input.
 
-NOT REGISTERED YET (not in ``_MODULES``): with the chunking patched, validation at a padded
-length other than the export's still differs (about 1e-2): another step of the sliding-window
-attention keeps the export's chunk count. Unpatched, 4.57 validates only when both lengths pad
-to the same multiple of the window, which hides the frozen count; 5.x cannot export at all.
-
 The model is put in its ONNX mode (``config.onnx_export``: chunking without strided views).
 The traced graph fixes how many tokens per sequence attend globally (the tracer records that
 count as a constant): it is one, the first token, as for classification and the CLS-style use of
@@ -12,9 +7,11 @@ the other heads; batch and sequence stay dynamic. (The legacy exporter made ever
 global and validated at its export shape only, which hid that the count was frozen.) The model
 pads sequences to a multiple of its attention window in a Python branch: the export's dummy
 length is not a multiple of the window, so that the padding path is what the graph records (it
-is exact with no padding too), and validation's padded length differs from the export's. Its
-overlapping chunks are cut by a Python loop (4.57) or ``unfold`` (5.x, no ONNX symbolic for a
-traced length): both are patched to one gather whose chunk count follows the sequence.
+is exact with no padding too), and validation's padded length is another multiple than the
+export's. The sliding-window attention cuts overlapping chunks twice: the query and key chunks
+by a Python loop (4.57) or ``unfold`` (5.x, no ONNX symbolic for a traced length), the value
+chunks by ``as_strided``, whose traced sizes are constants (the export's chunk count). All are
+patched to one gather whose chunk count follows the sequence, on both lines.
 """
 
 from __future__ import annotations
@@ -26,25 +23,60 @@ from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
 from hatch_onnx.onnx.config import PatchingSpec
 
 
-def _chunk_by_gather(hidden_states, window_overlap, onnx_export: bool = False):
-    """(batch, seq, dim) -> (batch, seq // w - 1, 2w, dim): chunks of 2w overlapping by w."""
+def _chunks_of(tensor, window_overlap: int, size: int):
+    """(batch, seq, dim) -> (batch, chunks, size, dim): chunks of ``size`` tokens starting every
+    ``window_overlap``, as many as fit, by one gather whose count follows the sequence."""
     import torch
 
-    count = torch.div(hidden_states.size(1), window_overlap, rounding_mode="trunc") - 1
-    starts = torch.arange(count, device=hidden_states.device) * window_overlap
-    index = starts[:, None] + torch.arange(2 * window_overlap, device=hidden_states.device)[None, :]
-    return hidden_states[:, index]
+    count = torch.div(tensor.size(1) - size, window_overlap, rounding_mode="trunc") + 1
+    starts = torch.arange(count, device=tensor.device) * window_overlap
+    return tensor[:, starts[:, None] + torch.arange(size, device=tensor.device)[None, :]]
+
+
+def _chunk_by_gather(hidden_states, window_overlap, onnx_export: bool = False):
+    """(batch, seq, dim) -> (batch, seq // w - 1, 2w, dim): chunks of 2w overlapping by w."""
+    return _chunks_of(hidden_states, window_overlap, 2 * window_overlap)
+
+
+def _sliding_chunks_matmul_attn_probs_value(self, attn_probs, value, window_overlap: int):
+    """transformers' own, with the value chunks cut by a gather instead of ``as_strided``, whose
+    traced sizes (the chunk count) are constants."""
+    import torch
+
+    batch_size, seq_len, num_heads, head_dim = value.size()
+    chunked_attn_probs = attn_probs.transpose(1, 2).reshape(
+        batch_size * num_heads, torch.div(seq_len, window_overlap, rounding_mode="trunc"), window_overlap, 2 * window_overlap + 1
+    )
+    value = value.transpose(1, 2).reshape(batch_size * num_heads, seq_len, head_dim)
+    # w padding at both ends, then chunks of 3w starting every w (the original's strided view)
+    padded_value = torch.nn.functional.pad(value, (0, 0, window_overlap, window_overlap), value=-1)
+    chunked_value = _chunks_of(padded_value, window_overlap, 3 * window_overlap)
+    chunked_attn_probs = self._pad_and_diagonalize(chunked_attn_probs)
+    context = torch.einsum("bcwd,bcdh->bcwh", (chunked_attn_probs, chunked_value))
+    return context.view(batch_size, num_heads, seq_len, head_dim).transpose(1, 2)
+
+
+def _attention_patches() -> list:
+    from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
+
+    own = LongformerSelfAttention.__dict__
+    values = "_sliding_chunks_matmul_attn_probs_value"
+    return [
+        PatchingSpec(LongformerSelfAttention, "_chunk", staticmethod(_chunk_by_gather), orig_op=own["_chunk"]),
+        PatchingSpec(LongformerSelfAttention, values, _sliding_chunks_matmul_attn_probs_value, orig_op=own[values]),
+    ]
 
 
 class LongformerOnnxConfig(TextEncoderOnnxConfig):
     USES_TOKEN_TYPE_IDS = False
     ATOL_FOR_VALIDATION = 1e-4
 
-    def __init__(self, config, task: str = "default", patching_specs=None):
-        from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
-
-        chunk = PatchingSpec(LongformerSelfAttention, "_chunk", staticmethod(_chunk_by_gather), orig_op=LongformerSelfAttention.__dict__["_chunk"])
-        super().__init__(config, task=task, patching_specs=[chunk, *(patching_specs or [])])
+    def patch_ops(self) -> None:
+        # The patches are PyTorch's, made on first use: a TensorFlow export never imports torch.
+        if not getattr(self, "_attention_patches_added", False):
+            self._patching_specs[:0] = _attention_patches()
+            self._attention_patches_added = True
+        super().patch_ops()
 
     @property
     def default_sequence_length(self) -> int:
@@ -83,4 +115,5 @@ SUPPORT = ModelSupport(
     "longformer",
     LongformerOnnxConfig,
     features=("default", "masked-lm", "multiple-choice", "question-answering", "sequence-classification", "token-classification"),
+    tensorflow=True,
 )
