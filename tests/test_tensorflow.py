@@ -54,6 +54,10 @@ UNBUILDABLE_TF_CLASSES = {
     ("xlm", "multiple-choice"): "TFXLMForMultipleChoice reads config.initializer_range, which XLMConfig lacks",
     ("flaubert", "multiple-choice"): "TFFlaubertForMultipleChoice reads config.initializer_range, which FlaubertConfig lacks",
 }
+# TF classes transformers 4.57 has that we do not export yet.
+NOT_YET_TF = {
+    ("vision-encoder-decoder", "vision2seq-lm"): "its TF auto class is TFAutoModelForVision2Seq; the loader asks for TFAutoModelForImageTextToText",
+}
 INSTALL_HINT = "pip install 'hatch-onnx[tf]'"
 
 pytestmark = pytest.mark.tf  # the TensorFlow path: transformers 4.57's line only
@@ -108,6 +112,7 @@ def _check_table(out: Path) -> dict:
         "masked-im": auto.TF_MODEL_FOR_MASKED_IMAGE_MODELING_MAPPING_NAMES,
         "speech2seq-lm": auto.TF_MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES,
         "semantic-segmentation": auto.TF_MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES,
+        "vision2seq-lm": auto.TF_MODEL_FOR_VISION_2_SEQ_MAPPING_NAMES,
     }
     unbuildable = {}
     for model_type, task in UNBUILDABLE_TF_CLASSES:
@@ -398,7 +403,7 @@ def test_tf_task_table_matches_transformers(tf_runs):
         declared = {m for m in REGISTRY if any(feature_to_task(f) == task for f in tf_features(m))}
         # (a TF class for a task the legacy list does not offer, as DeiT's masked-im, is no feature)
         offered = {m for m in REGISTRY if any(feature_to_task(f) == task for f in REGISTRY[m].features)}
-        assert set(model_types) & offered == declared | {m for m, t in UNBUILDABLE_TF_CLASSES if t == task}, task
+        assert set(model_types) & offered == declared | {m for m, t in {**UNBUILDABLE_TF_CLASSES, **NOT_YET_TF} if t == task}, task
     used = {feature_to_task(f) for m in REGISTRY for f in tf_features(m)}
     assert all(ok for task, ok in table["auto_classes"].items() if task in used), table["auto_classes"]
     # still unbuildable (else declare them)

@@ -468,9 +468,9 @@ def _fold_constant_ifs(graph: Any, outer: "Mapping[str, Any] | None" = None) -> 
 
 
 def _standard_ranges(proto: Any, opset: int) -> None:
-    """tf2onnx converts a ``tf.range`` inside a while loop's body to ``com.microsoft`` Range (in TF
-    CLIP and GroupViT), without importing that domain: the ONNX
-    checker refuses the graph. ONNX has had the same op since opset 11."""
+    """tf2onnx converts a ``tf.range`` inside a while loop's body (TF CLIP's and GroupViT's) to
+    ``com.microsoft`` Range without importing that domain, and the ONNX checker refuses the
+    graph. ONNX has had the same op since opset 11."""
     if opset < 11:
         return
     for node in _all_nodes(proto.graph):
