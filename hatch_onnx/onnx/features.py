@@ -7,7 +7,9 @@ questions about it. Loading models is local-only: the Hub is never contacted.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -94,6 +96,21 @@ def read_model_type(model_dir: Union[str, Path]) -> str:
     if not isinstance(model_type, str):
         raise CheckpointError(f"{config_file}: no model_type", config_file)
     return model_type
+
+
+class _Captured(logging.Handler):
+    """transformers' log records during a load, kept instead of printed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.extend(re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage()).splitlines())
+
+    def mismatches(self) -> list[str]:
+        """The report's lines about tensors of the wrong shape, spaces collapsed."""
+        return [" ".join(line.replace("|", " ").split()) for line in self.lines if "mismatch" in line.lower()]
 
 
 class FeaturesManager:
@@ -197,17 +214,24 @@ class FeaturesManager:
         # transformers logs newly initialised weights as a warning; we report them ourselves,
         # as an error unless a new head is allowed (see hatch_onnx.exporting). transformers 5
         # also draws a "Loading weights" progress bar: noise on a one-line-per-job console.
+        # transformers 5 writes its load report (which tensors mismatched, and how) as a warning
+        # and raises "look at the above report": it is kept here, not printed, for the error.
         verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()
+        report = _Captured()
+        hf_logging.set_verbosity_warning()
+        hf_logging.disable_default_handler()
+        logging.getLogger("transformers").addHandler(report)  # (transformers' remove_handler asserts the opposite)
         hf_logging.disable_progress_bar()
         try:
             loaded, info = model_class.from_pretrained(model, **kwargs)
         except Exception as exc:  # a truncated file, weights of other shapes, a broken config: bad input
             # The whole message, on one line: transformers puts the useful part (which tensor,
-            # which shapes) after the first line.
-            message = " ".join(str(exc).split()) or type(exc).__name__
+            # which shapes) after the first line, or in its report.
+            message = " ".join([*str(exc).split(), *report.mismatches()]) or type(exc).__name__
             raise CheckpointError(f"{model}: cannot load for {feature!r}: {type(exc).__name__}: {message}", model) from exc
         finally:
+            logging.getLogger("transformers").removeHandler(report)
+            hf_logging.enable_default_handler()
             hf_logging.set_verbosity(verbosity)
             if bars:
                 hf_logging.enable_progress_bar()
