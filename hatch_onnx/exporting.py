@@ -94,6 +94,7 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
     model, missing = load(request.feature, str(model_dir), framework, request.cache_dir)
     _, constructor = FeaturesManager.check_supported_model_or_raise(model, request.feature)
     onnx_config = constructor(model.config)
+    overrides = dict(onnx_config.values_override or {})  # before anything sets them on the model
     preprocessor = _load_preprocessor(request.preprocessor, model_dir)
     timings["load"] = time.perf_counter() - t0
 
@@ -107,6 +108,8 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
             raise MissingHeadWeightsError(message + "; pass --allow-new-head to export a new head anyway", new_head)
         log(f"WARNING: {message}; exporting a randomly initialised head (--allow-new-head)")
 
+    if "pad_token_id" in overrides:
+        log(f"note: {model_dir} has no pad_token_id: {request.feature!r} uses the eos token ({overrides['pad_token_id']}) as padding")
     atol = request.atol if request.atol is not None else onnx_config.atol_for_validation
     target = output if output.suffix == ".onnx" else output / "model.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +141,8 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
         "atol": atol,
         "files": files,
         "new_head_weights": new_head,
+        # model config values the export set (use_cache; a pad token the checkpoint lacked)
+        "config_overrides": overrides,
         "validation": validation,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }

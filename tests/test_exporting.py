@@ -64,3 +64,21 @@ def test_a_graph_that_fails_validation_leaves_nothing(tmp_path):
         export_checkpoint(ExportRequest(model=broken, atol=1e-30), tmp_path / "out", log=lambda line: None)
     assert not list((tmp_path / "out").glob("model.onnx*"))
     assert not list((tmp_path / "out").glob(".hatch-onnx-staging-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt-neo", "gptj"])
+def test_decoder_classification_without_a_pad_token_uses_eos_and_says_so(model_type, tmp_path):
+    """Real GPT-2 checkpoints have no pad_token_id; the head then refuses batches > 1 (Optimum fails here)."""
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint(model_type), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("pad_token_id", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    logged = []
+    report = export_checkpoint(ExportRequest(model=folder, feature="sequence-classification", allow_new_head=True),
+                               tmp_path / "out", log=logged.append)
+    eos = config["eos_token_id"]
+    assert report["config_overrides"]["pad_token_id"] == eos
+    assert any("no pad_token_id" in line and f"({eos})" in line for line in logged)
+    assert report["validation"]["inputs"]["input_ids"][0] > 1  # validated at batch > 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping, Optional
 
 from typing import TYPE_CHECKING
 
@@ -165,7 +165,22 @@ class TextEncoderOnnxConfig(OnnxConfig):
 
 
 class DecoderOnnxConfig(OnnxConfigWithPast):
-    """GPT-2 style decoders: token ids, a mask over past + current tokens, the cache."""
+    """GPT-2 style decoders: token ids, a mask over past + current tokens, the cache.
+
+    Their sequence-classification head scores the last token that is not padding, and refuses
+    batches of more than one without a ``pad_token_id``, which real checkpoints (GPT-2's) lack.
+    Then the eos token stands for padding, as transformers' own pipelines set it: the graph
+    behaves as the model does with ``pad_token_id = eos_token_id`` (the report says so).
+    """
+
+    @property
+    def values_override(self) -> Optional[Mapping[str, Any]]:
+        values = dict(super().values_override or {})
+        config = self._config
+        if self.task == "sequence-classification" and getattr(config, "pad_token_id", None) is None:
+            eos = getattr(config, "eos_token_id", None)
+            values["pad_token_id"] = eos[0] if isinstance(eos, (list, tuple)) else eos
+        return values or None
 
     @property
     def inputs(self) -> Mapping[str, Mapping[int, str]]:
