@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -225,3 +226,40 @@ def test_a_killed_build_takes_its_worker_with_it_and_the_next_build_cleans_up(tm
     ok = build(params)
     assert ok.returncode == 0, ok.stderr
     assert not list((cache / "tmp").glob("stage-*"))  # ... cleaned by the next build
+
+
+def test_concurrent_only_builds_into_one_out_keep_every_model_in_the_manifest(tmp_path):
+    params = project(tmp_path, {
+        "bert": {"checkpoint": str(checkpoint("bert")), "features": ["default"]},
+        "vit": {"checkpoint": str(checkpoint("vit")), "features": ["default"]},
+    })
+    out = tmp_path / "out"
+    assert build(params, "--out", str(tmp_path / "warm")).returncode == 0  # exports cached: the race is materialising
+    for _ in range(5):
+        shutil.rmtree(out, ignore_errors=True)
+        procs = [subprocess.Popen([sys.executable, "-m", "hatch_onnx", "build", "--params", str(params), "--only", name,
+                                   "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name in ("bert", "vit")]
+        outputs = [p.communicate() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        assert sorted(json.loads((out / "manifest.json").read_text())["models"]) == ["bert", "vit"]
+        assert (out / "bert/default/model.onnx").is_file() and (out / "vit/default/model.onnx").is_file()
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_outputs_are_not_the_caches_files(tmp_path):
+    """Writing to an --out graph (root ignores read-only modes) never reaches the cache entry."""
+    params = project(tmp_path, {"bert": {"checkpoint": str(checkpoint("bert")), "features": ["default"]}})
+    out = tmp_path / "out"
+    assert build(params, "--out", str(out)).returncode == 0
+    graph = out / "bert/default/model.onnx"
+    cache = Path(os.environ["HATCH_ONNX_CACHE"])
+    (entry_graph,) = cache.glob("v1/*/*/model.onnx")
+    assert graph.stat().st_ino != entry_graph.stat().st_ino
+    before = entry_graph.read_bytes()
+    graph.chmod(0o644)
+    with open(graph, "ab") as handle:
+        handle.write(b"appended")
+    assert entry_graph.read_bytes() == before
+    again = build(params, "--out", str(out))  # the edited output is found out by its digest and replaced
+    assert again.returncode == 0 and graph.read_bytes() == before

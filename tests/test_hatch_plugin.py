@@ -113,6 +113,12 @@ def test_external_data_travels_with_its_graph_from_an_sdist(tmp_path):
     with pytest.raises(KeyError, match="no model 'small'.*models: big"):
         runtime.load("small", root=folder)
 
+    # A file the manifest does not list (smuggled into the sdist) fails the build: nothing extra ships.
+    (model_dir / "evil.py").write_text("print('hi')\n")
+    with pytest.raises(ValueError, match="files its manifest does not list.*evil.py"):
+        make_hook(tmp_path, {"destination": DESTINATION}).initialize("standard", {"force_include": {}})
+    (model_dir / "evil.py").unlink()
+
     (model_dir / "model.onnx.data").write_bytes(b"\0" * files["model.onnx.data"]["size"])  # same size, other bytes
     with pytest.raises(ValueError, match="differs from .*manifest.json"):
         make_hook(tmp_path, {"destination": DESTINATION}).initialize("standard", {"force_include": {}})
