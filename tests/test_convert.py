@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from conftest import ROOT, checkpoint
+from conftest import checkpoint
 from hatch_onnx import FeaturesManager, export, validate_model_outputs
 from hatch_onnx.errors import AtolError, OutputMismatchError, ShapeError
 

@@ -16,7 +16,6 @@ patched to one gather whose chunk count follows the sequence, on both lines.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Mapping
 
 from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
