@@ -147,7 +147,7 @@ def _materialize(out: Path, results: list, prints: Mapping[Path, str], package_v
                  stats: Any) -> dict:
     from hatch_onnx.fingerprint import file_digest
 
-    digest = stats.digest if stats is not None and getattr(stats, "_db", None) is not None else file_digest
+    digest = stats.digest if stats is not None else file_digest  # StatCache.digest reads when it remembers nothing
     out.mkdir(parents=True, exist_ok=True)
     by_model: dict[str, list] = {}
     for result in results:

@@ -38,7 +38,6 @@ DEFAULT_TIMEOUT = float(os.environ.get("HATCH_ONNX_WORKER_TIMEOUT", 3600))
 # A worker that exported from a checkpoint this large is replaced before its next batch.
 DEFAULT_RECYCLE_BYTES = int(float(os.environ.get("HATCH_ONNX_RECYCLE_MB", 1024)) * 2**20)
 
-Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 

@@ -141,6 +141,12 @@ class ModelSupport:
         return lambda config: self.onnx_config.from_model_config(config, task=task)
 
 
+# The features of BERT-like encoders (legacy transformers.onnx lists), shared by their modules.
+TEXT_ENCODER_FEATURES = ("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering")
+# ... and of those that also have a causal-LM head (BERT, RoBERTa and their kin).
+CAUSAL_TEXT_ENCODER_FEATURES = ("default", "masked-lm", "causal-lm", *TEXT_ENCODER_FEATURES[2:])
+
+
 # --- text encoders ---------------------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+from hatch_onnx.models._base import ModelSupport, TEXT_ENCODER_FEATURES, TextEncoderOnnxConfig
 
 
 class AlbertOnnxConfig(TextEncoderOnnxConfig):
@@ -12,6 +12,6 @@ class AlbertOnnxConfig(TextEncoderOnnxConfig):
 SUPPORT = ModelSupport(
     "albert",
     AlbertOnnxConfig,
-    features=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    features=TEXT_ENCODER_FEATURES,
     tensorflow=True,
 )

@@ -6,7 +6,7 @@ full attention, which is what the graph then holds (the fixture is configured wi
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+from hatch_onnx.models._base import CAUSAL_TEXT_ENCODER_FEATURES, ModelSupport, TextEncoderOnnxConfig
 
 
 class BigBirdOnnxConfig(TextEncoderOnnxConfig):
@@ -16,5 +16,5 @@ class BigBirdOnnxConfig(TextEncoderOnnxConfig):
 SUPPORT = ModelSupport(
     "big-bird",
     BigBirdOnnxConfig,
-    features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    features=CAUSAL_TEXT_ENCODER_FEATURES,
 )

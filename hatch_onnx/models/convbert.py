@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+from hatch_onnx.models._base import ModelSupport, TEXT_ENCODER_FEATURES, TextEncoderOnnxConfig
 
 
 class ConvBertOnnxConfig(TextEncoderOnnxConfig):
@@ -12,6 +12,6 @@ class ConvBertOnnxConfig(TextEncoderOnnxConfig):
 SUPPORT = ModelSupport(
     "convbert",
     ConvBertOnnxConfig,
-    features=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    features=TEXT_ENCODER_FEATURES,
     tensorflow=True,
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+from hatch_onnx.models._base import ModelSupport, TEXT_ENCODER_FEATURES, TextEncoderOnnxConfig
 
 
 class Data2VecTextOnnxConfig(TextEncoderOnnxConfig):
@@ -12,5 +12,5 @@ class Data2VecTextOnnxConfig(TextEncoderOnnxConfig):
 SUPPORT = ModelSupport(
     "data2vec-text",
     Data2VecTextOnnxConfig,
-    features=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    features=TEXT_ENCODER_FEATURES,
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+from hatch_onnx.models._base import ModelSupport, TEXT_ENCODER_FEATURES, TextEncoderOnnxConfig
 
 
 class DebertaV2OnnxConfig(TextEncoderOnnxConfig):
@@ -13,6 +13,6 @@ class DebertaV2OnnxConfig(TextEncoderOnnxConfig):
 SUPPORT = ModelSupport(
     "deberta-v2",
     DebertaV2OnnxConfig,
-    features=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    features=TEXT_ENCODER_FEATURES,
     tensorflow=True,
 )

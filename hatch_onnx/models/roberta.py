@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+from hatch_onnx.models._base import CAUSAL_TEXT_ENCODER_FEATURES, ModelSupport, TextEncoderOnnxConfig
 
 
 class RobertaOnnxConfig(TextEncoderOnnxConfig):
@@ -12,6 +12,6 @@ class RobertaOnnxConfig(TextEncoderOnnxConfig):
 SUPPORT = ModelSupport(
     "roberta",
     RobertaOnnxConfig,
-    features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    features=CAUSAL_TEXT_ENCODER_FEATURES,
     tensorflow=True,
 )

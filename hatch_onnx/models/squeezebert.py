@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+from hatch_onnx.models._base import ModelSupport, TEXT_ENCODER_FEATURES, TextEncoderOnnxConfig
 
 
 class SqueezeBertOnnxConfig(TextEncoderOnnxConfig):
@@ -12,5 +12,5 @@ class SqueezeBertOnnxConfig(TextEncoderOnnxConfig):
 SUPPORT = ModelSupport(
     "squeezebert",
     SqueezeBertOnnxConfig,
-    features=("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    features=TEXT_ENCODER_FEATURES,
 )

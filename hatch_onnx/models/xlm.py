@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+from hatch_onnx.models._base import CAUSAL_TEXT_ENCODER_FEATURES, ModelSupport, TextEncoderOnnxConfig
 
 
 class XLMOnnxConfig(TextEncoderOnnxConfig):
@@ -12,7 +12,7 @@ class XLMOnnxConfig(TextEncoderOnnxConfig):
 SUPPORT = ModelSupport(
     "xlm",
     XLMOnnxConfig,
-    features=("default", "masked-lm", "causal-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering"),
+    features=CAUSAL_TEXT_ENCODER_FEATURES,
     # transformers 4.57 maps multiple-choice to TFXLMForMultipleChoice, which cannot be built: its head reads
     # config.initializer_range, which XLMConfig does not have (AttributeError).
     tensorflow=("default", "masked-lm", "causal-lm", "sequence-classification", "token-classification", "question-answering"),
