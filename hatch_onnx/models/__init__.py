@@ -11,7 +11,7 @@ import importlib
 from types import MappingProxyType
 from typing import Mapping
 
-from hatch_onnx.models._base import FEATURE_TO_AUTOMODEL, ModelSupport, feature_to_task
+from hatch_onnx.models._base import FEATURE_TO_AUTOMODEL, FEATURE_TO_TF_AUTOMODEL, ModelSupport, RotaryDecoderOnnxConfig, feature_to_task
 
 _MODULES = (
     "albert", "bart", "bert", "bloom", "convnext", "deberta_v2", "distilbert", "electra",
@@ -28,6 +28,8 @@ _MODULES = (
     "poolformer", "segformer", "swin", "yolos",
     # multimodal
     "clip", "groupvit", "layoutlmv3", "owlvit", "perceiver", "vision_encoder_decoder",
+    # today's decoders
+    "gemma2", "gemma3_text", "granite", "llama", "mistral", "olmo2", "phi3", "qwen2", "qwen3", "smollm3",
 )
 
 
@@ -66,4 +68,4 @@ def tf_model_types() -> tuple[str, ...]:
     return tuple(model_type for model_type, support in REGISTRY.items() if support.tensorflow)
 
 
-__all__ = ["REGISTRY", "support_for", "ModelSupport", "FEATURE_TO_AUTOMODEL", "feature_to_task", "tf_features", "tf_model_types"]
+__all__ = ["REGISTRY", "support_for", "ModelSupport", "FEATURE_TO_AUTOMODEL", "FEATURE_TO_TF_AUTOMODEL", "RotaryDecoderOnnxConfig", "feature_to_task", "tf_features", "tf_model_types"]

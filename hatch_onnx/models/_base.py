@@ -38,6 +38,12 @@ FEATURE_TO_AUTOMODEL: Mapping[str, str] = {
     # AutoModelForVision2Seq is gone from transformers 5; both lines map vision-encoder-decoder here.
     "vision2seq-lm": "AutoModelForImageTextToText",
 }
+# feature name -> transformers 4.57's TensorFlow auto class: "TF" + the PyTorch name, except where
+# TF kept an older name (TF_MODEL_FOR_VISION_2_SEQ_MAPPING_NAMES; there is no TFAutoModelForImageTextToText).
+FEATURE_TO_TF_AUTOMODEL: Mapping[str, str] = {
+    **{task: f"TF{name}" for task, name in FEATURE_TO_AUTOMODEL.items()},
+    "vision2seq-lm": "TFAutoModelForVision2Seq",
+}
 # The newest opset each exporter writes (torch 2.13's TorchScript and dynamo exporters, tf2onnx 1.17).
 MAX_OPSET: Mapping[str, int] = {"torchscript": 20, "dynamo": 23, "tf2onnx": 18}
 # Features whose model has no cache: "-with-past" is offered only for these tasks.
@@ -58,10 +64,11 @@ class ModelSupport:
     # The features that also export from TensorFlow checkpoints: those transformers 4.57 has a
     # TF class for (its ``TF_MODEL_*_MAPPING_NAMES``; a test checks). ``True``: every feature.
     tensorflow: "bool | tuple[str, ...]" = ()
-    # Features of the legacy list that a transformers line cannot export, each with the reason
-    # (``hatch-onnx features`` shows it): on every line, and on transformers 5 only.
+    # Features that a transformers line cannot export, each with the reason (``hatch-onnx
+    # features`` shows it): on every line, on transformers 5 only, on transformers 4 only.
     unavailable: Mapping[str, str] = dataclasses.field(default_factory=dict)
     unavailable_on_transformers5: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    unavailable_on_transformers4: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for feature in self.features:
@@ -74,7 +81,7 @@ class ModelSupport:
         if not set(tensorflow) <= set(self.features):
             raise ValueError(f"{self.model_type}: TensorFlow features {sorted(set(tensorflow) - set(self.features))} are not features")
         object.__setattr__(self, "tensorflow", tuple(f for f in self.features if f in tensorflow))  # registry order
-        for field in ("unavailable", "unavailable_on_transformers5"):
+        for field in ("unavailable", "unavailable_on_transformers5", "unavailable_on_transformers4"):
             unknown = set(getattr(self, field)) - set(self.features)
             if unknown:
                 raise ValueError(f"{self.model_type}: {field} names {sorted(unknown)}, which are not features")
@@ -86,7 +93,7 @@ class ModelSupport:
             return self.unavailable[feature]
         if transformers_major >= 5:
             return self.unavailable_on_transformers5.get(feature)
-        return None
+        return self.unavailable_on_transformers4.get(feature)
 
     def check(self, feature: str, framework: str = "pt", where: str = "", transformers_major: int = 4) -> None:
         """Raise :class:`UnsupportedFeatureError` unless ``feature`` exports from ``framework``.
@@ -141,6 +148,8 @@ class ModelSupport:
         return lambda config: self.onnx_config.from_model_config(config, task=task)
 
 
+# The features of decoders with a cache (GPT-2 and today's families), where transformers has the heads.
+DECODER_FEATURES = ("default", "default-with-past", "causal-lm", "causal-lm-with-past", "sequence-classification", "token-classification")
 # The features of BERT-like encoders (legacy transformers.onnx lists), shared by their modules.
 TEXT_ENCODER_FEATURES = ("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification", "question-answering")
 # ... and of those that also have a causal-LM head (BERT, RoBERTa and their kin).
@@ -197,6 +206,56 @@ class DecoderOnnxConfig(OnnxConfigWithPast):
         else:
             common["attention_mask"] = {0: "batch", 1: "sequence"}
         return common
+
+
+class RotaryDecoderOnnxConfig(DecoderOnnxConfig):
+    """Today's decoders (Llama, Mistral, Qwen, Gemma, Phi-3...): rotary positions and grouped-query caches.
+
+    The graph takes ``position_ids`` beside the mask (default and causal-LM graphs, as Optimum's):
+    with left padding, as in batched generation, a token's position is not its index. The cache
+    is flat, as GPT-2's, with ``num_key_value_heads`` heads of ``head_dim`` (grouped-query
+    attention): ``past_key_values.{i}.key|value`` in, ``present.{i}.key|value`` out.
+    Validation pads the last row on the left (``left_padding``), at another past length.
+    """
+
+    ATOL_FOR_VALIDATION = 1e-4
+
+    @property
+    def takes_position_ids(self) -> bool:
+        return self.task in ("default", "causal-lm")
+
+    @property
+    def inputs(self) -> Mapping[str, Mapping[int, str]]:
+        mask_axis = "past_sequence + sequence" if self.use_past else "sequence"
+        common: dict = OrderedDict({"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: mask_axis}})
+        if self.takes_position_ids:
+            common["position_ids"] = {0: "batch", 1: "sequence"}
+        if self.use_past:
+            self.fill_with_past_key_values_(common, direction="inputs")
+        return common
+
+    @property
+    def num_key_value_heads(self) -> int:
+        return int(getattr(self._config, "num_key_value_heads", None) or self.num_attention_heads)
+
+    @property
+    def head_dim(self) -> int:
+        return int(getattr(self._config, "head_dim", None) or super().head_dim)
+
+    def _past_shape(self, batch: int, length: int) -> tuple[int, int, int, int]:
+        return batch, self.num_key_value_heads, length, self.head_dim
+
+    def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
+        import numpy as np
+
+        arrays = super()._dummy_text(preprocessor, rng, batch, seq, choices, is_pair)
+        mask = arrays["attention_mask"]
+        if self.left_padding:  # the last row starts with padding, as a shorter prompt in a batch does
+            mask[-1, : self.left_padding] = 0
+        # What generate() computes: positions count the tokens attended to; padding gets 1.
+        positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
+        arrays["position_ids"] = positions[:, -arrays["input_ids"].shape[1]:].astype(np.int64)
+        return arrays
 
 
 # --- encoder-decoders ------------------------------------------------------------------------

@@ -392,15 +392,20 @@ class OnnxConfigWithPast(OnnxConfig):
             arrays["attention_mask"] = np.concatenate([np.ones((batch, past), dtype=mask.dtype), mask], axis=1)
         return arrays
 
-    def generate_dummy_inputs(self, preprocessor: Any = None, batch_size: int = -1, seq_length: int = -1, *args, past_length: Optional[int] = None, **kwargs):
-        # ``past_length`` is our extension: validation draws a cache of another length than export.
-        if past_length is None:
-            return super().generate_dummy_inputs(preprocessor, batch_size, seq_length, *args, **kwargs)
-        saved, self.PAST_SEQUENCE = self.PAST_SEQUENCE, past_length
+    # Tokens of padding on the left of the last batch row (configs that take ``position_ids`` read it).
+    left_padding = 0
+
+    def generate_dummy_inputs(self, preprocessor: Any = None, batch_size: int = -1, seq_length: int = -1, *args,
+                              past_length: Optional[int] = None, left_padding: int = 0, **kwargs):
+        # ``past_length`` and ``left_padding`` are our extensions: validation draws a cache of
+        # another length than the export's, and pads a row as a shorter prompt in a batch is.
+        saved = self.PAST_SEQUENCE, self.left_padding
+        self.PAST_SEQUENCE = self.PAST_SEQUENCE if past_length is None else past_length
+        self.left_padding = left_padding
         try:
             return super().generate_dummy_inputs(preprocessor, batch_size, seq_length, *args, **kwargs)
         finally:
-            self.PAST_SEQUENCE = saved
+            self.PAST_SEQUENCE, self.left_padding = saved
 
 
 class OnnxSeq2SeqConfigWithPast(OnnxConfigWithPast):

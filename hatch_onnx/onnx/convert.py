@@ -17,6 +17,8 @@ from hatch_onnx.onnx.config import OnnxConfig, OnnxConfigWithPast
 VALIDATION_BATCH_DELTA = 1
 VALIDATION_SEQUENCE_DELTA = 3
 VALIDATION_PAST_DELTA = 3
+# Decoders that take position_ids are validated with the last row padded on the left by this many.
+VALIDATION_LEFT_PADDING = 2
 
 
 def _torch_loaded_and_module(model: Any) -> bool:
@@ -96,6 +98,7 @@ def _validation_inputs(config: OnnxConfig, preprocessor: Any) -> Mapping[str, An
     }
     if isinstance(config, OnnxConfigWithPast):
         kwargs["past_length"] = config.PAST_SEQUENCE + VALIDATION_PAST_DELTA
+        kwargs["left_padding"] = VALIDATION_LEFT_PADDING
     # Values come from the config's seeded generator, not the preprocessor: random token ids
     # exercise the embeddings far more than the legacy "[UNK] [UNK] ..." text did.
     saved_seed = config.DUMMY_SEED

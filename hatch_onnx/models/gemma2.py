@@ -1,0 +1,16 @@
+"""gemma2: alternating sliding-window and global layers, attention and logits soft-capped.
+
+Soft-capping is computed by transformers' eager attention, which the loader always asks for
+(its SDPA path would drop the cap); the graph caps as the model does.
+"""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import DECODER_FEATURES, ModelSupport, RotaryDecoderOnnxConfig
+
+
+class Gemma2OnnxConfig(RotaryDecoderOnnxConfig):
+    pass
+
+
+SUPPORT = ModelSupport("gemma2", Gemma2OnnxConfig, features=DECODER_FEATURES)

@@ -1,0 +1,12 @@
+"""llama: the reference of today's decoders (rotary positions, grouped-query attention)."""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import DECODER_FEATURES, ModelSupport, RotaryDecoderOnnxConfig
+
+
+class LlamaOnnxConfig(RotaryDecoderOnnxConfig):
+    pass
+
+
+SUPPORT = ModelSupport("llama", LlamaOnnxConfig, features=DECODER_FEATURES)

@@ -1,0 +1,12 @@
+"""phi3: fused query/key/value and gate/up projections; otherwise a Llama."""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import DECODER_FEATURES, ModelSupport, RotaryDecoderOnnxConfig
+
+
+class Phi3OnnxConfig(RotaryDecoderOnnxConfig):
+    pass
+
+
+SUPPORT = ModelSupport("phi3", Phi3OnnxConfig, features=DECODER_FEATURES)

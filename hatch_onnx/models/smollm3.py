@@ -1,0 +1,12 @@
+"""smollm3: a Llama whose every fourth layer has no rotary positions (``no_rope_layers``)."""
+
+from __future__ import annotations
+
+from hatch_onnx.models._base import DECODER_FEATURES, ModelSupport, RotaryDecoderOnnxConfig
+
+
+class SmolLM3OnnxConfig(RotaryDecoderOnnxConfig):
+    pass
+
+
+SUPPORT = ModelSupport("smollm3", SmolLM3OnnxConfig, features=DECODER_FEATURES)
