@@ -430,23 +430,35 @@ class FeatureMapOnnxConfig(VisionOnnxConfig):
 
 class DualEncoderOnnxConfig(OnnxConfig):
     """CLIP and its relatives: token ids, an image and the text's mask in; both towers' projected
-    embeddings and the image-text similarity logits out."""
+    embeddings and the image-text similarity logits out.
+
+    image-classification (SigLIP's head) is the vision tower alone: pixels in, logits out.
+    """
 
     ATOL_FOR_VALIDATION = 1e-4
     APPEND_EOS = True  # the text tower pools the hidden state at the end-of-text token
+    # False where the text tower was trained without a mask and the checkpoints' tokenizers
+    # return none (SigLIP's: input ids padded to a fixed length, every token attended).
+    TEXT_MASK = True
+
+    @property
+    def MODALITY(self) -> str:  # noqa: N802 - the base class reads it as a setting
+        return "vision" if self.task == "image-classification" else "text"
 
     @property
     def inputs(self) -> Mapping[str, Mapping[int, str]]:
-        return OrderedDict(
-            {
-                "input_ids": {0: "batch", 1: "sequence"},
-                "pixel_values": {0: "batch", 1: "num_channels", 2: "height", 3: "width"},
-                "attention_mask": {0: "batch", 1: "sequence"},
-            }
-        )
+        pixels = {"pixel_values": {0: "batch", 1: "num_channels", 2: "height", 3: "width"}}
+        if self.task == "image-classification":
+            return OrderedDict(pixels)
+        common = OrderedDict({"input_ids": {0: "batch", 1: "sequence"}, **pixels})
+        if self.TEXT_MASK:
+            common["attention_mask"] = {0: "batch", 1: "sequence"}
+        return common
 
     @property
     def outputs(self) -> Mapping[str, Mapping[int, str]]:
+        if self.task == "image-classification":
+            return super().outputs
         names = ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds")
         return OrderedDict((name, {0: "batch"}) for name in names)
 
@@ -455,6 +467,12 @@ class DualEncoderOnnxConfig(OnnxConfig):
         return (size, size) if isinstance(size, int) else tuple(size)
 
     def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
-        arrays = super()._dummy_text(preprocessor, rng, batch, seq, choices, is_pair)
+        # The vocabulary, special tokens and eos are the text tower's: the outer config has none
+        # (ids would come from 100 or overrun a smaller vocabulary, and eos never be appended).
+        outer, self._config = self._config, self._config.text_config
+        try:
+            arrays = super()._dummy_text(preprocessor, rng, batch, seq, choices, is_pair)
+        finally:
+            self._config = outer
         arrays["pixel_values"] = self._dummy_vision(None, rng, batch, 3, 0, 0)["pixel_values"]
         return arrays
