@@ -28,6 +28,8 @@ _MODULES = (
     "poolformer", "segformer", "swin", "yolos",
     # multimodal
     "clip", "groupvit", "layoutlmv3", "owlvit", "perceiver", "vision_encoder_decoder",
+    # today's encoders and vision
+    "dinov2", "modernbert", "siglip",
     # today's decoders
     "gemma2", "gemma3_text", "granite", "llama", "mistral", "olmo2", "phi3", "qwen2", "qwen3", "smollm3",
 )
