@@ -78,6 +78,8 @@ def test_support_matrix_covers_the_issue():
         "mobilebert": 6, "mobilenet-v1": 2, "mobilenet-v2": 2, "mobilevit": 2, "mt5": 4, "owlvit": 1, "perceiver": 3,
         "poolformer": 2, "rembert": 7, "resnet": 2, "roberta": 7, "roformer": 7, "segformer": 3, "squeezebert": 6,
         "swin": 2, "t5": 4, "vision-encoder-decoder": 1, "vit": 3, "whisper": 4, "xlm": 7, "xlm-roberta": 7, "yolos": 2,
+        # today's encoders and vision (issue 12)
+        "dinov2": 2, "modernbert": 4, "siglip": 2,
     }
     assert {name: len(support.features) for name, support in REGISTRY.items()} == expected
     assert sum(len(support.tensorflow) for support in REGISTRY.values()) == 171  # tests/test_tensorflow.py checks which
