@@ -26,10 +26,20 @@ def _export_parser(sub) -> None:
     p.add_argument("--cache_dir", "--cache-dir", dest="cache_dir", help="accepted for compatibility; checkpoints are local")
     p.add_argument("--export_with_transformers", action="store_true", help="accepted for compatibility; no effect")
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript", help="torch.onnx exporter (default: %(default)s)")
+    p.add_argument("--dtype", type=_dtype, default="float32", metavar="{float32,float16}",
+                   help="precision to load, export and validate in (PyTorch; fp32/fp16 accepted; default: %(default)s)")
     p.add_argument("--report", type=Path, help="write a JSON validation report here")
     p.add_argument("--allow-new-head", action="store_true", help="export even if the checkpoint lacks the head's weights")
     p.add_argument("output", type=Path, help="folder that receives model.onnx")
     p.set_defaults(run=_run_export)
+
+
+def _dtype(value: str) -> str:
+    """float32 or float16; Optimum's fp32 and fp16 name the same."""
+    named = {"fp32": "float32", "fp16": "float16"}.get(value, value)
+    if named not in ("float32", "float16"):
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose float32 or float16)")
+    return named
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -39,6 +49,7 @@ def _run_export(args: argparse.Namespace) -> int:
     request = ExportRequest(
         model=args.model.absolute(), feature=args.feature, framework=args.framework, opset=args.opset, atol=args.atol,
         exporter=args.exporter, preprocessor=args.preprocessor, allow_new_head=args.allow_new_head, cache_dir=args.cache_dir,
+        dtype=args.dtype,
     )
     payload = {**_fields(request), "output": str(args.output.absolute()), "report": str(args.report.absolute()) if args.report else None}
     if args.debug:  # in this process, so that a failure shows its traceback

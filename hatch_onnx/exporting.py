@@ -18,8 +18,9 @@ from hatch_onnx.errors import MissingHeadWeightsError
 from hatch_onnx.models import support_for
 from hatch_onnx.onnx.features import FeaturesManager, isolate_framework, read_model_type
 
-# (feature, checkpoint, framework, cache_dir) -> (model, names of weights the checkpoint lacked)
-ModelLoader = Callable[[str, str, str, Optional[str]], tuple[Any, list[str]]]
+# (feature, checkpoint, framework, cache_dir, dtype) -> (model, names of weights the checkpoint lacked)
+ModelLoader = Callable[[str, str, str, Optional[str], str], tuple[Any, list[str]]]
+DTYPES = ("float32", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,8 @@ class ExportRequest:
     preprocessor: str = "auto"
     allow_new_head: bool = False
     cache_dir: Optional[str] = None
+    # float16: the model is loaded in float16 and the graph exported and validated in it (PyTorch)
+    dtype: str = "float32"
 
 
 def _check_output(output: Path) -> None:
@@ -88,10 +91,15 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
         from hatch_onnx.errors import BadInputError
 
         raise BadInputError(f"atol {request.atol}: must be a positive finite number")
+    if request.dtype not in DTYPES or (request.dtype != "float32" and framework != "pt"):
+        from hatch_onnx.errors import BadInputError
+
+        raise BadInputError(f"dtype {request.dtype}: choose {' or '.join(DTYPES)}" if request.dtype not in DTYPES
+                            else f"{model_dir}: dtype {request.dtype} exports PyTorch checkpoints only")
     isolate_framework(framework)
 
     t0 = time.perf_counter()
-    model, missing = load(request.feature, str(model_dir), framework, request.cache_dir)
+    model, missing = load(request.feature, str(model_dir), framework, request.cache_dir, request.dtype)
     _, constructor = FeaturesManager.check_supported_model_or_raise(model, request.feature)
     onnx_config = constructor(model.config)
     overrides = dict(onnx_config.values_override or {})  # before anything sets them on the model
@@ -111,6 +119,10 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
     if "pad_token_id" in overrides:
         log(f"note: {model_dir} has no pad_token_id: {request.feature!r} uses the eos token ({overrides['pad_token_id']}) as padding")
     atol = request.atol if request.atol is not None else onnx_config.atol_for_validation
+    if request.dtype == "float16" and request.atol is None:
+        from hatch_onnx.onnx.convert import FP16_ATOL
+
+        atol = max(atol, FP16_ATOL)
     target = output if output.suffix == ".onnx" else output / "model.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".hatch-onnx-staging-", dir=target.parent))
@@ -138,6 +150,7 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
         "framework": framework,
         "exporter": request.exporter if framework == "pt" else "tf2onnx",
         "opset": opset,
+        "dtype": request.dtype,
         "atol": atol,
         "files": files,
         "new_head_weights": new_head,

@@ -91,6 +91,7 @@ def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str, digest
     return {
         "files": graph_files,
         "opset": report["opset"],
+        "dtype": report.get("dtype", "float32"),  # reports of entries made before --dtype existed are float32
         "inputs": validation["graph"]["inputs"],
         "outputs": validation["graph"]["outputs"],
         "validation": {

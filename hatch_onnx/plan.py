@@ -36,6 +36,7 @@ class Job:
     variants: tuple[str, ...] = ()  # o1, o2, o3, int8, fp16: each its own cache entry
     min_cosine: tuple[tuple[str, float], ...] = ()  # (variant, floor) for the lossy variants
     fp16_io: bool = False
+    dtype: str = "float32"  # the precision the model is loaded, exported and validated in
 
     @property
     def label(self) -> str:
@@ -52,6 +53,7 @@ class Job:
             "feature": self.feature,
             "framework": self.framework,
             "opset": self.opset,
+            "dtype": self.dtype,
             "exporter": {"name": self.exporter if self.framework == "pt" else "tf2onnx", "allow_new_head": self.allow_new_head},
             "validation": {
                 "atol": self.atol,
@@ -80,7 +82,7 @@ class Job:
         """What a worker runs: the keyword arguments of ``ExportRequest`` (plain JSON data)."""
         return {
             "model": str(self.checkpoint), "feature": self.feature, "framework": self.framework, "opset": self.opset,
-            "atol": self.atol, "exporter": self.exporter, "allow_new_head": self.allow_new_head,
+            "atol": self.atol, "exporter": self.exporter, "allow_new_head": self.allow_new_head, "dtype": self.dtype,
         }
 
     @property
@@ -122,6 +124,15 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
                 support.opset(max(wanted, minimum), exporter)
             except BadInputError as exc:
                 raise ParamsError(f"{source.file}: {key}: {exc}", key=key) from None
+        dtype = model.dtype or params.onnx.dtype
+        variants = tuple(dict.fromkeys(model.variants if model.variants is not None else params.onnx.variants))
+        if dtype != "float32":
+            key = f"onnx.models.{name}.dtype" if model.dtype else "onnx.dtype"
+            if framework != "pt":
+                raise ParamsError(f"{source.file}: {key}: {dtype} exports PyTorch checkpoints only; {name} is TensorFlow", key=key)
+            if variants:  # they are made from, and measured against, float32 graphs
+                raise ParamsError(f"{source.file}: {key}: variants ({', '.join(variants)}) are made from float32 exports, "
+                                  f"not {dtype}: use the fp16 variant, or drop the variants", key=key)
         for index, feature in enumerate(model.features):
             key = f"onnx.models.{name}.features[{index}]"
             try:
@@ -134,9 +145,9 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
                 opset=max(wanted or minimum, minimum),
                 atol=model.atol if model.atol is not None else params.onnx.atol,
                 exporter=model.exporter, allow_new_head=model.allow_new_head,
-                variants=tuple(dict.fromkeys(model.variants if model.variants is not None else params.onnx.variants)),
+                variants=variants,
                 min_cosine=tuple(sorted({**params.onnx.min_cosine, **(model.min_cosine or {})}.items())),
-                fp16_io=model.fp16_io,
+                fp16_io=model.fp16_io, dtype=dtype,
             ))
     return jobs
 

@@ -14,6 +14,7 @@ onnx:
       opset: 18            # optional per-model override
       exporter: torchscript
       allow_new_head: false
+      dtype: float16       # optional: export and validate in float16 (PyTorch); default onnx.dtype, float32
 ```
 This module is the schema alone (pydantic, imported only when a plan is not memoised);
 :mod:`hatch_onnx.params` reads the file, :mod:`hatch_onnx.plan` checks each checkpoint
@@ -41,6 +42,8 @@ class _Strict(BaseModel):
 
 # Optimised and quantised graphs made from each export (see hatch_onnx.variants).
 Variant = Literal["o1", "o2", "o3", "int8", "fp16"]
+# The precision a graph is exported and validated in (PyTorch checkpoints; see hatch_onnx.exporting).
+Dtype = Literal["float32", "float16"]
 # The cosine floors of the lossy variants: {int8: 0.98, fp16: 0.99} unless params.yaml says otherwise.
 MinCosine = dict[Literal["int8", "fp16"], Annotated[float, Field(gt=0, le=1)]]
 
@@ -56,6 +59,7 @@ class ModelParams(_Strict):
     variants: Optional[list[Variant]] = None  # default: onnx.variants
     min_cosine: Optional[MinCosine] = None  # per variant, over onnx.min_cosine
     fp16_io: bool = False  # fp16 variant: float inputs and outputs in fp16 too (default: kept fp32)
+    dtype: Optional[Dtype] = None  # default: onnx.dtype
 
     @field_validator("atol", mode="before")
     @classmethod
@@ -70,6 +74,7 @@ class OnnxParams(_Strict):
     remote: Optional[str] = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://")  # an fsspec URL; $HATCH_ONNX_REMOTE overrides
     variants: list[Variant] = Field(default_factory=list)
     min_cosine: MinCosine = Field(default_factory=dict)
+    dtype: Dtype = "float32"
     models: dict[str, ModelParams] = Field(min_length=1)
 
     _int_is_a_float = field_validator("atol", mode="before")(ModelParams._int_is_a_float.__func__)

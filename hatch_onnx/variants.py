@@ -98,7 +98,7 @@ def make_and_validate(request: Mapping[str, Any], load) -> dict[str, Any]:
     output = Path(request["output"])
     target = output / GRAPH
     t0 = time.perf_counter()
-    model, _ = load(request["feature"], request["model"], request["framework"], None)
+    model, _ = load(request["feature"], request["model"], request["framework"], None, "float32")  # variants start from float32
     _, constructor = FeaturesManager.check_supported_model_or_raise(model, request["feature"])
     config = constructor(model.config)
     inputs = _validation_inputs(config, None)  # the export's validation draw

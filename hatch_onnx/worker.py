@@ -33,14 +33,14 @@ class _LastModel:
         self._loaded: Any = None
         self._config: dict = {}
 
-    def __call__(self, feature: str, model: str, framework: str, cache_dir: Optional[str]) -> tuple[Any, list[str]]:
+    def __call__(self, feature: str, model: str, framework: str, cache_dir: Optional[str], dtype: str = "float32") -> tuple[Any, list[str]]:
         from hatch_onnx.onnx.features import FeaturesManager
 
         model_class = FeaturesManager.get_model_class_for_feature(feature, framework)
-        key = (model, framework, model_class.__name__, cache_dir)
+        key = (model, framework, model_class.__name__, cache_dir, dtype)
         if key != self._key:
             self.forget()
-            self._loaded = FeaturesManager.load_model(feature, model, framework, cache_dir)
+            self._loaded = FeaturesManager.load_model(feature, model, framework, cache_dir, dtype)
             self._key = key
             self._config = dict(self._loaded[0].config.__dict__)
         else:  # exports override config values (use_cache...): give the next job the model as loaded

@@ -388,6 +388,25 @@ def _fold_weight_transposes(graph, tensors: dict[str, torch.Tensor]) -> None:
         graph.node.remove(node)
 
 
+def in_model_precision(inputs: Mapping[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """``inputs`` with floating values (pixels, caches) in the model's precision; ids and masks as they are.
+
+    Tensors stay tensors and arrays stay arrays: the exporter takes the first, validation the second.
+    """
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if dtype == torch.float32:
+        return dict(inputs)
+    out = {}
+    for name, value in inputs.items():
+        if torch.is_tensor(value):
+            out[name] = value.to(dtype) if value.is_floating_point() else value
+        elif getattr(value, "dtype", None) is not None and value.dtype.kind == "f":
+            out[name] = value.astype(torch.empty((), dtype=dtype).numpy().dtype)
+        else:
+            out[name] = value
+    return out
+
+
 def run_reference(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """The reference model's outputs, named as the config's, as numpy arrays."""
     flat = FlatModel(prepare_model(model, config), list(inputs), list(config.outputs))

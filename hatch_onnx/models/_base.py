@@ -257,6 +257,12 @@ class RotaryDecoderOnnxConfig(DecoderOnnxConfig):
         arrays["position_ids"] = positions[:, -arrays["input_ids"].shape[1]:].astype(np.int64)
         return arrays
 
+    def padded_positions(self, inputs: Mapping[str, Any]) -> "Optional[np.ndarray]":
+        import numpy as np
+
+        mask = np.asarray(inputs["attention_mask"])
+        return mask[:, -np.asarray(inputs["input_ids"]).shape[1]:] == 0
+
 
 # --- encoder-decoders ------------------------------------------------------------------------
 

@@ -296,6 +296,14 @@ class OnnxConfig:
     def _dummy_audio(self, preprocessor, rng, batch, seq_length, sampling_rate, time_duration, frequency):
         raise NotImplementedError(f"{type(self).__name__} does not take audio inputs")
 
+    def padded_positions(self, inputs: Mapping[str, Any]) -> "Optional[np.ndarray]":
+        """Which (batch, sequence) positions of ``inputs`` are padding, or None when none can be.
+
+        Validation does not compare outputs at padding: no one reads them, and a padded query
+        attends to nothing, which float16 kernels resolve differently (our extension).
+        """
+        return None
+
     def generate_dummy_inputs_onnxruntime(self, reference_model_inputs: Mapping[str, Any]) -> Mapping[str, Any]:
         """Inputs for onnxruntime from the reference model's inputs (an override point)."""
         return reference_model_inputs

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from hatch_onnx.errors import CheckpointError, FrameworkError, UnsupportedFeatureError, UnsupportedModelTypeError
-from hatch_onnx.models import FEATURE_TO_AUTOMODEL, REGISTRY, feature_to_task
+from hatch_onnx.models import FEATURE_TO_AUTOMODEL, FEATURE_TO_TF_AUTOMODEL, REGISTRY, feature_to_task
 from hatch_onnx.onnx.config import OnnxConfig
 from hatch_onnx.weights import PT_WEIGHTS, TF_WEIGHTS
 
@@ -26,6 +26,17 @@ def _framework_installed(name: str) -> bool:
 
     return find_spec(name) is not None
 
+
+# Attributes that transformers 4.57's TensorFlow classes read but the model type's config lacks,
+# per (model type, task): attribute -> the config attribute whose value it gets. TFXLMForMultipleChoice
+# and TFFlaubertForMultipleChoice build their logits_proj with ``config.initializer_range``, which
+# XLMConfig (and FlaubertConfig, its subclass) never had: they raise AttributeError at build. XLM
+# initialises every other weight, the rest of that head included, with N(0, ``config.init_std``):
+# the same value. It only draws weights a checkpoint lacks; the graph computes the same either way.
+TF_MISSING_CONFIG_ATTRIBUTES: dict[tuple[str, str], dict[str, str]] = {
+    ("xlm", "multiple-choice"): {"initializer_range": "init_std"},
+    ("flaubert", "multiple-choice"): {"initializer_range": "init_std"},
+}
 
 # What each framework's jobs import, and the extra that installs it.
 FRAMEWORK_MODULES = {"pt": ("torch",), "tf": ("tensorflow", "tf_keras", "tf2onnx")}
@@ -90,12 +101,39 @@ def read_model_type(model_dir: Union[str, Path]) -> str:
     if not config_file.is_file():
         raise CheckpointError(f"{config_file}: missing (a checkpoint needs config.json)", config_file)
     try:
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        model_type = config.get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{config_file}: not a readable JSON object ({exc})", config_file) from exc
+    if config.get("auto_map"):
+        # Code shipped with a checkpoint is never run (no trust_remote_code), and transformers'
+        # built-in class is not silently put in place of what the checkpoint says it needs.
+        named = ", ".join(f"{k}: {v}" for k, v in list(config["auto_map"].items())[:2]) if isinstance(config["auto_map"], dict) else config["auto_map"]
+        raise CheckpointError(
+            f"{config_file}: auto_map names custom code ({named}); hatch-onnx never runs a checkpoint's own code "
+            "(trust_remote_code): export a transformers architecture, or drop auto_map if its built-in class is meant",
+            config_file,
+        )
     if not isinstance(model_type, str):
         raise CheckpointError(f"{config_file}: no model_type", config_file)
     return model_type
+
+
+def _tf_config_with_missing_attributes(feature: str, model: str, cache_dir: Optional[str]) -> Any:
+    """The checkpoint's config with :data:`TF_MISSING_CONFIG_ATTRIBUTES` set, or None when none apply."""
+    path = Path(model)
+    if not (path / "config.json").is_file():
+        return None
+    fixes = TF_MISSING_CONFIG_ATTRIBUTES.get((read_model_type(path).replace("_", "-"), feature_to_task(feature)))
+    if not fixes:
+        return None
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model, cache_dir=cache_dir, local_files_only=True)
+    for name, source in fixes.items():
+        if not hasattr(config, name):
+            setattr(config, name, getattr(config, source))
+    return config
 
 
 class _Captured(logging.Handler):
@@ -117,7 +155,7 @@ class FeaturesManager:
     """The legacy façade over the registry."""
 
     _TASKS_TO_AUTOMODELS = {task: name for task, name in FEATURE_TO_AUTOMODEL.items()}
-    _TASKS_TO_TF_AUTOMODELS = {task: f"TF{name}" for task, name in FEATURE_TO_AUTOMODEL.items()}
+    _TASKS_TO_TF_AUTOMODELS = dict(FEATURE_TO_TF_AUTOMODEL)
     _SUPPORTED_MODEL_TYPE = {
         model_type: {feature: support.config_for(feature) for feature in support.features}
         for model_type, support in REGISTRY.items()
@@ -193,9 +231,12 @@ class FeaturesManager:
 
     @staticmethod
     def load_model(
-        feature: str, model: str, framework: Optional[str] = None, cache_dir: Optional[str] = None
+        feature: str, model: str, framework: Optional[str] = None, cache_dir: Optional[str] = None, dtype: str = "float32"
     ) -> tuple[Any, list[str]]:
-        """The model for ``feature`` and the names of weights the checkpoint lacked (a new head)."""
+        """The model for ``feature`` and the names of weights the checkpoint lacked (a new head).
+
+        ``dtype`` (PyTorch): the precision of the model's weights, whatever the checkpoint stores.
+        """
         framework = FeaturesManager.determine_framework(model, framework)
         require_framework(framework)
         model_class = FeaturesManager.get_model_class_for_feature(feature, framework)
@@ -205,6 +246,9 @@ class FeaturesManager:
 
             torch.manual_seed(0)  # a new head is random: make it the same random every time
             kwargs["attn_implementation"] = "eager"
+            # "dtype" since transformers 4.56 (before: torch_dtype); never "auto": the graph's
+            # precision is the build's choice, not the checkpoint file's.
+            kwargs["dtype"] = getattr(torch, dtype)
         else:
             import tensorflow as tf
 
@@ -223,6 +267,8 @@ class FeaturesManager:
         logging.getLogger("transformers").addHandler(report)  # (transformers' remove_handler asserts the opposite)
         hf_logging.disable_progress_bar()
         try:
+            if framework == "tf" and (config := _tf_config_with_missing_attributes(feature, model, cache_dir)) is not None:
+                kwargs["config"] = config
             loaded, info = model_class.from_pretrained(model, **kwargs)
         except Exception as exc:  # a truncated file, weights of other shapes, a broken config: bad input
             # The whole message, on one line: transformers puts the useful part (which tensor,
