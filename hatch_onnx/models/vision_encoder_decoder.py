@@ -46,4 +46,4 @@ class VisionEncoderDecoderOnnxConfig(OnnxConfig):
         }
 
 
-SUPPORT = ModelSupport("vision-encoder-decoder", VisionEncoderDecoderOnnxConfig, features=("vision2seq-lm",))
+SUPPORT = ModelSupport("vision-encoder-decoder", VisionEncoderDecoderOnnxConfig, features=("vision2seq-lm",), tensorflow=True)

@@ -13,7 +13,5 @@ SUPPORT = ModelSupport(
     "xlm",
     XLMOnnxConfig,
     features=CAUSAL_TEXT_ENCODER_FEATURES,
-    # transformers 4.57 maps multiple-choice to TFXLMForMultipleChoice, which cannot be built: its head reads
-    # config.initializer_range, which XLMConfig does not have (AttributeError).
-    tensorflow=("default", "masked-lm", "causal-lm", "sequence-classification", "token-classification", "question-answering"),
+    tensorflow=True,
 )
