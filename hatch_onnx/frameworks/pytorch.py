@@ -13,12 +13,12 @@ import contextlib
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 
 from hatch_onnx.errors import ExportError
-from hatch_onnx.onnx.config import OnnxConfig, PatchingSpec
+from hatch_onnx.onnx.config import OnnxConfig, PatchingSpec, needs_external_data
 
 EXPORTERS = ("torchscript", "dynamo")
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(?:(decoder|encoder)\.)?(key|value)$")
@@ -208,9 +208,12 @@ def export_pytorch(
     output: Path,
     dummy_inputs: Mapping[str, torch.Tensor],
     exporter: str = "torchscript",
-    external_data: bool = False,
+    external_data: Optional[bool] = None,
 ) -> tuple[list[str], list[str]]:
-    """Write ``output`` (and ``output.data`` when external) from ``model``; returns (inputs, outputs)."""
+    """Write ``output`` (and ``output.data`` when external) from ``model``; returns (inputs, outputs).
+
+    ``external_data``: None decides by the bytes of weights written (:func:`needs_external_data`).
+    """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     if exporter == "dynamo":
@@ -234,6 +237,8 @@ def export_pytorch(
             if exporter == "torchscript":
                 _export_torchscript(flat, args, output, input_names, output_names, dynamic_axes, opset, external_data)
             else:
+                if external_data is None:
+                    external_data = needs_external_data(sum(p.numel() * p.element_size() for p in model.parameters()))
                 program = torch.onnx.export(
                     flat, args, input_names=input_names, output_names=output_names,
                     dynamic_shapes=_dynamic_shapes(config, dummy_inputs), opset_version=opset, dynamo=True,
@@ -254,7 +259,7 @@ _ONNX_DTYPES = {
 }
 
 
-def _export_torchscript(flat, args, output: Path, input_names, output_names, dynamic_axes, opset: int, external_data: bool) -> None:
+def _export_torchscript(flat, args, output: Path, input_names, output_names, dynamic_axes, opset: int, external_data: Optional[bool]) -> None:
     """TorchScript export of the graph alone, then the weights written once, by us.
 
     Where the time goes: with ``export_params=True`` torch serialises every weight inside its C++
@@ -287,6 +292,8 @@ def _export_torchscript(flat, args, output: Path, input_names, output_names, dyn
     kept = [value for value in graph.input if value.name in input_names]
     del graph.input[:]
     graph.input.extend(kept)
+    if external_data is None:  # what is written: a weight two names share (tied embeddings) may count twice
+        external_data = needs_external_data(sum(t.numel() * t.element_size() for t in tensors.values()))
     write_model(model, tensors, output, external_data)
 
 
@@ -382,7 +389,8 @@ def _fold_weight_transposes(graph, tensors: dict[str, torch.Tensor]) -> None:
             continue
         perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
         tensor = tensors.pop(source)
-        tensors[node.output[0]] = tensor.permute(*(perm if perm is not None else reversed(range(tensor.dim())))).contiguous()
+        # a view: the writer copies it contiguous when it writes it, one weight at a time
+        tensors[node.output[0]] = tensor.permute(*(perm if perm is not None else reversed(range(tensor.dim()))))
         folded.append(node)
     for node in folded:
         graph.node.remove(node)

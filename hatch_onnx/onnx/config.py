@@ -24,9 +24,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import PretrainedConfig
 
 DEFAULT_ONNX_OPSET = 14
-# Graphs whose parameters exceed this many bytes are written with external data (protobuf's
-# 2 GiB limit). Tests lower it to exercise the path on a tiny model.
+# Protobuf's limit on one serialised graph: 2 GiB. Graphs with weights of half as many bytes or
+# more are written with external data (``model.onnx.data``): the tools that rewrite a graph
+# (onnxruntime's optimizer fuses and copies weights) must stay under the limit too. Tests lower
+# it to exercise the path on a tiny model.
 EXTERNAL_DATA_FORMAT_SIZE_LIMIT = 2 * 1024 * 1024 * 1024
+
+
+def needs_external_data(weight_bytes: int) -> bool:
+    """Whether a graph with ``weight_bytes`` of weights is written with external data."""
+    from hatch_onnx.onnx import config as this_module  # read at call time: tests lower it
+
+    return weight_bytes >= this_module.EXTERNAL_DATA_FORMAT_SIZE_LIMIT // 2
 
 
 class Framework(str, enum.Enum):
@@ -160,10 +169,8 @@ class OnnxConfig:
 
     @staticmethod
     def use_external_data_format(num_parameters: int) -> bool:
-        """True when float32 parameters would exceed protobuf's limit."""
-        from hatch_onnx.onnx import config as this_module  # read at call time: tests lower it
-
-        return num_parameters * 4 >= this_module.EXTERNAL_DATA_FORMAT_SIZE_LIMIT
+        """True when as many float32 parameters take external data (see :func:`needs_external_data`)."""
+        return needs_external_data(num_parameters * 4)
 
     # --- dummy inputs -------------------------------------------------------------------------
 

@@ -72,8 +72,7 @@ def export(
 
     dummy = pytorch.in_model_precision(config.generate_dummy_inputs(preprocessor, framework="pt"), model)
     _check_input_names(config, list(dummy), "the dummy inputs")
-    external = config.use_external_data_format(pytorch.num_parameters(model))
-    return pytorch.export_pytorch(model, config, opset, output, dummy, exporter=exporter, external_data=external)
+    return pytorch.export_pytorch(model, config, opset, output, dummy, exporter=exporter)
 
 
 def _check_input_names(config: OnnxConfig, names: list[str], what: str) -> None:
@@ -142,6 +141,9 @@ def validate_model_outputs(
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    # Validation runs each graph once: no packed second copy of every MatMul weight (which would
+    # put a real-size model's peak memory at three times its weights and more).
+    options.add_session_config_entry("session.disable_prepacking", "1")
     try:
         session = onnxruntime.InferenceSession(str(onnx_model), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own types; the graph itself is at fault
