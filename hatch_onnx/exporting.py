@@ -116,7 +116,9 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
             raise MissingHeadWeightsError(message + "; pass --allow-new-head to export a new head anyway", new_head)
         log(f"WARNING: {message}; exporting a randomly initialised head (--allow-new-head)")
 
-    if "pad_token_id" in overrides:
+    if overrides.get("pad_token_id", 0) < 0:
+        log(f"note: {model_dir} has no pad_token_id nor eos_token_id: {request.feature!r} scores every row's last token")
+    elif "pad_token_id" in overrides:
         log(f"note: {model_dir} has no pad_token_id: {request.feature!r} uses the eos token ({overrides['pad_token_id']}) as padding")
     atol = request.atol if request.atol is not None else onnx_config.atol_for_validation
     if request.dtype == "float16" and request.atol is None:

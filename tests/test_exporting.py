@@ -82,3 +82,31 @@ def test_decoder_classification_without_a_pad_token_uses_eos_and_says_so(model_t
     assert report["config_overrides"]["pad_token_id"] == eos
     assert any("no pad_token_id" in line and f"({eos})" in line for line in logged)
     assert report["validation"]["inputs"]["input_ids"][0] > 1  # validated at batch > 1
+
+
+@pytest.mark.slow
+def test_decoder_classification_without_pad_nor_eos_scores_each_rows_last_token(tmp_path):
+    """A bare Qwen2Config has neither: each row's last token is scored, as the model does for one sequence."""
+    import numpy as np
+    import onnxruntime
+    import torch
+    import transformers
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint("qwen2"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        config.pop(key, None)
+    (folder / "config.json").write_text(json.dumps(config))
+    logged = []
+    report = export_checkpoint(ExportRequest(model=folder, feature="sequence-classification", allow_new_head=True),
+                               tmp_path / "out", log=logged.append)
+    assert report["config_overrides"]["pad_token_id"] == -1 and any("scores every row's last token" in line for line in logged)
+    session = onnxruntime.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.random.default_rng(0).integers(0, config["vocab_size"], size=(3, 6), dtype=np.int64)
+    logits = session.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    torch.manual_seed(0)  # the same new head as the export's
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():  # one sequence at a time: what the model does without a pad token
+        expected = np.concatenate([model(input_ids=torch.from_numpy(row[None])).logits.numpy() for row in ids])
+    np.testing.assert_allclose(logits, expected, atol=1e-4)

@@ -185,8 +185,12 @@ class DecoderOnnxConfig(OnnxConfigWithPast):
     Their sequence-classification head scores the last token that is not padding, and refuses
     batches of more than one without a ``pad_token_id``, which real checkpoints (GPT-2's) lack.
     Then the eos token stands for padding, as transformers' own pipelines set it: the graph
-    behaves as the model does with ``pad_token_id = eos_token_id`` (the report says so).
+    behaves as the model does with ``pad_token_id = eos_token_id`` (the report says so). A
+    config without an eos token either (a bare Qwen2Config) gets :data:`NO_PAD_TOKEN`, an id no
+    token has: every row scores its last token, which is what the model does for one sequence.
     """
+
+    NO_PAD_TOKEN = -1
 
     @property
     def values_override(self) -> Optional[Mapping[str, Any]]:
@@ -194,7 +198,8 @@ class DecoderOnnxConfig(OnnxConfigWithPast):
         config = self._config
         if self.task == "sequence-classification" and getattr(config, "pad_token_id", None) is None:
             eos = getattr(config, "eos_token_id", None)
-            values["pad_token_id"] = eos[0] if isinstance(eos, (list, tuple)) else eos
+            eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+            values["pad_token_id"] = eos if isinstance(eos, int) else self.NO_PAD_TOKEN
         return values or None
 
     @property
