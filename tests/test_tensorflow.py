@@ -49,6 +49,11 @@ PARITY = {
     "segformer": "semantic-segmentation", "swin": "image-classification", "clip": "default", "groupvit": "default",
     "layoutlmv3": "token-classification", "longformer": "masked-lm",
 }
+# TF classes transformers 4.57 has that the registry does not declare (yet), with the reason.
+NOT_YET_TF = {
+    ("mistral", task): "TFMistral* exists in transformers 4.57; mistral came in for PyTorch (988e9a5), no TF fixture yet"
+    for task in ("default", "causal-lm", "sequence-classification")
+}
 # TF fixtures with other weights than their PyTorch twin (fixtures/generate_tf.py, NARROWER): no parity.
 NO_PARITY = {"vision-encoder-decoder": "vision2seq-lm"}
 # The graph interfaces the PyTorch matrix pins (tests/test_export_matrix.py): a TF export has the same.
@@ -420,7 +425,7 @@ def test_tf_task_table_matches_transformers(tf_runs):
         declared = {m for m in REGISTRY if any(feature_to_task(f) == task for f in tf_features(m))}
         # (a TF class for a task the legacy list does not offer, as DeiT's masked-im, is no feature)
         offered = {m for m in REGISTRY if any(feature_to_task(f) == task for f in REGISTRY[m].features)}
-        assert set(model_types) & offered == declared, task
+        assert set(model_types) & offered == declared | {m for m, t in NOT_YET_TF if t == task}, task
     used = {feature_to_task(f) for m in REGISTRY for f in tf_features(m)}
     assert all(ok for task, ok in table["auto_classes"].items() if task in used), table["auto_classes"]
     # the loader's workaround is still needed: without it these classes cannot be built
