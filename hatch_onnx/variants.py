@@ -90,7 +90,7 @@ def make_and_validate(request: Mapping[str, Any], load) -> dict[str, Any]:
     import onnxruntime
 
     from hatch_onnx.errors import AtolError, ExportError
-    from hatch_onnx.onnx.convert import _describe, _validation_inputs
+    from hatch_onnx.onnx.convert import _describe, _validation_inputs, compared_values
     from hatch_onnx.onnx.features import FeaturesManager
 
     timings: dict[str, float] = {}
@@ -133,6 +133,7 @@ def make_and_validate(request: Mapping[str, Any], load) -> dict[str, Any]:
         ref, got = np.asarray(reference[name], dtype=np.float64), np.asarray(results[name], dtype=np.float64)
         if ref.shape != got.shape:
             raise AtolError(f"variant {variant}: output {name!r} has shape {list(got.shape)}, the model {list(ref.shape)}", output=name)
+        ref, got = compared_values(config, inputs, name, ref, got)
         diff = float(np.max(np.abs(ref - got))) if ref.size else 0.0
         cosine = _cosine(ref, got)
         figures[name] = {"max_abs_diff": diff, "cosine": cosine}

@@ -92,6 +92,17 @@ def test_a_variant_that_fails_fails_the_build_with_its_figures(tmp_path):
     assert statuses(build(project(tmp_path), "--out", str(tmp_path / "out")))["bert:default.o2"] == "hit"
 
 
+def test_variants_of_a_decoder_with_padding(tmp_path):
+    """A decoder's validation pads a row on the left: its padded positions, which attend to nothing
+    and come out of float16 kernels differently, are left out as in the export's validation."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"onnx": {"variants": ["o2", "int8", "fp16"], "models": {
+        "llama": {"checkpoint": str(checkpoint("llama")), "features": ["causal-lm"]}}}}))
+    result = build(path, "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert statuses(result) == {"llama:causal-lm": "exported", **{f"llama:causal-lm.{v}": "exported" for v in ("o2", "int8", "fp16")}}
+
+
 def test_settings_enter_the_key():
     assert settings("int8", "bert", {}, False, None) == {"min_cosine": 0.98}
     assert settings("int8", "bert", {"int8": 0.9}, False, None) == {"min_cosine": 0.9}

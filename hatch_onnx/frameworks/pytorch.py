@@ -424,10 +424,6 @@ def run_reference(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[st
     return {name: value.detach().cpu().numpy() for name, value in zip(config.outputs, outputs)}
 
 
-def num_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def weights_reaching_outputs(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[str, Any], names: Sequence[str]) -> list[str]:
     """Which of the parameters ``names`` influence the exported outputs (by one backward pass).
 

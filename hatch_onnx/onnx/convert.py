@@ -164,14 +164,12 @@ def validate_model_outputs(
         raise ShapeError(f"the graph rejects inputs of shapes {shapes}: {str(exc).splitlines()[0]}", value=shapes) from exc
 
     report_outputs: dict[str, Any] = {}
-    padded = config.padded_positions(inputs)
     for name in expected:
         ref, got = np.asarray(reference[name]), np.asarray(results[name])
         if ref.shape != got.shape:
             raise ShapeError(f"output {name!r}: shape {list(got.shape)} from ONNX, {list(ref.shape)} from the reference model", output=name, value=(got.shape, ref.shape))
         shape = list(ref.shape)
-        if padded is not None and padded.any() and config.outputs[name].get(1) == "sequence" and ref.shape[:2] == padded.shape:
-            ref, got = ref[~padded], got[~padded]  # (positions, ...): the real tokens only
+        ref, got = compared_values(config, inputs, name, ref, got)
         rtol = FP16_RTOL if ref.dtype == np.float16 else 0.0
         if ref.dtype == bool or np.issubdtype(ref.dtype, np.integer):
             diff = excess = float(np.max(ref != got)) if ref.size else 0.0  # integers: exact
@@ -199,6 +197,18 @@ def validate_model_outputs(
         "inputs": {name: list(np.asarray(value).shape) for name, value in feed.items()},
         "outputs": report_outputs,
     }
+
+
+def compared_values(config: OnnxConfig, inputs: Mapping[str, Any], name: str, reference: Any, result: Any) -> tuple[Any, Any]:
+    """Output ``name`` of the reference and of the graph, at the positions validation compares.
+
+    Every position but the padded query positions of outputs over ``(batch, sequence)``
+    (:meth:`OnnxConfig.padded_positions`), which are then flattened to ``(positions, ...)``.
+    """
+    padded = config.padded_positions(inputs)
+    if padded is None or not padded.any() or config.outputs[name].get(1) != "sequence" or reference.shape[:2] != padded.shape:
+        return reference, result
+    return reference[~padded], result[~padded]
 
 
 def _describe(node: Any) -> dict[str, Any]:
