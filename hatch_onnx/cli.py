@@ -36,9 +36,11 @@ def _export_parser(sub) -> None:
 
 def _dtype(value: str) -> str:
     """float32 or float16; Optimum's fp32 and fp16 name the same."""
+    from hatch_onnx.exporting import DTYPES
+
     named = {"fp32": "float32", "fp16": "float16"}.get(value, value)
-    if named not in ("float32", "float16"):
-        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose float32 or float16)")
+    if named not in DTYPES:
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose {' or '.join(DTYPES)})")
     return named
 
 
