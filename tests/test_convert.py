@@ -43,6 +43,21 @@ def test_byte_reproducible_across_processes_and_directories(tmp_path):
     assert digests[0] == digests[1]
 
 
+@pytest.mark.parametrize("model_type, feature", [("llama", "causal-lm-with-past"), ("t5", "seq2seq-lm-with-past"), ("deberta-v2", "question-answering"), ("detr", "object-detection")])
+def test_shape_inference_without_weight_values_writes_the_same_bytes(model_type, feature, tmp_path, monkeypatch):
+    """The exporter's shape inference, given only small constants, infers the same graph (and saves memory)."""
+    from hatch_onnx.frameworks import pytorch
+
+    model, config = load(model_type, feature)
+    export(None, model, config, 14, tmp_path / "lean.onnx")
+    calls = []
+    real = pytorch._shape_inference_without_weight_values
+    monkeypatch.setattr(pytorch, "_shape_inference_without_weight_values", lambda original: calls.append(1) or original)
+    export(None, model, config, 14, tmp_path / "full.onnx")
+    monkeypatch.setattr(pytorch, "_shape_inference_without_weight_values", real)
+    assert calls and sha256(tmp_path / "lean.onnx") == sha256(tmp_path / "full.onnx")
+
+
 def test_external_data_when_over_the_limit(tmp_path, monkeypatch):
     from hatch_onnx.onnx import config as config_module
 
