@@ -166,6 +166,9 @@ def transformers_patches() -> list[PatchingSpec]:
     return specs
 
 
+_SMALL_CONSTANT = 1024  # elements: larger floating tensors are weights, never shapes
+
+
 def _shape_inference_without_weight_values(shape_inference):
     """torch's ONNX shape inference, given only the small constants of the model.
 
@@ -182,9 +185,6 @@ def _shape_inference_without_weight_values(shape_inference):
         return shape_inference(graph, kept, opset)
 
     return infer
-
-
-_SMALL_CONSTANT = 1024  # elements: larger floating tensors are weights, never shapes
 
 
 def torch_patches() -> list[PatchingSpec]:
