@@ -24,7 +24,7 @@ __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from hatch_onnx.errors import HatchOnnxError, UnsupportedFeatureError, ValidationError
-    from hatch_onnx.onnx.config import OnnxConfig, OnnxConfigWithPast, OnnxSeq2SeqConfigWithPast, PatchingSpec
+    from hatch_onnx.config import OnnxConfig, OnnxConfigWithPast, OnnxSeq2SeqConfigWithPast, PatchingSpec
     from hatch_onnx.onnx.convert import export, validate_model_outputs
     from hatch_onnx.onnx.features import FeaturesManager
 

@@ -1,6 +1,8 @@
 """Atomic writes: a reader sees the old file or folder or the new one, never half of either.
 
-Both helpers follow dvc-objects' ``as_atomic``: the new content is written under a temporary
+The one place temporary and staging paths are made (:func:`staging_folder`, :func:`as_atomic`,
+:func:`as_atomic_folder`); the cache's staging and an export's OUTPUT use them too. They follow
+dvc-objects' ``as_atomic``: the new content is written under a temporary
 name in the target's own folder (so the final rename stays on one file system and is atomic),
 unique per process and thread (so concurrent writers never share one), and removed on any
 exception.
@@ -12,6 +14,8 @@ import contextlib
 import json
 import os
 import shutil
+import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +28,43 @@ def _temporary_name(path: Path, role: str) -> Path:
     return path.with_name(f".{path.name}.hatch-onnx-{role}-{os.getpid()}-{threading.get_ident()}")
 
 
+def remove_tree(path: Path) -> None:
+    """``shutil.rmtree`` that also removes read-only files (cache entries are; Windows refuses them)."""
+
+    def retry_writable(function: Any, failed: str, _error: Any) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(failed, 0o700)
+            function(failed)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry_writable)
+    else:
+        shutil.rmtree(path, onerror=retry_writable)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+@contextlib.contextmanager
+def staging_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
+    """A new, uniquely named folder in ``parent`` (same file system: renames out of it are atomic).
+
+    Removed on exit with whatever is left in it: a caller moves out what it keeps. ``prefix``
+    makes what a killed process left recognisable (hidden, ``.``, where a user's folder holds it).
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield folder
+    finally:
+        if folder.exists():
+            remove_tree(folder)
 
 
 @contextlib.contextmanager

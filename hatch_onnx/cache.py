@@ -35,9 +35,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -50,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 import xxhash
 
+from hatch_onnx.atomic import remove_tree, staging_folder
 from hatch_onnx.errors import BadInputError, CorruptCacheEntryError
 from hatch_onnx.fingerprint import file_digest
 
@@ -243,15 +241,10 @@ class CacheStore:
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
         """A fresh folder under ``tmp/`` to write an entry into; removed unless :meth:`put` took it."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         # Same file system as the entries, so put's rename is atomic; pid in the name lets
         # gc tell a live builder's folder from a crashed one's.
-        folder = Path(tempfile.mkdtemp(prefix=f"stage-{os.getpid()}-", dir=self.tmp_dir))
-        try:
+        with staging_folder(self.tmp_dir, f"stage-{os.getpid()}-") as folder:
             yield folder
-        finally:
-            if folder.exists():
-                _rmtree(folder)
 
     def put(
         self, key: str, staging_dir: Path, inputs: Mapping[str, Any], timings: Mapping[str, float]
@@ -291,7 +284,7 @@ class CacheStore:
         (staging_dir / ENTRY_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for file in staging_dir.iterdir():
             file.chmod(0o444)  # an entry is immutable; a stray write fails loudly instead of corrupting it
-        staging_dir.chmod(0o755)  # mkdtemp makes it 0o700; other users of a shared cache must read it
+        staging_dir.chmod(0o755)  # staging folders are made 0o700; other users of a shared cache must read it
 
         destination.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
@@ -305,7 +298,7 @@ class CacheStore:
                     raise
             existing = self.lookup(key)  # removes the existing entry if it is bad
             if existing is not None:
-                _rmtree(staging_dir)
+                remove_tree(staging_dir)
                 return existing
         raise CorruptCacheEntryError(f"cache entry {key}: could not be put in place", key=key)
 
@@ -436,7 +429,7 @@ class CacheStore:
             os.rename(folder, trash)
         except FileNotFoundError:
             return  # someone else removed it first
-        _rmtree(trash)
+        remove_tree(trash)
 
     def clean_orphans(self) -> None:
         """Remove what killed builds of this machine left in ``tmp/`` (their process is gone)."""
@@ -453,7 +446,7 @@ class CacheStore:
                 if any_age and not re.fullmatch(r"(?:stage|trash)-\d+-.*", folder.name):
                     continue  # no owner to ask: left for gc's age rule
                 if folder.is_dir() and not folder.is_symlink():
-                    _rmtree(folder)
+                    remove_tree(folder)
                 else:
                     folder.unlink()
 
@@ -473,17 +466,3 @@ def _owner_alive(name: str) -> bool:
     except (ProcessLookupError, OverflowError):
         return False
     return True
-
-
-def _rmtree(path: Path) -> None:
-    """``shutil.rmtree`` that also removes read-only files (Windows refuses them otherwise)."""
-
-    def retry_writable(function: Any, failed: str, _error: Any) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(failed, 0o700)
-            function(failed)
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry_writable)
-    else:
-        shutil.rmtree(path, onerror=retry_writable)

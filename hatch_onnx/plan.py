@@ -44,8 +44,8 @@ class Job:
 
     def key_inputs(self, checkpoint_fingerprint: str, versions: Versions) -> dict:
         """Everything that determines the exported bytes and the validation verdict."""
-        from hatch_onnx.onnx.config import OnnxConfig
-        from hatch_onnx.onnx.convert import VALIDATION_BATCH_DELTA, VALIDATION_PAST_DELTA, VALIDATION_SEQUENCE_DELTA
+        from hatch_onnx.config import OnnxConfig
+        from hatch_onnx.validation import VALIDATION_BATCH_DELTA, VALIDATION_PAST_DELTA, VALIDATION_SEQUENCE_DELTA
 
         return {
             "checkpoint": checkpoint_fingerprint,
@@ -155,7 +155,7 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
 def _resolve_model(source: "ParamsSource", name: str, model: "ModelParams"):
     """(checkpoint, registry entry, framework) of one model; errors name its key."""
     from hatch_onnx.models import support_for
-    from hatch_onnx.onnx.features import FeaturesManager, read_model_type
+    from hatch_onnx.checkpoints import determine_framework, read_model_type
 
     prefix = f"onnx.models.{name}"
     checkpoint = source.checkpoint(model)
@@ -164,7 +164,7 @@ def _resolve_model(source: "ParamsSource", name: str, model: "ModelParams"):
     except BadInputError as exc:  # the folder, its config.json or its model type
         raise ParamsError(f"{source.file}: {prefix}.checkpoint: {exc}", key=f"{prefix}.checkpoint") from None
     try:
-        framework = FeaturesManager.determine_framework(str(checkpoint), None if model.framework == "auto" else model.framework)
+        framework = determine_framework(str(checkpoint), None if model.framework == "auto" else model.framework)
     except BadInputError as exc:  # asked for weights the checkpoint does not have
         raise ParamsError(f"{source.file}: {prefix}.framework: {exc}", key=f"{prefix}.framework") from None
     return checkpoint, support, framework

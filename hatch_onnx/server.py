@@ -154,9 +154,9 @@ def serve(framework: str, address: Path, idle_seconds: float) -> int:
 
 def _warm_up(framework: str) -> None:
     """Import what every export imports, before the first request arrives."""
-    from hatch_onnx.onnx.features import FeaturesManager
+    from hatch_onnx.loading import model_class_for_feature
 
-    FeaturesManager.get_model_class_for_feature("default", framework)
+    model_class_for_feature("default", framework)
     if framework == "pt":
         import hatch_onnx.frameworks.pytorch  # noqa: F401 - torch.onnx
     import onnxruntime  # noqa: F401

@@ -88,7 +88,26 @@ def job_versions(versions: Versions, framework: str, exporter: str) -> dict[str,
     return {name: versions.get(name) for name in wanted}
 
 
+def transformers_major(version: Optional[str] = None) -> Optional[int]:
+    """The major version of ``version``, or of this interpreter's transformers; None when absent.
+
+    The one place the transformers line is read: 4 (4.57, the last line with TensorFlow) or 5.
+    """
+    if version is None:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        try:
+            version = installed("transformers")
+        except PackageNotFoundError:
+            return None
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        return None
+
+
 def runs_tensorflow(versions: Versions) -> bool:
     """Whether an interpreter with these versions can run TensorFlow jobs (transformers 5 dropped TF)."""
-    transformers = versions.get("transformers")
-    return bool(versions.get("tensorflow")) and bool(transformers) and int(transformers.split(".")[0]) < 5
+    major = transformers_major(versions.get("transformers") or "")
+    return bool(versions.get("tensorflow")) and major is not None and major < 5

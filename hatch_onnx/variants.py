@@ -12,10 +12,12 @@ fp16    o2 converted to float16, inputs and outputs kept float32 unless ``fp16_i
 ======  =====================================================================================
 
 Each is validated on the export's validation inputs (the same seeded draw, at shapes other than
-the export's) against the PyTorch or TensorFlow model: o1-o3 at the export's ``atol``; int8 and
-fp16 by the cosine similarity of each output (floors: 0.98 and 0.99 unless ``min_cosine`` says
-otherwise), with the max abs diff reported beside it. A variant that fails raises
-:class:`~hatch_onnx.errors.AtolError` with the figures.
+the export's) against the PyTorch or TensorFlow model, by the validator every graph goes
+through (:mod:`hatch_onnx.validation`): o1-o3 at the export's ``atol``; int8 and fp16 by the
+cosine similarity of each output (floors: 0.98 and 0.99 unless ``min_cosine`` says otherwise),
+with the max abs diff reported beside it. A variant that fails raises
+:class:`~hatch_onnx.errors.AtolError` (values) or :class:`~hatch_onnx.errors.ShapeError`
+(shapes) with the figures; one onnxruntime will not load is an :class:`~hatch_onnx.errors.ExportError`.
 
 Light at import: onnxruntime is imported by the functions that use it (the plan reads
 :func:`settings` in the light core).
@@ -26,7 +28,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hatch_onnx.loading import ModelLoader
 
 VARIANTS = ("o1", "o2", "o3", "int8", "fp16")
 LOSSY = {"int8": 0.98, "fp16": 0.99}  # default cosine floors
@@ -84,29 +89,24 @@ def make(variant: str, source: Path, target: Path, settings: Mapping[str, Any]) 
     model.save_model_to_file(str(target))
 
 
-def make_and_validate(request: Mapping[str, Any], load) -> dict[str, Any]:
-    """The worker's side of a variant job: make it from ``request["source"]``, validate, report."""
-    import numpy as np
-    import onnxruntime
+def make_and_validate(request: Mapping[str, Any], load: "ModelLoader") -> dict[str, Any]:
+    """The worker's side of a variant job: make it from ``request["source"]``, validate, report.
 
-    from hatch_onnx.errors import AtolError, ExportError
-    from hatch_onnx.onnx.convert import _describe, _validation_inputs, compared_values
-    from hatch_onnx.onnx.features import FeaturesManager
+    The reference is the float32 model on the export's validation draw; the comparison is the
+    one every graph gets (:func:`hatch_onnx.validation.validate_graph`), at the variant's
+    :class:`~hatch_onnx.validation.Tolerance`.
+    """
+    from hatch_onnx.errors import ExportError
+    from hatch_onnx.models import support_for
+    from hatch_onnx.validation import Tolerance, reference_outputs, validate_graph, validation_inputs
 
     timings: dict[str, float] = {}
     variant, chosen = request["variant"], request["settings"]
-    output = Path(request["output"])
-    target = output / GRAPH
+    target = Path(request["output"]) / GRAPH
     t0 = time.perf_counter()
     model, _ = load(request["feature"], request["model"], request["framework"], None, "float32")  # variants start from float32
-    _, constructor = FeaturesManager.check_supported_model_or_raise(model, request["feature"])
-    config = constructor(model.config)
-    inputs = _validation_inputs(config, None)  # the export's validation draw
-    if request["framework"] == "tf":
-        from hatch_onnx.frameworks.tensorflow import run_reference
-    else:
-        from hatch_onnx.frameworks.pytorch import run_reference
-    reference = run_reference(model, config, inputs)
+    config = support_for(model.config.model_type).config_for(request["feature"])(model.config)
+    inputs, reference = reference_outputs(model, config, validation_inputs(config))  # the export's validation draw
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -117,57 +117,17 @@ def make_and_validate(request: Mapping[str, Any], load) -> dict[str, Any]:
     timings["make"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
-    wanted = {node.name: node.type for node in session.get_inputs()}
-    feed = {}
-    for name, value in config.generate_dummy_inputs_onnxruntime(inputs).items():
-        value = np.asarray(value)
-        feed[name] = value.astype(np.float16) if wanted.get(name) == "tensor(float16)" else value
-    names = [node.name for node in session.get_outputs()]
-    results = dict(zip(names, session.run(names, feed)))
-    atol = chosen.get("atol") if chosen.get("atol") is not None else config.atol_for_validation
-    figures: dict[str, Any] = {}
-    for name in config.outputs:
-        ref, got = np.asarray(reference[name], dtype=np.float64), np.asarray(results[name], dtype=np.float64)
-        if ref.shape != got.shape:
-            raise AtolError(f"variant {variant}: output {name!r} has shape {list(got.shape)}, the model {list(ref.shape)}", output=name)
-        ref, got = compared_values(config, inputs, name, ref, got)
-        diff = float(np.max(np.abs(ref - got))) if ref.size else 0.0
-        cosine = _cosine(ref, got)
-        figures[name] = {"max_abs_diff": diff, "cosine": cosine}
-        if "min_cosine" in chosen:
-            figures[name]["min_cosine"] = chosen["min_cosine"]
-            if not cosine >= chosen["min_cosine"]:
-                raise AtolError(f"variant {variant}: output {name!r}: cosine {cosine:.4f} below {chosen['min_cosine']:g} "
-                                f"(max abs diff {diff:.3g})", output=name, value=cosine)
-        else:
-            figures[name]["atol"] = atol
-            if not diff <= atol:
-                raise AtolError(f"variant {variant}: output {name!r}: max abs diff {diff:.3g} exceeds atol {atol:g} "
-                                f"(cosine {cosine:.6f})", output=name, value=diff)
+    if "min_cosine" in chosen:
+        tolerance = Tolerance(min_cosine=chosen["min_cosine"])
+    else:
+        tolerance = Tolerance(atol=chosen.get("atol") if chosen.get("atol") is not None else config.atol_for_validation)
+    validation = validate_graph(target, config, inputs, reference, tolerance, label=f"variant {variant}")
     timings["validate"] = time.perf_counter() - t0
     return {
         "variant": variant,
         "settings": dict(chosen),
         "size": target.stat().st_size,
         "source_size": Path(request["source"]).stat().st_size,
-        "validation": {
-            "outputs": figures,
-            "inputs": {name: list(value.shape) for name, value in feed.items()},
-            "graph": {"inputs": [_describe(node) for node in session.get_inputs()],
-                      "outputs": [_describe(node) for node in session.get_outputs()]},
-        },
+        "validation": validation,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-
-
-def _cosine(a, b) -> float:
-    import numpy as np
-
-    a, b = a.ravel(), b.ravel()
-    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-    if norms == 0.0:
-        return 1.0 if not a.any() and not b.any() else 0.0
-    return float(np.dot(a, b) / norms)

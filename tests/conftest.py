@@ -38,7 +38,7 @@ def e2e_env(tmp_path_factory) -> dict:
 
 def pytest_collection_modifyitems(config, items):
     """On transformers 5 (no TensorFlow classes) the ``tf`` tests cannot run: CI runs them on the 4.57 line."""
-    from hatch_onnx.onnx.features import transformers_has_tensorflow
+    from hatch_onnx.checkpoints import transformers_has_tensorflow
 
     if transformers_has_tensorflow():
         return

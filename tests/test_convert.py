@@ -59,9 +59,9 @@ def test_shape_inference_without_weight_values_writes_the_same_bytes(model_type,
 
 
 def test_external_data_when_over_the_limit(tmp_path, monkeypatch):
-    from hatch_onnx.onnx import config as config_module
+    from hatch_onnx import config as config_module
 
-    monkeypatch.setattr(config_module, "EXTERNAL_DATA_FORMAT_SIZE_LIMIT", 1024)
+    monkeypatch.setattr(config_module, "EXTERNAL_DATA_THRESHOLD", 512)
     model, config = load("bert", "masked-lm")
     target = tmp_path / "model.onnx"
     _, outputs = export(None, model, config, 14, target)

@@ -49,7 +49,8 @@ def test_a_wrong_float16_graph_fails_validation(tmp_path):
     import torch
 
     from hatch_onnx.errors import AtolError
-    from hatch_onnx.onnx.convert import FP16_ATOL, validate_model_outputs
+    from hatch_onnx.onnx.convert import validate_model_outputs
+    from hatch_onnx.validation import FP16_ATOL
     from hatch_onnx.onnx.features import FeaturesManager
 
     export_checkpoint(ExportRequest(model=checkpoint("llama"), feature="causal-lm", dtype="float16"), tmp_path, log=lambda line: None)

@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hatch_onnx"
 
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("",),  # the top-level API: lazy names from everywhere below
-    ("__main__", "onnx", "hatch", "frameworks"),  # package façades
+    ("__main__", "onnx", "hatch"),  # package façades
+    ("onnx.convert", "onnx.features", "onnx.config"),  # the transformers.onnx API, a thin layer over all below
     ("cli", "hatch.hooks"),
     ("hatch.plugin", "scaffold"),
     ("hatch.folder", "hatch.interpreter"),
@@ -32,11 +33,15 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("pool",),
     ("worker",),
     ("exporting", "variants"),
-    ("onnx.convert",),
+    ("validation",),  # the one validator: every graph the project ships
+    ("loading",),  # models and preprocessors from local checkpoints
+    ("frameworks",),  # backend(name): the one place a framework is chosen
     ("frameworks.pytorch", "frameworks.tensorflow"),
-    ("onnx.features",),
+    ("graph_passes",),  # framework-free ONNX graph passes
+    ("frameworks.env",),  # the environment that isolates one framework
+    ("checkpoints",),  # what a checkpoint is, read without loading it
     ("models",),  # the registry and every architecture module (which may build on each other)
-    ("onnx.config",),
+    ("config",),  # the OnnxConfig contract
     ("toolchain", "runtime", "atomic", "weights", "_lazy"),
     ("errors", "__about__"),
 )
@@ -120,8 +125,35 @@ def test_every_import_goes_down_a_floor():
     assert not upward, "\n".join(upward)
 
 
+def _package(module: str) -> str:
+    """The top-level package or module a module belongs to (``frameworks.pytorch`` -> ``frameworks``)."""
+    return module.split(".")[0]
+
+
+def test_no_circle_between_packages():
+    """Collapsed to top-level packages and modules, the import graph is still acyclic."""
+    packages: dict[str, set[str]] = {}
+    for module, targets in _graph().items():
+        packages.setdefault(_package(module), set()).update(_package(t) for t in targets if _package(t) != _package(module))
+    state: dict[str, int] = {}
+
+    def visit(package: str, path: list[str]) -> None:
+        state[package] = 1
+        for target in sorted(packages.get(package, ())):
+            if state.get(target) == 1:
+                raise AssertionError("package circle: " + " -> ".join(path[path.index(target):] + [package, target]))
+            if target not in state:
+                visit(target, path + [package])
+        state[package] = 2
+
+    for package in sorted(packages):
+        if package not in state:
+            visit(package, [])
+
+
 def test_the_checker_sees_imports_inside_functions():
     graph = _graph()
     assert "exporting" in graph["worker"]  # imported inside serve()
-    assert "frameworks.pytorch" in graph["onnx.convert"]  # imported inside export()
+    assert "frameworks" in graph["onnx.convert"]  # imported inside export()
+    assert "frameworks.pytorch" in graph["frameworks"]  # imported inside backend()
     assert "models.bart" in graph["models.mbart"] or "models.bart" in graph["models.marian"]

@@ -61,7 +61,7 @@ def test_jobs_carry_what_determines_the_export(tmp_path):
 
 
 def test_each_model_is_resolved_once(tmp_path, monkeypatch):
-    from hatch_onnx.onnx import features
+    from hatch_onnx import checkpoints as features
 
     reads = []
     real = features.read_model_type

@@ -114,7 +114,7 @@ def _check_table(out: Path) -> dict:
         "semantic-segmentation": auto.TF_MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES,
         "vision2seq-lm": auto.TF_MODEL_FOR_VISION_2_SEQ_MAPPING_NAMES,
     }
-    from hatch_onnx.onnx.features import TF_MISSING_CONFIG_ATTRIBUTES
+    from hatch_onnx.loading import TF_MISSING_CONFIG_ATTRIBUTES
 
     unbuildable = {}  # the TF classes the loader sets config attributes for, built without them
     for model_type, task in TF_MISSING_CONFIG_ATTRIBUTES:
@@ -156,14 +156,14 @@ def _check_large_model(out: Path) -> dict:
     """The >2 GiB path (tf2onnx's large_model), on a tiny model with the limit lowered."""
     import onnx
 
-    import hatch_onnx.onnx.config as config_module
+    import hatch_onnx.config as config_module
 
-    saved = config_module.EXTERNAL_DATA_FORMAT_SIZE_LIMIT
-    config_module.EXTERNAL_DATA_FORMAT_SIZE_LIMIT = 1024
+    saved = config_module.EXTERNAL_DATA_THRESHOLD
+    config_module.EXTERNAL_DATA_THRESHOLD = 512
     try:
         report = _export("bert", "default", out / "large")
     finally:
-        config_module.EXTERNAL_DATA_FORMAT_SIZE_LIMIT = saved
+        config_module.EXTERNAL_DATA_THRESHOLD = saved
     graph = onnx.load(str(out / "large" / "model.onnx"), load_external_data=False).graph
     external = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     return {
@@ -334,7 +334,8 @@ def test_tf_features_import_no_framework():
 @pytest.mark.parametrize("model_type", tf_model_types())
 def test_tf_fixture_holds_only_tensorflow_weights(model_type):
     from hatch_onnx.errors import FrameworkError
-    from hatch_onnx.onnx.features import FeaturesManager, read_model_type
+    from hatch_onnx.checkpoints import read_model_type
+    from hatch_onnx.onnx.features import FeaturesManager
 
     folder = tf_checkpoint(model_type)
     names = {p.name for p in folder.iterdir()}
@@ -489,13 +490,13 @@ def test_parity_with_pytorch(model_type, tf_runs, tmp_path):
     import numpy as np
 
     from hatch_onnx.exporting import ExportRequest, export_checkpoint
-    from hatch_onnx.onnx.convert import _validation_inputs
+    from hatch_onnx.validation import validation_inputs
 
     feature = PARITY[model_type]
     tf_runs.get(f"pair:{model_type}:{feature}")
     export_checkpoint(ExportRequest(model=pt_checkpoint(model_type), feature=feature, framework="pt"), tmp_path, log=lambda line: None)
     config = onnx_config(model_type, feature, pt_checkpoint(model_type))
-    inputs = _validation_inputs(config, None)  # seeded, at other shapes than either export's
+    inputs = validation_inputs(config)  # seeded, at other shapes than either export's
     from_pt = _run_onnx(tmp_path / "model.onnx", inputs)
     from_tf = _run_onnx(tf_runs.out / model_type / feature / "model.onnx", inputs)
     assert list(from_pt) == list(from_tf) == list(config.outputs)

@@ -17,12 +17,11 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 
+from hatch_onnx.config import PAST, PRESENT, OnnxConfig, PatchingSpec, apply_values_override, check_input_names, needs_external_data
 from hatch_onnx.errors import ExportError
-from hatch_onnx.onnx.config import OnnxConfig, PatchingSpec, needs_external_data
 
-EXPORTERS = ("torchscript", "dynamo")
-_PAST = re.compile(r"^past_key_values\.(\d+)\.(?:(decoder|encoder)\.)?(key|value)$")
-_PRESENT = re.compile(r"^present\.(\d+)\.(?:(decoder|encoder)\.)?(key|value)$")
+FRAMEWORK = "pt"
+EXPORTER_NAMES = ("torchscript", "dynamo")
 
 
 def _cache_from_flat(flat: Mapping[str, torch.Tensor]) -> Any:
@@ -31,7 +30,7 @@ def _cache_from_flat(flat: Mapping[str, torch.Tensor]) -> Any:
 
     layers: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
     for name, tensor in flat.items():
-        match = _PAST.match(name)
+        match = PAST.match(name)
         if match:
             index, part, kind = int(match.group(1)), match.group(2) or "decoder", match.group(3)
             layers.setdefault((part, index), {})[kind] = tensor
@@ -52,7 +51,7 @@ def _layer_tensors(cache: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _present(cache: Any, name: str) -> torch.Tensor:
-    match = _PRESENT.match(name)
+    match = PRESENT.match(name)
     index, part, kind = int(match.group(1)), match.group(2), match.group(3)
     if isinstance(cache, (tuple, list)):  # a legacy tuple cache
         layer = cache[index]
@@ -108,7 +107,7 @@ class FlatModel(torch.nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         named = dict(zip(self.input_names, tensors))
-        kwargs: dict[str, Any] = {name: value for name, value in named.items() if not _PAST.match(name)}
+        kwargs: dict[str, Any] = {name: value for name, value in named.items() if not PAST.match(name)}
         cache = _cache_from_flat(named)
         if cache is not None:
             kwargs[self.cache_argument] = cache
@@ -118,7 +117,7 @@ class FlatModel(torch.nn.Module):
         out = self.model(**kwargs, return_dict=True)
         results = []
         for name in self.output_names:
-            if _PRESENT.match(name):
+            if PRESENT.match(name):
                 results.append(_present(_returned_cache(out), name))
             else:
                 results.append(out[name])
@@ -208,10 +207,21 @@ def patched(config: OnnxConfig, extra: Sequence[PatchingSpec] = ()) -> Iterator[
 
 
 def prepare_model(model: torch.nn.Module, config: OnnxConfig) -> torch.nn.Module:
+    """The model in inference mode with the config's overrides set."""
     model.eval()
-    for key, value in (config.values_override or {}).items():
-        setattr(model.config, key, value)
-    return model
+    return apply_values_override(model, config)
+
+
+def is_model(model: Any) -> bool:
+    return isinstance(model, torch.nn.Module)
+
+
+def export(preprocessor: Any, model: torch.nn.Module, config: OnnxConfig, opset: int, output: Path,
+           exporter: Optional[str] = None) -> tuple[list[str], list[str]]:
+    """Dummy inputs from the config (in the model's precision), then :func:`export_pytorch`."""
+    dummy = to_model_precision(config.generate_dummy_inputs(preprocessor, framework="pt"), model)
+    check_input_names(config, list(dummy), "the dummy inputs")
+    return export_pytorch(model, config, opset, output, dummy, exporter=exporter or "torchscript")
 
 
 def _dynamic_shapes(config: OnnxConfig, inputs: Mapping[str, torch.Tensor]) -> tuple:
@@ -241,8 +251,8 @@ def export_pytorch(
 
     ``external_data``: None decides by the bytes of weights written (:func:`needs_external_data`).
     """
-    if exporter not in EXPORTERS:
-        raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    if exporter not in EXPORTER_NAMES:
+        raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTER_NAMES)}")
     if exporter == "dynamo":
         from importlib.util import find_spec
 
@@ -423,7 +433,7 @@ def _fold_weight_transposes(graph, tensors: dict[str, torch.Tensor]) -> None:
         graph.node.remove(node)
 
 
-def in_model_precision(inputs: Mapping[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+def to_model_precision(inputs: Mapping[str, Any], model: torch.nn.Module) -> dict[str, Any]:
     """``inputs`` with floating values (pixels, caches) in the model's precision; ids and masks as they are.
 
     Tensors stay tensors and arrays stay arrays: the exporter takes the first, validation the second.

@@ -18,27 +18,23 @@ import contextlib
 import inspect
 import logging
 import os
-import re
 import tempfile
-from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
+from hatch_onnx import graph_passes
+from hatch_onnx.config import PAST, PRESENT, OnnxConfig, apply_values_override, needs_external_data
 from hatch_onnx.errors import ExportError, FrameworkError
-from hatch_onnx.onnx.config import OnnxConfig
+from hatch_onnx.frameworks.env import isolate
 
-if TYPE_CHECKING:  # pragma: no cover
-    import onnx
-
+FRAMEWORK = "tf"
+EXPORTER_NAMES = ("tf2onnx",)
 INSTALL_HINT = "pip install 'hatch-onnx[tf]'"
-
 
 
 def require_tensorflow() -> tuple[Any, Any]:
     """``(tensorflow, tf2onnx)``, or a :class:`FrameworkError` that says how to install them."""
-    # tf_model.h5 is a Keras 2 format: transformers' TF classes need tf-keras, not Keras 3.
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    isolate("tf")  # tf_model.h5 is a Keras 2 format: transformers' TF classes need tf-keras, not Keras 3
     try:
         import tensorflow as tf
         import tf_keras  # noqa: F401
@@ -145,8 +141,6 @@ def register_op_handlers() -> None:
 
 # --- the model as a flat function ------------------------------------------------------------
 
-_PAST = re.compile(r"^past_key_values\.(\d+)\.(?:(decoder|encoder)\.)?(key|value)$")
-_PRESENT = re.compile(r"^present\.(\d+)\.(?:(decoder|encoder)\.)?(key|value)$")
 # Where a layer's cache tensors sit in transformers' TF tuple caches. GPT-2 stacks key and
 # value into one (2, batch, heads, sequence, head_dim) tensor per layer; the encoder-decoders
 # keep (self key, self value, cross key, cross value).
@@ -154,16 +148,10 @@ _CACHE_SLOT = {("decoder", "key"): 0, ("decoder", "value"): 1, ("encoder", "key"
 _STACKED_CACHE = frozenset({"gpt2"})
 
 
-def prepare_model(model: Any, config: OnnxConfig) -> Any:
-    for key, value in (config.values_override or {}).items():
-        setattr(model.config, key, value)
-    return model
-
-
 def _cache_from_flat(tf: Any, model: Any, named: Mapping[str, Any]) -> Any:
     layers: dict[int, dict[tuple[str, str], Any]] = {}
     for name, tensor in named.items():
-        match = _PAST.match(name)
+        match = PAST.match(name)
         if match:
             layers.setdefault(int(match.group(1)), {})[(match.group(2) or "decoder", match.group(3))] = tensor
     if not layers:
@@ -176,7 +164,7 @@ def _cache_from_flat(tf: Any, model: Any, named: Mapping[str, Any]) -> Any:
 
 
 def _present(model: Any, cache: Any, name: str) -> Any:
-    match = _PRESENT.match(name)
+    match = PRESENT.match(name)
     index, part, kind = int(match.group(1)), match.group(2) or "decoder", match.group(3)
     if model.config.model_type in _STACKED_CACHE:
         return cache[index][0 if kind == "key" else 1]
@@ -205,7 +193,7 @@ def flat_call(model: Any, input_names: Sequence[str], output_names: Sequence[str
 
     def call(*tensors: Any) -> tuple:
         named = dict(zip(input_names, tensors))
-        kwargs = {name: value for name, value in named.items() if not _PAST.match(name)}
+        kwargs = {name: value for name, value in named.items() if not PAST.match(name)}
         cache = _cache_from_flat(tf, model, named)
         if cache is not None:
             kwargs["past_key_values"] = cache
@@ -215,7 +203,7 @@ def flat_call(model: Any, input_names: Sequence[str], output_names: Sequence[str
                 kwargs[first_argument] = None  # Keras insists that the first argument be passed
                 kwargs["encoder_outputs"] = _encoder_placeholder(tf, model, named)
         out = model(**kwargs, training=False, return_dict=True)
-        return tuple(_present(model, out.past_key_values, name) if _PRESENT.match(name) else out[name] for name in output_names)
+        return tuple(_present(model, out.past_key_values, name) if PRESENT.match(name) else out[name] for name in output_names)
 
     return call
 
@@ -246,16 +234,31 @@ def _signature(tf: Any, config: OnnxConfig, dummy: Mapping[str, Any]) -> list:
     return specs
 
 
-def export_tensorflow(preprocessor: Any, model: Any, config: OnnxConfig, opset: int, output: Path) -> tuple[list[str], list[str]]:
-    """Write ``output`` (and ``output.data`` past 2 GiB) from a transformers TF model; returns (inputs, outputs)."""
+def is_model(model: Any) -> bool:
+    return hasattr(model, "count_params") and hasattr(model, "config")
+
+
+def to_model_precision(inputs: Mapping[str, Any], model: Any) -> dict[str, Any]:
+    """TensorFlow models are exported in float32 only: inputs as they are."""
+    return dict(inputs)
+
+
+def export(preprocessor: Any, model: Any, config: OnnxConfig, opset: int, output: Path,
+           exporter: Optional[str] = None) -> tuple[list[str], list[str]]:
+    """Write ``output`` (and ``output.data`` past :func:`needs_external_data`) from a transformers TF model.
+
+    Returns the graph's (inputs, outputs). ``exporter`` is always tf2onnx.
+    """
+    if exporter not in (None, *EXPORTER_NAMES):
+        raise ExportError(f"exporter {exporter!r} does not export TensorFlow models; TensorFlow exports use tf2onnx")
     tf, tf2onnx = require_tensorflow()
     register_op_handlers()
     output = Path(output)
-    prepare_model(model, config)
+    apply_values_override(model, config)
     dummy = config.generate_dummy_inputs(preprocessor, framework=None)
     input_names, output_names = list(dummy), list(config.outputs)
     signature = _signature(tf, config, dummy)
-    external = config.use_external_data_format(num_parameters(model))
+    external = needs_external_data(weight_bytes(model))
     try:
         with _quiet(), _unjitted_grouped_convolutions(model):
             function = _trace(tf, flat_call(model, input_names, output_names), signature)
@@ -265,10 +268,10 @@ def export_tensorflow(preprocessor: Any, model: Any, config: OnnxConfig, opset: 
     if external:
         _load_external_tensors(proto, storage, output.parent)
     _captures_as_initializers(proto, function, signature, input_names)
-    _fold_constant_ifs(proto.graph)
-    _standard_ranges(proto, opset)
-    name_graph(proto, config, input_names, output_names)
-    check_ops_supported(proto)
+    graph_passes.fold_constant_ifs(proto.graph)
+    graph_passes.standard_ranges(proto, opset)
+    graph_passes.name_graph(proto, {**config.inputs, **config.outputs}, input_names, output_names)
+    graph_passes.check_ops_supported(proto)
     data = output.with_name(output.name + ".data")
     try:
         import onnx
@@ -281,7 +284,7 @@ def export_tensorflow(preprocessor: Any, model: Any, config: OnnxConfig, opset: 
             )
         else:
             onnx.save_model(proto, str(output))
-        check_loads(output)
+        graph_passes.check_loads(output)
     except BaseException:
         output.unlink(missing_ok=True)
         data.unlink(missing_ok=True)
@@ -408,335 +411,20 @@ def _captures_as_initializers(proto: Any, function: Any, signature: list, input_
         del proto.graph.input[index]
 
 
-def _fold_constant_ifs(graph: Any, outer: "Mapping[str, Any] | None" = None) -> None:
-    """Replace each ``If`` whose condition only constants lead to by the branch it takes, and
-    give each ``Transpose`` by such a computed permutation its ``perm`` (in subgraphs too).
-
-    A Python ``if`` on a tensor that is constant once traced (TF DeBERTa's ``gather_axis !=
-    tf.rank(x) - 1``) becomes an ``If`` through autograph, which tf2onnx leaves unfolded
-    (``Not(Equal(c, c))``), and the permutation it computes (``tf.roll(tf.range(tf.rank(x)))``)
-    a Transpose with a second input, which ONNX does not have: onnxruntime would refuse the
-    whole graph, even with that branch never taken.
-    """
-    from onnx import helper, numpy_helper
-    from onnx.reference import ReferenceEvaluator
-
-    constants = dict(outer or {})
-    constants.update((tensor.name, numpy_helper.to_array(tensor)) for tensor in graph.initializer)
-    producers: dict[str, Any] = {}
-    unknown: set[str] = set()  # names found not to be constant
-
-    def value(name: str, depth: int = 0) -> Any:
-        if name in constants:
-            return constants[name]
-        node = producers.get(name)
-        if name in unknown or node is None or depth > 16 or node.domain not in ("", "ai.onnx") or _bodies(node) or node.op_type in _RANDOM_OPS:
-            return None
-        inputs = [value(i, depth + 1) if i else None for i in node.input]
-        if any(v is None for v, i in zip(inputs, node.input) if i):
-            unknown.add(name)
-            return None
-        outputs = ReferenceEvaluator(node).run(None, {i: v for i, v in zip(node.input, inputs) if i})
-        constants.update(zip(node.output, outputs))
-        return constants[name]
-
-    index = 0
-    while index < len(graph.node):
-        node = graph.node[index]
-        if node.domain in ("", "ai.onnx") and node.op_type == "If" and (condition := value(node.input[0])) is not None:
-            taken = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
-            body = next(attribute.g for attribute in node.attribute if attribute.name == taken)
-            inlined = list(body.node) + [
-                helper.make_node("Identity", [inner.name], [out], name=f"{node.name}/{taken}/out_{k}")
-                for k, (inner, out) in enumerate(zip(body.output, node.output)) if out
-            ]
-            graph.initializer.extend(body.initializer)
-            constants.update((tensor.name, numpy_helper.to_array(tensor)) for tensor in body.initializer)
-            del graph.node[index]
-            for offset, inner in enumerate(inlined):
-                graph.node.insert(index + offset, inner)
-            continue  # the inlined nodes next
-        if node.domain in ("", "ai.onnx") and node.op_type == "Transpose" and len(node.input) == 2:
-            perm = value(node.input[1])
-            if perm is not None:
-                del node.input[1]
-                node.attribute.append(helper.make_attribute("perm", [int(axis) for axis in perm.reshape(-1)]))
-        for body in _bodies(node):
-            _fold_constant_ifs(body, constants)
-        producers.update((name, node) for name in node.output if name)
-        index += 1
-
-
-def _standard_ranges(proto: Any, opset: int) -> None:
-    """tf2onnx converts a ``tf.range`` inside a while loop's body (TF CLIP's and GroupViT's) to
-    ``com.microsoft`` Range without importing that domain, and the ONNX checker refuses the
-    graph. ONNX has had the same op since opset 11."""
-    if opset < 11:
-        return
-    for node in _all_nodes(proto.graph):
-        if node.domain == "com.microsoft" and node.op_type == "Range":
-            node.domain = ""
-
-
-# --- naming ----------------------------------------------------------------------------------
-
-
-def name_graph(proto: "onnx.ModelProto", config: OnnxConfig, input_names: Sequence[str], output_names: Sequence[str]) -> None:
-    """Give the graph the config's names and dynamic axes, and a form that depends on its structure alone.
-
-    tf2onnx names outputs after TF tensors and dynamic dimensions ``unk__N``. Its node names,
-    node order and which of two merged duplicate constants survives vary from run to run (even
-    in a fresh process with a fixed hash seed), so the same model would give other bytes: the
-    nodes are put in a structural topological order and everything inside is named by position.
-    """
-    graph = proto.graph
-    if [i.name for i in graph.input] != list(input_names) or len(graph.output) != len(output_names):
-        raise ExportError(
-            f"tf2onnx changed the signature: inputs {[i.name for i in graph.input]}, {len(graph.output)} outputs; "
-            f"expected inputs {list(input_names)}, outputs {list(output_names)}"
-        )
-    fixed = {value.name: value.name for value in graph.input}
-    fixed.update((value.name, name) for value, name in zip(graph.output, output_names))
-    if len(fixed) != len(graph.input) + len(graph.output):  # tf.function adds an Identity per output
-        raise ExportError(f"tf2onnx gave two of the inputs and outputs {list(input_names) + list(output_names)} one tensor")
-    _canonicalize(graph, {}, fixed, "")
-    axes = {**config.inputs, **config.outputs}
-    for value in list(graph.input) + list(graph.output):
-        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-            if axis in axes.get(value.name, {}):
-                dim.ClearField("dim_value")
-                dim.dim_param = axes[value.name][axis]
-            elif not dim.HasField("dim_value"):
-                # dynamic in the graph but unnamed by the config (a CNN's feature-map size)
-                dim.dim_param = f"{value.name}_dim_{axis}"
-    # "converted from <TF function name with a process-wide counter>"
-    proto.doc_string = graph.doc_string = ""
-    graph.name = "main_graph"
-
-
-def _bodies(node: Any) -> list:
-    """The subgraphs of a control-flow node (tf2onnx emits If and Loop)."""
-    return [body for attribute in node.attribute for body in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)]
-
-
-def _outer_references(node: Any) -> set[str]:
-    """Names a node's subgraphs read from the enclosing scopes: inputs ONNX does not list."""
-    refs: set[str] = set()
-    for body in _bodies(node):
-        defined = {v.name for v in body.input} | {t.name for t in body.initializer} | {o for n in body.node for o in n.output}
-        for inner in body.node:
-            refs.update(name for name in list(inner.input) + sorted(_outer_references(inner)) if name and name not in defined)
-        refs.update(v.name for v in body.output if v.name not in defined)
-    return refs
-
-
-def _digest(tensor: Any) -> str:
-    """A constant's identity: its type, shape and content, not its name."""
-    import hashlib
-
-    digest = hashlib.sha1(f"{tensor.data_type}:{list(tensor.dims)}:".encode())
-    if tensor.raw_data:
-        digest.update(tensor.raw_data)
-    else:
-        import onnx
-
-        copy = onnx.TensorProto()
-        copy.CopyFrom(tensor)
-        copy.name = ""
-        digest.update(copy.SerializeToString(deterministic=True))
-    return digest.hexdigest()
-
-
-def _body_signature(node: Any) -> tuple:
-    """Enough of a control-flow node's bodies to tell two such nodes apart in the ordering."""
-    return tuple(sorted(n.op_type for body in _bodies(node) for n in _all_nodes(body)))
-
-
-def _node_key(node: Any, ids: Mapping[str, str], outer: set[str]) -> tuple:
-    attributes = []
-    for attribute in node.attribute:
-        if attribute.HasField("g") or len(attribute.graphs):
-            attributes.append((attribute.name, repr(_body_signature(node)).encode()))  # bodies are ordered on their own
-        elif attribute.HasField("t") or len(attribute.tensors):  # a Constant: content, not name
-            attributes.append((attribute.name, ",".join(_digest(t) for t in [attribute.t, *attribute.tensors]).encode()))
-        else:
-            attributes.append((attribute.name, attribute.SerializeToString(deterministic=True)))
-    inputs = tuple(ids.get(name, "?") if name else "" for name in node.input)
-    return node.op_type, node.domain, inputs, tuple(sorted(ids.get(name, "?") for name in outer)), tuple(attributes)
-
-
-# Ops whose two copies on the same inputs may differ: never merged.
-_RANDOM_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"})
-
-
-def _canonicalize(graph: Any, outer_ids: Mapping[str, str], fixed: Mapping[str, str], prefix: str) -> None:
-    """Order ``graph``'s nodes topologically, ties broken by structure, and name them by position.
-
-    A tensor's structural id says where it comes from: the graph's k-th input, a constant's
-    content, or output j of a node identified by its op, attributes and input ids. Among the
-    nodes ready to be placed, the smallest key goes first, so the order never depends on names;
-    two nodes with the same key compute the same thing and are merged (tf2onnx leaves some in
-    control-flow bodies), as are constants with the same content. ``fixed`` keeps the graph's
-    own input and output names.
-    """
-    import hashlib
-    import heapq
-
-    ids = dict(outer_ids)
-    for k, value in enumerate(graph.input):
-        ids[value.name] = f"input:{k}"
-    for tensor in graph.initializer:
-        ids[tensor.name] = "const:" + _digest(tensor)
-    nodes = list(graph.node)
-    outer = [_outer_references(node) if _bodies(node) else set() for node in nodes]
-    produced_by = {name: i for i, node in enumerate(nodes) for name in node.output if name}
-    needs = [{produced_by[name] for name in list(node.input) + sorted(refs) if name in produced_by} for node, refs in zip(nodes, outer)]
-    users: dict[int, list[int]] = {}
-    for i, producers in enumerate(needs):
-        for producer in producers:
-            users.setdefault(producer, []).append(i)
-    waiting = [len(producers) for producers in needs]
-    ready = [(_node_key(nodes[i], ids, outer[i]), i) for i in range(len(nodes)) if not waiting[i]]
-    heapq.heapify(ready)
-    order: list[int] = []
-    merged: list[int] = []
-    placed: dict[str, int] = {}  # structural digest -> the node kept for it
-    aliases: dict[str, str] = {}  # output of a merged duplicate -> the kept node's output
-    while ready:
-        key, i = heapq.heappop(ready)
-        node = nodes[i]
-        digest = hashlib.sha1(repr(key).encode()).hexdigest()
-        mergeable = not _bodies(node) and node.op_type not in _RANDOM_OPS and not any(name in fixed for name in node.output)
-        if digest in placed and mergeable:
-            aliases.update(zip(node.output, nodes[placed[digest]].output))
-            merged.append(i)
-        else:
-            placed.setdefault(digest, i)
-            order.append(i)
-        for j, name in enumerate(node.output):
-            ids[name] = f"{digest}:{j}"
-        for user in users.get(i, ()):
-            waiting[user] -= 1
-            if not waiting[user]:
-                heapq.heappush(ready, (_node_key(nodes[user], ids, outer[user]), user))
-    if len(order) + len(merged) != len(nodes):
-        raise ExportError("tf2onnx produced a graph with a cycle")
-
-    renames = {value.name: fixed.get(value.name, f"{prefix}input_{k}") for k, value in enumerate(graph.input)}
-    first_use: dict[str, int] = {}
-    for position, i in enumerate(order):
-        node = nodes[i]
-        node.name = f"{prefix}{node.op_type}_{position}"
-        for j, name in enumerate(node.output):
-            if name:
-                renames[name] = fixed.get(name, f"{node.name}:{j}")
-        for name in list(node.input) + sorted(outer[i]):
-            first_use.setdefault(aliases.get(name, name), position)
-    for value in graph.output:
-        first_use.setdefault(aliases.get(value.name, value.name), len(order))
-    renames.update((name, renames[target]) for name, target in aliases.items())
-    # Constants: named in order of first use, one per content; unused ones dropped.
-    by_content: dict[str, str] = {}
-    for tensor in sorted(graph.initializer, key=lambda t: (first_use.get(t.name, len(order) + 1), ids[t.name], t.name)):
-        if tensor.name in first_use:
-            renames[tensor.name] = by_content.setdefault(ids[tensor.name], f"{prefix}const_{len(by_content)}")
-    kept: set[str] = set()
-    for k in reversed(range(len(graph.initializer))):
-        name = graph.initializer[k].name
-        if name not in first_use or renames[name] in kept:
-            del graph.initializer[k]
-        else:
-            kept.add(renames[name])
-    for i in sorted(merged, reverse=True):
-        del graph.node[i]
-    graph.initializer.sort(key=lambda t: int(renames[t.name].rsplit("_", 1)[1]))
-    graph.node.sort(key=lambda node: int(node.name.rsplit("_", 1)[1]))
-    _apply_renames(graph, renames)  # names are unique across nested scopes: the bodies' references too
-    del graph.value_info[:]  # tf2onnx's intermediate shapes (with unk__N): onnxruntime infers them
-    graph.doc_string = ""
-    inner_ids = {renames.get(name, name): value for name, value in ids.items()}
-    for node in graph.node:
-        for attribute in node.attribute:
-            for k, body in enumerate(([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)):
-                body_prefix = f"{node.name}/{attribute.name}{k or ''}"
-                body.name = body_prefix
-                _canonicalize(body, inner_ids, {}, body_prefix + "/")
-
-
-def _apply_renames(graph: Any, renames: Mapping[str, str]) -> None:
-    for node in graph.node:
-        node.input[:] = [renames.get(name, name) for name in node.input]
-        node.output[:] = [renames.get(name, name) for name in node.output]
-        for body in _bodies(node):
-            _apply_renames(body, renames)
-    for tensor in graph.initializer:
-        tensor.name = renames.get(tensor.name, tensor.name)
-    for value in list(graph.input) + list(graph.output):
-        value.name = renames.get(value.name, value.name)
-
-
-# --- refusing what onnxruntime cannot run ----------------------------------------------------
-
-
-def _onnxruntime_ops() -> set[tuple[str, str]]:
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
-
-    return {(schema.domain, schema.name) for schema in ort_c.get_all_operator_schema()}
-
-
-def check_ops_supported(proto: "onnx.ModelProto") -> None:
-    """Raise naming every op of the graph that onnxruntime has no definition of.
-
-    tf2onnx leaves a TF op it cannot convert in the graph as is (``Erfc`` in domain ""), logs
-    it and carries on; such a graph would be written and only fail when loaded.
-    """
-    known = _onnxruntime_ops()
-    unknown = Counter(
-        node.op_type for node in _all_nodes(proto.graph) if ("" if node.domain == "ai.onnx" else node.domain, node.op_type) not in known
-    )
-    if unknown:
-        ops = ", ".join(f"{op} (x{count})" if count > 1 else op for op, count in sorted(unknown.items()))
-        raise ExportError(f"tf2onnx left TensorFlow ops onnxruntime cannot run: {ops}; no graph was written")
-
-
-def _all_nodes(graph: Any) -> Iterator[Any]:
-    for node in graph.node:
-        yield node
-        for body in _bodies(node):
-            yield from _all_nodes(body)
-
-
-_ORT_MISSING_KERNEL = re.compile(r"implementation for (\w+)\(")
-
-
-def check_loads(path: Path) -> None:
-    """Load the graph in onnxruntime; a kernel it lacks (an op for one dtype) is an export error too."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own types
-        message = str(exc).splitlines()[0]
-        ops = sorted(set(_ORT_MISSING_KERNEL.findall(str(exc))))
-        what = f"ops onnxruntime cannot run: {', '.join(ops)}" if ops else "a graph onnxruntime cannot load"
-        raise ExportError(f"tf2onnx produced {what} ({message})") from exc
-
-
 # --- validation and new heads ----------------------------------------------------------------
 
 
 def run_reference(model: Any, config: OnnxConfig, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """The TF model's outputs on ``inputs`` (numpy arrays), named as the config's, as numpy arrays."""
     tf, _ = require_tensorflow()
-    call = flat_call(prepare_model(model, config), list(inputs), list(config.outputs))
+    call = flat_call(apply_values_override(model, config), list(inputs), list(config.outputs))
     outputs = call(*(tf.constant(value) for value in inputs.values()))
     return {name: value.numpy() for name, value in zip(config.outputs, outputs)}
 
 
-def num_parameters(model: Any) -> int:
-    return int(model.count_params())
+def weight_bytes(model: Any) -> int:
+    """The bytes of the model's weights, as the graph would store them."""
+    return sum(int(weight.shape.num_elements()) * weight.dtype.size for weight in model.weights)
 
 
 def weights_reaching_outputs(model: Any, config: OnnxConfig, inputs: Mapping[str, Any], names: Sequence[str]) -> list[str]:
@@ -754,7 +442,7 @@ def weights_reaching_outputs(model: Any, config: OnnxConfig, inputs: Mapping[str
     watched = [v for variables in candidates.values() for v in variables if v.dtype.is_floating]
     if not watched:
         return []
-    call = flat_call(prepare_model(model, config), list(inputs), list(config.outputs))
+    call = flat_call(apply_values_override(model, config), list(inputs), list(config.outputs))
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(watched)
         outputs = [o for o in call(*(tf.constant(value) for value in inputs.values())) if o.dtype.is_floating]

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 
 from typing import TYPE_CHECKING
 
-from hatch_onnx.onnx.config import OnnxConfig, OnnxConfigWithPast, OnnxSeq2SeqConfigWithPast
+from hatch_onnx.config import Draw, OnnxConfig, OnnxConfigWithPast, OnnxSeq2SeqConfigWithPast
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -220,7 +220,7 @@ class RotaryDecoderOnnxConfig(DecoderOnnxConfig):
     with left padding, as in batched generation, a token's position is not its index. The cache
     is flat, as GPT-2's, with ``num_key_value_heads`` heads of ``head_dim`` (grouped-query
     attention): ``past_key_values.{i}.key|value`` in, ``present.{i}.key|value`` out.
-    Validation pads the last row on the left (``left_padding``), at another past length.
+    Validation pads the last row on the left (``DummySpec.left_padding``), at another past length.
     """
 
     ATOL_FOR_VALIDATION = 1e-4
@@ -250,13 +250,13 @@ class RotaryDecoderOnnxConfig(DecoderOnnxConfig):
     def _past_shape(self, batch: int, length: int) -> tuple[int, int, int, int]:
         return batch, self.num_key_value_heads, length, self.head_dim
 
-    def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
+    def _dummy_text(self, preprocessor: Any, draw: Draw) -> dict[str, np.ndarray]:
         import numpy as np
 
-        arrays = super()._dummy_text(preprocessor, rng, batch, seq, choices, is_pair)
+        arrays = super()._dummy_text(preprocessor, draw)
         mask = arrays["attention_mask"]
-        if self.left_padding:  # the last row starts with padding, as a shorter prompt in a batch does
-            mask[-1, : self.left_padding] = 0
+        if draw.left_padding:  # the last row starts with padding, as a shorter prompt in a batch does
+            mask[-1, : draw.left_padding] = 0
         # What generate() computes: positions count the tokens attended to; padding gets 1.
         positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
         arrays["position_ids"] = positions[:, -arrays["input_ids"].shape[1]:].astype(np.int64)
@@ -311,12 +311,13 @@ class Seq2SeqOnnxConfig(OnnxSeq2SeqConfigWithPast):
             return OnnxConfig.outputs.fget(self)
         return super().outputs
 
-    def _dummy_decoder(self, rng, batch: int, encoder_seq: int) -> dict[str, np.ndarray]:
+    def _dummy_decoder(self, draw: Draw, encoder_seq: int) -> dict[str, np.ndarray]:
         import numpy as np
 
+        rng, batch = draw.rng, draw.batch
         seq = max(encoder_seq - self.DECODER_SEQUENCE_DELTA, 2)
         arrays = {"decoder_input_ids": self._random_token_ids(rng, (batch, seq))}
-        past = self.PAST_SEQUENCE if self.use_past else 0
+        past = draw.past if self.use_past else 0
         arrays["decoder_attention_mask"] = np.ones((batch, past + seq), dtype=np.int64)
         if self.use_past:
             for i in range(self.num_layers):
@@ -327,10 +328,10 @@ class Seq2SeqOnnxConfig(OnnxSeq2SeqConfigWithPast):
                         )
         return arrays
 
-    def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
-        arrays = OnnxConfig._dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair)
+    def _dummy_text(self, preprocessor: Any, draw: Draw) -> dict[str, np.ndarray]:
+        arrays = OnnxConfig._dummy_text(self, preprocessor, draw)
         if self.takes_decoder_inputs:
-            arrays.update(self._dummy_decoder(rng, batch, arrays["input_ids"].shape[1]))
+            arrays.update(self._dummy_decoder(draw, arrays["input_ids"].shape[1]))
         return arrays
 
 
@@ -356,9 +357,11 @@ class SpeechSeq2SeqOnnxConfig(Seq2SeqOnnxConfig):
             self.fill_with_past_key_values_(common, direction="inputs")
         return common
 
-    def _dummy_audio(self, preprocessor, rng, batch, seq_length, sampling_rate, time_duration, frequency):
+    def _dummy_audio(self, preprocessor: Any, draw: Draw, seq_length: int, sampling_rate: int, time_duration: float,
+                     frequency: int) -> dict[str, np.ndarray]:
         import numpy as np
 
+        rng, batch = draw.rng, draw.batch
         frames = 2 * int(self._config.max_source_positions)  # Whisper accepts exactly this length
         if preprocessor is not None and hasattr(preprocessor, "sampling_rate"):
             rate = int(preprocessor.sampling_rate)
@@ -370,7 +373,7 @@ class SpeechSeq2SeqOnnxConfig(Seq2SeqOnnxConfig):
             features = rng.standard_normal((batch, int(self._config.num_mel_bins), frames), dtype=np.float32)
         decoder_seq = self._fixed(seq_length, self.default_sequence_length)
         arrays = {"input_features": features}
-        arrays.update(self._dummy_decoder(rng, batch, decoder_seq + self.DECODER_SEQUENCE_DELTA))
+        arrays.update(self._dummy_decoder(draw, decoder_seq + self.DECODER_SEQUENCE_DELTA))
         # The cross-attention cache spans the encoder's output, which Whisper halves.
         if self.use_past:
             length = int(self._config.max_source_positions)
@@ -477,13 +480,13 @@ class DualEncoderOnnxConfig(OnnxConfig):
         size = self._config.vision_config.image_size
         return (size, size) if isinstance(size, int) else tuple(size)
 
-    def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
+    @property
+    def _text_config(self) -> Any:
         # The vocabulary, special tokens and eos are the text tower's: the outer config has none
         # (ids would come from 100 or overrun a smaller vocabulary, and eos never be appended).
-        outer, self._config = self._config, self._config.text_config
-        try:
-            arrays = super()._dummy_text(preprocessor, rng, batch, seq, choices, is_pair)
-        finally:
-            self._config = outer
-        arrays["pixel_values"] = self._dummy_vision(None, rng, batch, 3, 0, 0)["pixel_values"]
+        return self._config.text_config
+
+    def _dummy_text(self, preprocessor: Any, draw: Draw) -> dict[str, np.ndarray]:
+        arrays = super()._dummy_text(preprocessor, draw)
+        arrays["pixel_values"] = self._dummy_vision(None, draw, 3, 0, 0)["pixel_values"]
         return arrays

@@ -28,10 +28,10 @@ class BartOnnxConfig(Seq2SeqOnnxConfig):
             return DecoderOnnxConfig.fill_with_past_key_values_(self, inputs_or_outputs, direction, inverted_values_shape)
         return super().fill_with_past_key_values_(inputs_or_outputs, direction, inverted_values_shape)
 
-    def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
+    def _dummy_text(self, preprocessor, draw):
         if self.task == "causal-lm":
-            return DecoderOnnxConfig._dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair)
-        return super()._dummy_text(preprocessor, rng, batch, seq, choices, is_pair)
+            return DecoderOnnxConfig._dummy_text(self, preprocessor, draw)
+        return super()._dummy_text(preprocessor, draw)
 
 
 SUPPORT = ModelSupport(

@@ -19,11 +19,11 @@ class DetrOnnxConfig(VisionOnnxConfig):
         common["pixel_mask"] = {0: "batch"}
         return common
 
-    def _dummy_vision(self, preprocessor, rng, batch, num_channels, height, width):
+    def _dummy_vision(self, preprocessor, draw, num_channels, height, width):
         import numpy as np
 
-        arrays = super()._dummy_vision(preprocessor, rng, batch, num_channels, height, width)
-        _, _, height, width = arrays["pixel_values"].shape
+        arrays = super()._dummy_vision(preprocessor, draw, num_channels, height, width)
+        batch, _, height, width = arrays["pixel_values"].shape
         mask = np.ones((batch, height, width), dtype=np.int64)
         mask[0, :, width - width // 4 :] = 0  # one image padded on the right: the mask is really read
         arrays["pixel_mask"] = mask

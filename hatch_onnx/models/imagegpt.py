@@ -13,7 +13,7 @@ from collections import OrderedDict
 from typing import Mapping
 
 from hatch_onnx.models._base import ModelSupport
-from hatch_onnx.onnx.config import OnnxConfig, PatchingSpec
+from hatch_onnx.config import OnnxConfig, PatchingSpec
 
 
 def _eager_torch_float(x):

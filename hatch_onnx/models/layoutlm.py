@@ -16,9 +16,9 @@ class LayoutLMOnnxConfig(TextEncoderOnnxConfig):
         ordered.update((name, axes) for name, axes in common.items() if name != "input_ids")
         return ordered
 
-    def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
-        arrays = super()._dummy_text(preprocessor, rng, batch, seq, choices, is_pair)
-        arrays["bbox"] = random_boxes(rng, arrays["input_ids"].shape, int(self._config.max_2d_position_embeddings))
+    def _dummy_text(self, preprocessor, draw):
+        arrays = super()._dummy_text(preprocessor, draw)
+        arrays["bbox"] = random_boxes(draw.rng, arrays["input_ids"].shape, int(self._config.max_2d_position_embeddings))
         return arrays
 
 

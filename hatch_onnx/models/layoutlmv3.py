@@ -7,7 +7,7 @@ from typing import Mapping
 
 from hatch_onnx.models._base import ModelSupport
 from hatch_onnx.models.layoutlm import random_boxes
-from hatch_onnx.onnx.config import OnnxConfig
+from hatch_onnx.config import OnnxConfig
 
 
 class LayoutLMv3OnnxConfig(OnnxConfig):
@@ -23,10 +23,10 @@ class LayoutLMv3OnnxConfig(OnnxConfig):
     def _image_size(self, height: int, width: int) -> tuple[int, int]:
         return int(self._config.input_size), int(self._config.input_size)
 
-    def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
-        arrays = super()._dummy_text(preprocessor, rng, batch, seq, choices, is_pair)
-        arrays["bbox"] = random_boxes(rng, arrays["input_ids"].shape, int(self._config.max_2d_position_embeddings))
-        arrays["pixel_values"] = self._dummy_vision(None, rng, batch, 3, 0, 0)["pixel_values"]
+    def _dummy_text(self, preprocessor, draw):
+        arrays = super()._dummy_text(preprocessor, draw)
+        arrays["bbox"] = random_boxes(draw.rng, arrays["input_ids"].shape, int(self._config.max_2d_position_embeddings))
+        arrays["pixel_values"] = self._dummy_vision(None, draw, 3, 0, 0)["pixel_values"]
         return arrays
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
-from hatch_onnx.onnx.config import PatchingSpec
+from hatch_onnx.config import PatchingSpec
 
 
 def _chunks_of(tensor, window_overlap: int, size: int):
@@ -100,10 +100,10 @@ class LongformerOnnxConfig(TextEncoderOnnxConfig):
     def values_override(self):
         return {**(super().values_override or {}), "onnx_export": True}
 
-    def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
+    def _dummy_text(self, preprocessor, draw):
         import numpy as np
 
-        arrays = super()._dummy_text(preprocessor, rng, batch, seq, choices, is_pair)
+        arrays = super()._dummy_text(preprocessor, draw)
         mask = np.zeros_like(arrays["input_ids"])
         mask[..., 0] = 1  # one global token per sequence: see the module's docstring
         arrays["global_attention_mask"] = mask

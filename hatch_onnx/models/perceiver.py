@@ -9,7 +9,7 @@ from collections import OrderedDict
 from typing import Mapping
 
 from hatch_onnx.models._base import ModelSupport
-from hatch_onnx.onnx.config import OnnxConfig
+from hatch_onnx.config import OnnxConfig
 
 
 class PerceiverOnnxConfig(OnnxConfig):
@@ -25,13 +25,13 @@ class PerceiverOnnxConfig(OnnxConfig):
             return OrderedDict(inputs={0: "batch", 1: "num_channels", 2: "height", 3: "width"})
         return OrderedDict(inputs={0: "batch", 1: "sequence"}, attention_mask={0: "batch", 1: "sequence"})
 
-    def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
-        arrays = super()._dummy_text(preprocessor, rng, batch, seq, choices, is_pair)
+    def _dummy_text(self, preprocessor, draw):
+        arrays = super()._dummy_text(preprocessor, draw)
         arrays["inputs"] = arrays.pop("input_ids")
         return arrays
 
-    def _dummy_vision(self, preprocessor, rng, batch, num_channels, height, width):
-        arrays = super()._dummy_vision(preprocessor, rng, batch, num_channels, height, width)
+    def _dummy_vision(self, preprocessor, draw, num_channels, height, width):
+        arrays = super()._dummy_vision(preprocessor, draw, num_channels, height, width)
         return {"inputs": arrays.pop("pixel_values")}
 
 

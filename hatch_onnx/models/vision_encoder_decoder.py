@@ -10,7 +10,7 @@ from collections import OrderedDict
 from typing import Mapping
 
 from hatch_onnx.models._base import VISION_OUTPUTS, ModelSupport
-from hatch_onnx.onnx.config import OnnxConfig
+from hatch_onnx.config import OnnxConfig
 
 
 class VisionEncoderDecoderOnnxConfig(OnnxConfig):
@@ -33,15 +33,16 @@ class VisionEncoderDecoderOnnxConfig(OnnxConfig):
         size = self._config.encoder.image_size
         return (size, size) if isinstance(size, int) else tuple(size)
 
-    def _dummy_text(self, preprocessor, rng, batch, seq, choices, is_pair):
+    def _dummy_text(self, preprocessor, draw):
         import numpy as np
 
+        batch, seq = draw.batch, draw.sequence
         decoder = self._config.decoder
         special = {getattr(decoder, name, None) for name in ("pad_token_id", "bos_token_id", "eos_token_id")}
         allowed = np.array([i for i in range(int(decoder.vocab_size)) if i not in special], dtype=np.int64)
         return {
-            "pixel_values": self._dummy_vision(None, rng, batch, 3, 0, 0)["pixel_values"],
-            "decoder_input_ids": rng.choice(allowed, size=(batch, seq)).astype(np.int64),
+            "pixel_values": self._dummy_vision(None, draw, 3, 0, 0)["pixel_values"],
+            "decoder_input_ids": draw.rng.choice(allowed, size=(batch, seq)).astype(np.int64),
             "decoder_attention_mask": np.ones((batch, seq), dtype=np.int64),
         }
 
