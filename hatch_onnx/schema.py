@@ -33,7 +33,7 @@ from hatch_onnx.errors import ParamsError
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # use fullmatch: "$" would let a trailing newline in
 # Names a model cannot take: the files beside the models in an output folder.
 RESERVED_NAMES = frozenset({"manifest.json", "__init__.py"})
-MAX_OPSET_ANY = 23  # the newest any of our exporters writes (see hatch_onnx.models._base.MAX_OPSET)
+MAX_OPSET_ANY = 23  # the newest any of our exporters writes (see hatch_onnx.models._support.MAX_OPSET)
 
 
 class _Strict(BaseModel):

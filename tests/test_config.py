@@ -128,3 +128,51 @@ def test_get_model_from_feature_is_local():
     assert FeaturesManager.get_model_class_for_feature("seq2seq-lm-with-past").__name__ == "AutoModelForSeq2SeqLM"
     with pytest.raises(CheckpointError):
         FeaturesManager.get_model_from_feature("default", "someone/not-on-this-disk")
+
+
+@pytest.mark.parametrize("model_type, feature", [("llama", "causal-lm-with-past"), ("t5", "seq2seq-lm-with-past"), ("clip", "default")])
+def test_a_draw_leaves_the_config_as_it_was(model_type, feature):
+    """Per-call parameters (seed, past length, padding) travel in a DummySpec: the config never changes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hatch_onnx.config import DummySpec
+    from hatch_onnx.validation import validation_spec
+
+    cfg = config_for(model_type, feature)
+    state, constants = dict(vars(cfg)), (type(cfg).DUMMY_SEED, getattr(type(cfg), "PAST_SEQUENCE", None))
+    export_spec, validation = DummySpec(), validation_spec(cfg)
+    alone = [cfg.dummy_inputs(None, spec) for spec in (export_spec, validation)]
+    assert vars(cfg) == state and (type(cfg).DUMMY_SEED, getattr(type(cfg), "PAST_SEQUENCE", None)) == constants
+    with ThreadPoolExecutor(4) as pool:  # one config, draws interleaved from four threads
+        together = list(pool.map(lambda spec: cfg.dummy_inputs(None, spec), [export_spec, validation] * 8))
+    for index, inputs in enumerate(together):
+        expected = alone[index % 2]
+        assert list(inputs) == list(expected) and all(np.array_equal(inputs[k], expected[k]) for k in inputs)
+    assert any(not np.array_equal(alone[0][k], alone[1][k]) for k in alone[0] if alone[0][k].shape == alone[1][k].shape) or \
+        any(alone[0][k].shape != alone[1][k].shape for k in alone[0])
+    if feature.endswith("-with-past") and model_type == "llama":
+        assert alone[1]["past_key_values.0.key"].shape[2] == cfg.PAST_SEQUENCE + 3
+        assert alone[1]["attention_mask"][-1, :2].tolist() == [0, 0]  # the last row padded on the left
+
+
+def test_dual_encoder_ids_come_from_the_text_tower():
+    cfg = config_for("clip", "default")
+    inputs = cfg.generate_dummy_inputs(None)
+    text = cfg._config.text_config
+    assert inputs["input_ids"].max() < text.vocab_size and (inputs["input_ids"][:, -1] == text.eos_token_id).all()
+    assert cfg._config is not text
+
+
+def test_loading_leaves_the_random_state_as_it_was():
+    """A new head is drawn from a fixed seed without moving the process's own generator."""
+    import torch
+
+    from hatch_onnx.loading import load_model
+
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    first, missing = load_model("sequence-classification", str(checkpoint("bert")), "pt")
+    assert torch.equal(torch.get_rng_state(), before)
+    second, _ = load_model("sequence-classification", str(checkpoint("bert")), "pt")
+    for name in missing:  # the new head is the same every time
+        assert torch.equal(first.state_dict()[name], second.state_dict()[name])

@@ -96,7 +96,9 @@ def test_variants_of_a_decoder_with_padding(tmp_path):
     """A decoder's validation pads a row on the left: its padded positions, which attend to nothing
     and come out of float16 kernels differently, are left out as in the export's validation."""
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"onnx": {"variants": ["o2", "int8", "fp16"], "models": {
+    # int8 of this tiny random llama reaches a cosine of 0.971 on onnxruntime 1.32 (already at main
+    # 6c4e3e6): its floor is set here, as a user would for such a model; padding is what is tested.
+    path.write_text(yaml.safe_dump({"onnx": {"variants": ["o2", "int8", "fp16"], "min_cosine": {"int8": 0.95}, "models": {
         "llama": {"checkpoint": str(checkpoint("llama")), "features": ["causal-lm"]}}}}))
     result = build(path, "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr

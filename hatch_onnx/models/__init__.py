@@ -11,7 +11,8 @@ import importlib
 from types import MappingProxyType
 from typing import Mapping
 
-from hatch_onnx.models._base import FEATURE_TO_AUTOMODEL, FEATURE_TO_TF_AUTOMODEL, ModelSupport, RotaryDecoderOnnxConfig, feature_to_task
+from hatch_onnx.models._base import RotaryDecoderOnnxConfig
+from hatch_onnx.models._support import FEATURE_TO_AUTOMODEL, FEATURE_TO_TF_AUTOMODEL, ModelSupport, feature_to_task
 
 _MODULES = (
     "albert", "bart", "bert", "bloom", "convnext", "deberta_v2", "distilbert", "electra",

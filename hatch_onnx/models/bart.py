@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from hatch_onnx.models._base import DecoderOnnxConfig, ModelSupport, Seq2SeqOnnxConfig
+from hatch_onnx.models._base import DecoderOnnxConfig, Seq2SeqOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class BartOnnxConfig(Seq2SeqOnnxConfig):

@@ -6,7 +6,8 @@ full attention, which is what the graph then holds (the fixture is configured wi
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import CAUSAL_TEXT_ENCODER_FEATURES, ModelSupport, TextEncoderOnnxConfig
+from hatch_onnx.models._base import TextEncoderOnnxConfig
+from hatch_onnx.models._support import CAUSAL_TEXT_ENCODER_FEATURES, ModelSupport
 
 
 class BigBirdOnnxConfig(TextEncoderOnnxConfig):

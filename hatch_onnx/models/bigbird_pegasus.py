@@ -6,7 +6,7 @@ then holds (the fixture is configured with it).
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport
+from hatch_onnx.models._support import ModelSupport
 from hatch_onnx.models.bart import BartOnnxConfig
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport
+from hatch_onnx.models._support import ModelSupport
 from hatch_onnx.models.bart import BartOnnxConfig
 
 

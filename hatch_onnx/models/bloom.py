@@ -6,7 +6,8 @@ standard (batch, heads, sequence, head_dim) layout, and so do we.
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import DecoderOnnxConfig, ModelSupport
+from hatch_onnx.models._base import DecoderOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class BloomOnnxConfig(DecoderOnnxConfig):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import CAUSAL_TEXT_ENCODER_FEATURES, ModelSupport, TextEncoderOnnxConfig
+from hatch_onnx.models._base import TextEncoderOnnxConfig
+from hatch_onnx.models._support import CAUSAL_TEXT_ENCODER_FEATURES, ModelSupport
 
 
 class CamembertOnnxConfig(TextEncoderOnnxConfig):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, VisionOnnxConfig
+from hatch_onnx.models._base import VisionOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class DeiTOnnxConfig(VisionOnnxConfig):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from hatch_onnx.models._base import ModelSupport, VisionOnnxConfig
+from hatch_onnx.models._base import VisionOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class DetrOnnxConfig(VisionOnnxConfig):

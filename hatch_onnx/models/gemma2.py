@@ -6,7 +6,8 @@ Soft-capping is computed by transformers' eager attention, which the loader alwa
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import DECODER_FEATURES, ModelSupport, RotaryDecoderOnnxConfig
+from hatch_onnx.models._base import RotaryDecoderOnnxConfig
+from hatch_onnx.models._support import DECODER_FEATURES, ModelSupport
 
 
 class Gemma2OnnxConfig(RotaryDecoderOnnxConfig):

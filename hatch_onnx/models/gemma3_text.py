@@ -6,7 +6,8 @@ type (image and text in one checkpoint) is not this one.
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, RotaryDecoderOnnxConfig
+from hatch_onnx.models._base import RotaryDecoderOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class Gemma3TextOnnxConfig(RotaryDecoderOnnxConfig):

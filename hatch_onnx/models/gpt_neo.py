@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import DecoderOnnxConfig, ModelSupport
+from hatch_onnx.models._base import DecoderOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class GPTNeoOnnxConfig(DecoderOnnxConfig):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Mapping
 
-from hatch_onnx.models._base import ModelSupport
+from hatch_onnx.models._support import ModelSupport
 from hatch_onnx.config import OnnxConfig, PatchingSpec
 
 

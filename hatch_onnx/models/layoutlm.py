@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Mapping
 
-from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+from hatch_onnx.models._base import TextEncoderOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class LayoutLMOnnxConfig(TextEncoderOnnxConfig):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Mapping
 
-from hatch_onnx.models._base import ModelSupport
+from hatch_onnx.models._support import ModelSupport
 from hatch_onnx.models.layoutlm import random_boxes
 from hatch_onnx.config import OnnxConfig
 

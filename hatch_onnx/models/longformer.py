@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+from hatch_onnx.models._base import TextEncoderOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 from hatch_onnx.config import PatchingSpec
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, Seq2SeqOnnxConfig
+from hatch_onnx.models._base import Seq2SeqOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class M2M100OnnxConfig(Seq2SeqOnnxConfig):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, TEXT_ENCODER_FEATURES, TextEncoderOnnxConfig
+from hatch_onnx.models._base import TextEncoderOnnxConfig
+from hatch_onnx.models._support import ModelSupport, TEXT_ENCODER_FEATURES
 
 
 class MobileBertOnnxConfig(TextEncoderOnnxConfig):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ConvVisionOnnxConfig, ModelSupport
+from hatch_onnx.models._base import ConvVisionOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class MobileNetV2OnnxConfig(ConvVisionOnnxConfig):

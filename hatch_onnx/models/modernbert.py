@@ -6,7 +6,8 @@ positions. The loader's eager attention keeps the padded path: no unpadding (fla
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, TextEncoderOnnxConfig
+from hatch_onnx.models._base import TextEncoderOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class ModernBertOnnxConfig(TextEncoderOnnxConfig):

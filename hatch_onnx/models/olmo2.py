@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, RotaryDecoderOnnxConfig
+from hatch_onnx.models._base import RotaryDecoderOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class Olmo2OnnxConfig(RotaryDecoderOnnxConfig):

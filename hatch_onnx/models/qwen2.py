@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import DECODER_FEATURES, ModelSupport, RotaryDecoderOnnxConfig
+from hatch_onnx.models._base import RotaryDecoderOnnxConfig
+from hatch_onnx.models._support import DECODER_FEATURES, ModelSupport
 
 
 class Qwen2OnnxConfig(RotaryDecoderOnnxConfig):

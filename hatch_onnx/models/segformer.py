@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import FeatureMapOnnxConfig, ModelSupport
+from hatch_onnx.models._base import FeatureMapOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class SegformerOnnxConfig(FeatureMapOnnxConfig):

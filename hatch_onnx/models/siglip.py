@@ -8,7 +8,8 @@ with a classifier on the mean of its patches.
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import DualEncoderOnnxConfig, ModelSupport
+from hatch_onnx.models._base import DualEncoderOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class SiglipOnnxConfig(DualEncoderOnnxConfig):

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Mapping
 
-from hatch_onnx.models._base import VISION_OUTPUTS, ModelSupport
+from hatch_onnx.models._base import VISION_OUTPUTS
+from hatch_onnx.models._support import ModelSupport
 from hatch_onnx.config import OnnxConfig
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hatch_onnx.models._base import ModelSupport, SpeechSeq2SeqOnnxConfig
+from hatch_onnx.models._base import SpeechSeq2SeqOnnxConfig
+from hatch_onnx.models._support import ModelSupport
 
 
 class WhisperOnnxConfig(SpeechSeq2SeqOnnxConfig):
