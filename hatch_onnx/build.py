@@ -21,10 +21,10 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from hatch_onnx.cache import CacheEntry, CacheStore, cache_key
-from hatch_onnx.errors import BuildError, FrameworkError
+from hatch_onnx.errors import BadInputError, BuildError, FrameworkError, NotCachedError, WorkerDied
 from hatch_onnx.fingerprint import default_stat_cache, fingerprint
 from hatch_onnx.params import REMOTE_ENV, read_params
 from hatch_onnx.plan import Job, resolve_plan
@@ -83,15 +83,20 @@ class Toolchain:
     versions: Versions
 
 
-def resolve_toolchains(plan: Iterable[Job], python: Optional[str] = None, python_tf: Optional[str] = None) -> dict[str, Toolchain]:
-    """The toolchain of each framework the plan uses; :class:`FrameworkError` (exit 2) when TF jobs have none."""
+def resolve_toolchains(plan: Iterable[Job], python: Optional[str] = None, python_tf: Optional[str] = None,
+                       environ: Optional[Mapping[str, str]] = None) -> dict[str, Toolchain]:
+    """The toolchain of each framework the plan uses; :class:`FrameworkError` (exit 2) when TF jobs have none.
+
+    ``$HATCH_ONNX_PYTHON`` and ``$HATCH_ONNX_PYTHON_TF`` are read from ``environ`` (default ``os.environ``).
+    """
+    environ = os.environ if environ is None else environ
     frameworks = {job.framework for job in plan}
-    python = python or os.environ.get(PYTHON_ENV) or None
+    python = python or environ.get(PYTHON_ENV) or None
     chosen: dict[str, Toolchain] = {}
-    if "pt" in frameworks or ("tf" in frameworks and not (python_tf or os.environ.get(PYTHON_TF_ENV))):
+    if "pt" in frameworks or ("tf" in frameworks and not (python_tf or environ.get(PYTHON_TF_ENV))):
         chosen["pt"] = Toolchain(python or sys.executable, interpreter_versions(python))
     if "tf" in frameworks:
-        named = python_tf or os.environ.get(PYTHON_TF_ENV) or None
+        named = python_tf or environ.get(PYTHON_TF_ENV) or None
         toolchain = Toolchain(named, interpreter_versions(named)) if named else chosen["pt"]
         if not runs_tensorflow(toolchain.versions):
             models = sorted({job.name for job in plan if job.framework == "tf"})
@@ -116,6 +121,7 @@ def run_build(
     package_version: Optional[str] = None,
     progress_stream=None,
     versions: Optional[Mapping[str, Versions]] = None,
+    environ: Optional[Mapping[str, str]] = None,
 ) -> BuildResult:
     """Plan, look up, export the misses (``jobs`` workers), materialise into ``out``.
 
@@ -123,96 +129,111 @@ def run_build(
     those versions, nothing is exported, and a miss raises :class:`NotCachedError` (for a
     Hatch build that found no interpreter with the frameworks).
 
+    ``environ`` (default ``os.environ``) is the environment the build reads its interpreters
+    from and starts its workers with: the Hatch hook passes its own, without the build
+    frontend's isolation, and this process's environment is left alone.
+
     Raises :class:`BuildError` after every job has finished if any failed; ``out`` is then left
     as it was.
     """
-    source = read_params(params_file)
+    source = read_params(params_file, environ)
     plan = resolve_plan(source, only)
     store = CacheStore(source.cache_root)
     toolchains: dict[str, Toolchain] = {}
     if versions is None:
-        toolchains = resolve_toolchains(plan, python, python_tf)
+        toolchains = resolve_toolchains(plan, python, python_tf, environ)
         versions = {framework: toolchain.versions for framework, toolchain in toolchains.items()}
+    workers = _Workers(toolchains, jobs, progress_stream, environ)
     with default_stat_cache(store.root) as store.stats:
-        return _run(source, plan, store, toolchains, versions, jobs, out, package_version, progress_stream)
+        return _run(source, plan, store, versions, workers, out, package_version)
 
 
-def _run(source, plan: list[Job], store: CacheStore, toolchains: Mapping[str, Toolchain], versions: Mapping[str, Versions],
-         jobs: int, out: Optional[Path], package_version: Optional[str], progress_stream) -> BuildResult:
+@dataclasses.dataclass(frozen=True)
+class _Workers:
+    """How a build's misses are exported; no toolchains: a lookup-only build, which exports nothing."""
+
+    toolchains: Mapping[str, Toolchain]
+    jobs: int
+    progress_stream: Any = None
+    environ: Optional[Mapping[str, str]] = None
+
+
+# Build results by (job, variant); variant None for the export itself.
+_Found = dict[tuple[Job, Optional[str]], JobResult]
+
+
+def _run(source, plan: list[Job], store: CacheStore, versions: Mapping[str, Versions], workers: _Workers,
+         out: Optional[Path], package_version: Optional[str]) -> BuildResult:
+    """Look every export and variant up (locally, then remotely), export the misses, finish."""
     prints, keyed = _keys(plan, store, versions)
+    remote = _ReadThrough(source.remote)
+    found, misses = _lookup(keyed, store, remote)
+    found_variants, variant_misses = _lookup_variants(keyed, store, versions, remote)
+    found.update(found_variants)
+    tasks = misses + variant_misses
+    if tasks and not workers.toolchains:
+        raise NotCachedError([task.label for task in tasks])
+    if tasks:
+        store.clean_orphans()  # staging of builds killed mid-export
+    for result in _export(tasks, store, workers):
+        found[result.job, result.variant] = result
+    remote.upload(found.values())  # write-through, entry.json last (see hatch_onnx.remote)
+    return _finish(plan, found, store, prints, out, package_version)
 
-    results: dict[Job, JobResult] = {}
-    misses: list[tuple[Job, str, dict]] = []
+
+def _lookup(keyed: list[tuple[Job, str, dict]], store: CacheStore, remote: _ReadThrough) -> tuple[_Found, list[Task]]:
+    """Each export from the local cache, else the remote; the rest as tasks for the workers."""
+    found: _Found = {}
+    misses: list[Task] = []
     for job, key, inputs in keyed:
         started = time.perf_counter()
         entry = store.lookup(key)
         if entry is not None:
-            results[job] = JobResult(job, key, "hit", time.perf_counter() - started, entry)
+            found[job, None] = JobResult(job, key, "hit", time.perf_counter() - started, entry)
         else:
-            misses.append((job, key, inputs))
-    _refuse_misses_in_a_read_only_cache(store, [job.label for job, _, _ in misses])
-    tier = None
-    if misses and source.remote:  # read-through: fsspec is imported only here
-        from hatch_onnx.remote import Tier
+            misses.append(Task(job, key, inputs, job.request()))
+    _refuse_misses_in_a_read_only_cache(store, [task.label for task in misses])
+    fetched, misses = remote.fetch(misses, store)
+    return {**found, **fetched}, misses
 
-        tier = Tier(source.remote, warn=_warn)
-        started = time.perf_counter()
-        fetched = tier.fetch({key for _, key, _ in misses}, store)
-        seconds = time.perf_counter() - started
-        for job, key, _ in misses:
-            if key in fetched:
-                results[job] = JobResult(job, key, "fetched", seconds, fetched[key])
-        misses = [miss for miss in misses if miss[1] not in fetched]
-    # Variants: each keyed on its export's key, looked up like exports; the misses are made by the
-    # worker that runs their checkpoint's batch, after its exports (the source graph is read
-    # from its cache entry, the model loaded again for the reference outputs).
-    variants: dict[tuple[Job, str], JobResult] = {}
-    variant_misses: list[Task] = []
+
+def _lookup_variants(keyed: list[tuple[Job, str, dict]], store: CacheStore, versions: Mapping[str, Versions],
+                     remote: _ReadThrough) -> tuple[_Found, list[Task]]:
+    """Each variant, keyed on its export's key, looked up as exports are; the rest as tasks.
+
+    A missing variant is made by the worker that runs its checkpoint's batch, after the batch's
+    exports: the source graph is read from its cache entry, the model loaded again for the
+    reference outputs.
+    """
+    found: _Found = {}
+    misses: list[Task] = []
     for job, export_key, _ in keyed:
         for variant in job.variants:
             inputs = job.variant_inputs(variant, export_key, versions.get(job.framework, {}))
             key = cache_key(inputs)
             entry = store.lookup(key)
             if entry is not None:
-                variants[job, variant] = JobResult(job, key, "hit", 0.0, entry, variant=variant)
+                found[job, variant] = JobResult(job, key, "hit", 0.0, entry, variant=variant)
             else:
                 source_graph = store.entry_dir(export_key) / "model.onnx"
                 request = {**job.request(), "variant": variant, "settings": inputs["settings"], "source": str(source_graph)}
-                variant_misses.append(Task(job, key, inputs, request, variant, source_key=export_key))
-    _refuse_misses_in_a_read_only_cache(store, [f"{task.job.label}.{task.variant}" for task in variant_misses])
-    if variant_misses and source.remote:
-        if tier is None:
-            from hatch_onnx.remote import Tier
+                misses.append(Task(job, key, inputs, request, variant, source_key=export_key))
+    _refuse_misses_in_a_read_only_cache(store, [task.label for task in misses])
+    fetched, misses = remote.fetch(misses, store)
+    return {**found, **fetched}, misses
 
-            tier = Tier(source.remote, warn=_warn)
-        fetched = tier.fetch({task.key for task in variant_misses}, store)
-        for task in variant_misses:
-            if task.key in fetched:
-                variants[task.job, task.variant] = JobResult(task.job, task.key, "fetched", 0.0, fetched[task.key], variant=task.variant)
-        variant_misses = [task for task in variant_misses if task.key not in fetched]
 
-    if (misses or variant_misses) and not toolchains:
-        raise NotCachedError([job.label for job, _, _ in misses] + [f"{task.job.label}.{task.variant}" for task in variant_misses])
-    tasks = [Task(job, key, inputs, job.request()) for job, key, inputs in misses] + variant_misses
-    if tasks:
-        store.clean_orphans()  # staging of builds killed mid-export
-    for result in _export(tasks, store, toolchains, jobs, progress_stream):
-        if result.variant is None:
-            results[result.job] = result
-        else:
-            variants[result.job, result.variant] = result
-    if tier is not None:  # write-through, entry.json last (see hatch_onnx.remote)
-        tier.upload(r.entry for r in [*results.values(), *variants.values()] if r.status == "exported")
-
-    build = BuildResult(tuple(results[job] for job in plan), out,
-                        tuple(variants[job, variant] for job in plan for variant in job.variants if (job, variant) in variants))
+def _finish(plan: list[Job], found: _Found, store: CacheStore, prints: Mapping[Path, str], out: Optional[Path],
+            package_version: Optional[str]) -> BuildResult:
+    """The build's results in the plan's order; :class:`BuildError` if any failed, else materialised into ``out``."""
+    build = BuildResult(tuple(found[job, None] for job in plan), out,
+                        tuple(found[job, variant] for job in plan for variant in job.variants if (job, variant) in found))
     if build.failed:
         names = ", ".join(f"{r.label} ({r.error})" for r in build.failed)
-        error = BuildError(f"{len(build.failed)} of {len(plan) + len(build.variants)} job(s) failed: {names}")
         # Bad input everywhere (a checkpoint the worker refused) is bad input for the build too.
-        error.exit_code = 2 if all(r.exit_code == 2 for r in build.failed) else 1
-        error.result = build
-        raise error
+        exit_code = 2 if all(r.exit_code == 2 for r in build.failed) else 1
+        raise BuildError(f"{len(build.failed)} of {len(plan) + len(build.variants)} job(s) failed: {names}",
+                         exit_code=exit_code, result=build)
     if out is not None:
         from hatch_onnx.package import materialize
 
@@ -220,10 +241,38 @@ def _run(source, plan: list[Job], store: CacheStore, toolchains: Mapping[str, To
     return build
 
 
+class _ReadThrough:
+    """A build's remote tier, made on the first miss that needs it: fsspec is imported only then."""
+
+    def __init__(self, url: Optional[str]) -> None:
+        self.url = url
+        self._tier: Any = None
+
+    def fetch(self, tasks: list[Task], store: CacheStore) -> tuple[_Found, list[Task]]:
+        """The tasks whose entries the remote has, now in ``store``, as results; and the tasks left."""
+        if not tasks or not self.url:
+            return {}, tasks
+        if self._tier is None:
+            from hatch_onnx.remote import Tier
+
+            self._tier = Tier(self.url, warn=_warn)
+        started = time.perf_counter()
+        fetched = self._tier.fetch({task.key for task in tasks}, store)
+        seconds = time.perf_counter() - started
+        found: _Found = {}
+        for task in tasks:
+            if task.key in fetched:
+                found[task.job, task.variant] = JobResult(task.job, task.key, "fetched", seconds, fetched[task.key], variant=task.variant)
+        return found, [task for task in tasks if task.key not in fetched]
+
+    def upload(self, results: Iterable[JobResult]) -> None:
+        """Upload what this build exported (nothing without a miss: then there is no tier)."""
+        if self._tier is not None:
+            self._tier.upload(r.entry for r in results if r.status == "exported")
+
+
 def _refuse_misses_in_a_read_only_cache(store: CacheStore, labels: list[str]) -> None:
     if labels and not store.writable:
-        from hatch_onnx.errors import BadInputError
-
         raise BadInputError(f"cache {store.root} is read-only and {len(labels)} job(s) must be exported "
                             f"({', '.join(labels[:4])}{', ...' if len(labels) > 4 else ''}): make it writable or "
                             "point $HATCH_ONNX_CACHE at a writable folder")
@@ -250,8 +299,6 @@ def sync_remote(params_file: Path, direction: str, only: Optional[Iterable[str]]
     Returns the labels of the jobs moved and how many of the plan's jobs the other side still
     lacks (not exported yet, or the remote failed, which is reported once as a warning).
     """
-    from hatch_onnx.errors import BadInputError
-
     source = read_params(params_file)
     if not source.remote:
         raise BadInputError(f"{source.file}: no remote cache: set onnx.remote or ${REMOTE_ENV} (an fsspec URL such as s3://bucket/prefix)")
@@ -279,14 +326,6 @@ def _sync(source, plan: list[Job], store: CacheStore, versions: Mapping[str, Ver
     return sorted(label for key in moved for label in labels[key]), lacking
 
 
-class NotCachedError(BuildError):
-    """A lookup-only build found jobs that must be exported."""
-
-    def __init__(self, missing: list[str]) -> None:
-        super().__init__(f"{len(missing)} job(s) not in the cache: {', '.join(missing)}")
-        self.missing = missing
-
-
 @dataclasses.dataclass(frozen=True)
 class Task:
     """One request for the workers: an export, or a variant of one (``variant`` set)."""
@@ -298,13 +337,16 @@ class Task:
     variant: Optional[str] = None
     source_key: Optional[str] = None  # a variant's export: made earlier in the same batch, or cached
 
+    @property
+    def label(self) -> str:
+        return f"{self.job.label}.{self.variant}" if self.variant else self.job.label
 
-def _export(tasks: list[Task], store: CacheStore, toolchains: Mapping[str, Toolchain], jobs: int,
-            progress_stream) -> Iterable[JobResult]:
+
+def _export(tasks: list[Task], store: CacheStore, workers: _Workers) -> Iterable[JobResult]:
     """Run the tasks in worker processes, a batch per checkpoint; yields each result as it finishes."""
     if not tasks:
         return
-    from hatch_onnx.pool import Batch, WorkerDied, run_batches
+    from hatch_onnx.pool import Batch, run_batches
 
     by_checkpoint: dict[tuple[str, Path], list[Task]] = {}
     for task in tasks:
@@ -337,10 +379,10 @@ def _export(tasks: list[Task], store: CacheStore, toolchains: Mapping[str, Toolc
                 entry = store.put(task.key, staging, task.inputs, reply["report"]["timings"])
         return result("exported", entry)
 
-    progress = _Progress(len(tasks), progress_stream)
+    progress = _Progress(len(tasks), workers.progress_stream)
     try:
-        pythons = {framework: toolchain.python for framework, toolchain in toolchains.items()}
-        for result in run_batches(batches, pythons, jobs, run_one):
+        pythons = {framework: toolchain.python for framework, toolchain in workers.toolchains.items()}
+        for result in run_batches(batches, pythons, workers.jobs, run_one, environ=workers.environ):
             progress.finished(result)
             yield result
     finally:

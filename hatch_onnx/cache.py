@@ -95,14 +95,14 @@ def cache_key(inputs: Mapping[str, Any]) -> str:
     return xxhash.xxh3_128_hexdigest(canonical.encode("utf-8"))
 
 
-def resolve_cache_root(configured: str | Path | None, base_dir: Path) -> Path:
+def resolve_cache_root(configured: str | Path | None, base_dir: Path, environ: Mapping[str, str] | None = None) -> Path:
     """Where the cache lives: ``$HATCH_ONNX_CACHE``, else ``configured``, else a default.
 
     A relative configured path (params.yaml ``onnx.cache``) is relative to ``base_dir``
     (the folder of params.yaml), not to the current directory; a relative environment value
     is relative to the current directory, as environment paths are.
     """
-    if env := os.environ.get(CACHE_ENV):
+    if env := (os.environ if environ is None else environ).get(CACHE_ENV):
         return Path(env).expanduser().absolute()
     if configured is not None and str(configured):
         return Path(base_dir) / Path(configured).expanduser()

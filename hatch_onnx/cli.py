@@ -61,9 +61,9 @@ def _run_export(args: argparse.Namespace) -> int:
         return _print_export(args, report)
     reply = None
     if server.enabled():
-        from hatch_onnx.onnx.features import FeaturesManager
+        from hatch_onnx.checkpoints import determine_framework
 
-        framework = FeaturesManager.determine_framework(str(request.model), request.framework)  # bad input: before any work
+        framework = determine_framework(str(request.model), request.framework)  # bad input: before any work
         reply = server.request(payload, framework)
         if reply is None:
             server.start(framework)  # warms up on the other core while this call exports in-process
@@ -103,13 +103,11 @@ def _features_parser(sub) -> None:
 
 
 def _run_features(args: argparse.Namespace) -> int:
-    from importlib.metadata import PackageNotFoundError, version
-
     from hatch_onnx.models import REGISTRY, support_for
+    from hatch_onnx.toolchain import transformers_major
 
-    try:
-        line = int(version("transformers").split(".")[0])
-    except PackageNotFoundError:
+    line = transformers_major()
+    if line is None:
         line = 5  # what `pip install hatch-onnx[torch]` would bring
     if args.model_type:
         support = support_for(args.model_type)
@@ -217,9 +215,9 @@ def _run_cache(args: argparse.Namespace) -> int:
         return 0
     source = read_params(args.params) if args.params.is_file() else None
     if args.remote:
-        from hatch_onnx.errors import BadInputError
+        from hatch_onnx.errors import BadInputError, RemoteError
         from hatch_onnx.params import REMOTE_ENV
-        from hatch_onnx.remote import Remote, RemoteError
+        from hatch_onnx.remote import Remote
 
         url = source.remote if source is not None else os.environ.get(REMOTE_ENV)
         if not url:

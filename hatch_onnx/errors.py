@@ -113,4 +113,30 @@ class CorruptCacheEntryError(HatchOnnxError, ValueError):
 
 
 class BuildError(HatchOnnxError, RuntimeError):
-    """One or more jobs of a build failed."""
+    """One or more jobs of a build failed; ``result`` is the build, every job's outcome (for the CLI's table).
+
+    ``exit_code`` is set by whoever knows it: a build whose failures are all bad input (checkpoints
+    the workers refused) is bad input too.
+    """
+
+    def __init__(self, message: str, exit_code: int | None = None, result: Any = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+        self.result = result
+
+
+class NotCachedError(BuildError):
+    """A lookup-only build found jobs that must be exported."""
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(f"{len(missing)} job(s) not in the cache: {', '.join(missing)}")
+        self.missing = missing
+
+
+class WorkerDied(HatchOnnxError, RuntimeError):
+    """The worker process ended (or was killed) before answering."""
+
+
+class RemoteError(HatchOnnxError):
+    """A remote operation failed (the reason is the message); callers warn and go on locally."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -68,8 +69,12 @@ class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyam
         return super().construct_mapping(node, deep=deep)
 
 
-def read_params(path: str | Path) -> ParamsSource:
-    """Read params.yaml; :class:`ParamsError` if it is missing or not YAML. The schema is checked lazily."""
+def read_params(path: str | Path, environ: Optional[Mapping[str, str]] = None) -> ParamsSource:
+    """Read params.yaml; :class:`ParamsError` if it is missing or not YAML. The schema is checked lazily.
+
+    ``environ`` (default ``os.environ``) holds the overrides ``$HATCH_ONNX_CACHE`` and ``$HATCH_ONNX_REMOTE``.
+    """
+    environ = os.environ if environ is None else environ
     from hatch_onnx.cache import resolve_cache_root
 
     path = Path(path).absolute()
@@ -86,6 +91,6 @@ def read_params(path: str | Path) -> ParamsSource:
     onnx = data.get("onnx") if isinstance(data, dict) else None
     configured = onnx.get("cache") if isinstance(onnx, dict) else None
     # A malformed value is reported by the schema check; the cache root never depends on it.
-    cache_root = resolve_cache_root(configured if isinstance(configured, str) else None, path.parent)
-    remote = os.environ.get(REMOTE_ENV) or (onnx.get("remote") if isinstance(onnx, dict) else None)
+    cache_root = resolve_cache_root(configured if isinstance(configured, str) else None, path.parent, environ)
+    remote = environ.get(REMOTE_ENV) or (onnx.get("remote") if isinstance(onnx, dict) else None)
     return ParamsSource(path, raw, data, cache_root, remote if isinstance(remote, str) and remote else None)

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
+from hatch_onnx.errors import WorkerDied
+from hatch_onnx.frameworks.env import framework_env
 from hatch_onnx.worker import PROTOCOL_MARK  # light: the worker imports its framework only when it runs
 
 WORKER_MODULE = "hatch_onnx.worker"
@@ -39,10 +41,6 @@ DEFAULT_TIMEOUT = float(os.environ.get("HATCH_ONNX_WORKER_TIMEOUT", 3600))
 DEFAULT_RECYCLE_BYTES = int(float(os.environ.get("HATCH_ONNX_RECYCLE_MB", 1024)) * 2**20)
 
 Result = TypeVar("Result")
-
-
-class WorkerDied(RuntimeError):
-    """The worker process ended (or was killed) before answering."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,27 +79,27 @@ def package_path() -> str:
 
 
 def worker_env(framework: str, base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
-    """The worker's environment: our package importable, only the job's framework visible to transformers."""
-    env = dict(os.environ if base is None else base)
+    """``base`` (default ``os.environ``) for a worker: our package importable, only the job's framework visible."""
+    env = framework_env(framework, base)
     env["PYTHONPATH"] = package_path() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["HATCH_ONNX_PARENT_PID"] = str(os.getpid())  # a worker dies with its build (hatch_onnx.worker)
-    if framework == "pt":
-        env.update({"USE_TF": "0", "USE_TORCH": "1"})
-    else:
-        env.update({"USE_TORCH": "0", "USE_TF": "1", "TF_USE_LEGACY_KERAS": "1"})
     return env
 
 
 class Worker:
-    """One worker process: :meth:`run` sends a request and waits for its answer."""
+    """One worker process: :meth:`run` sends a request and waits for its answer.
 
-    def __init__(self, python: str, framework: str) -> None:
+    ``environ`` is the environment it starts from (default ``os.environ``): the Hatch hook names
+    one without the build frontend's isolation rather than changing its own process's.
+    """
+
+    def __init__(self, python: str, framework: str, environ: Optional[Mapping[str, str]] = None) -> None:
         self.framework = framework
         self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
         self._process = subprocess.Popen(
             [python, "-m", WORKER_MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            text=True, encoding="utf-8", env=worker_env(framework), bufsize=1,
+            text=True, encoding="utf-8", env=worker_env(framework, environ), bufsize=1,
         )
         self._timed_out = False
 
@@ -156,12 +154,14 @@ def run_batches(
     size: int,
     handle: Callable[[Any, Callable[[Mapping[str, Any]], dict]], Result],
     recycle_bytes: int = DEFAULT_RECYCLE_BYTES,
+    environ: Optional[Mapping[str, str]] = None,
 ) -> Iterator[Result]:
     """Run every batch's items, yielding ``handle``'s results as they finish.
 
     ``handle(item, send)`` does one job; ``send(request)`` runs a request on the calling thread's
-    worker (started on demand with ``pythons[framework]``) and returns its answer, or raises
-    :class:`WorkerDied`, after which the next ``send`` starts a new worker.
+    worker (started on demand with ``pythons[framework]``, from ``environ``, default
+    ``os.environ``) and returns its answer, or raises :class:`WorkerDied`, after which the next
+    ``send`` starts a new worker.
     """
     pending: "queue.Queue[Batch]" = queue.Queue()
     for batch in sorted(batches, key=lambda b: (b.framework, -b.size_bytes)):
@@ -186,7 +186,7 @@ def run_batches(
                         if worker is not None:
                             worker.close()
                         try:
-                            worker = Worker(pythons[batch.framework], batch.framework)
+                            worker = Worker(pythons[batch.framework], batch.framework, environ)
                         except OSError as exc:
                             raise WorkerDied(f"cannot start a worker with {pythons[batch.framework]}: {exc.strerror or exc}") from None
                     try:

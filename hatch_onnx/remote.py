@@ -31,16 +31,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hatch_onnx.cache import ENTRY_FILE, LAYOUT, CacheEntry, CacheStore
+from hatch_onnx.errors import RemoteError
 from hatch_onnx.fingerprint import file_digest
 
 # Transfers at once: object stores answer many requests in parallel; 2 cores hash what arrives.
 TRANSFERS = 4
 # Files at least this large get a progress bar (on a terminal).
 PROGRESS_BYTES = 64 * 2**20
-
-
-class RemoteError(Exception):
-    """A remote operation failed (the reason is the message); callers warn and go on locally."""
 
 
 class Remote:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hatch_onnx.errors import BadInputError
+from hatch_onnx.hatch.folder import package_name
 from hatch_onnx.schema import SAFE_NAME
 
 HOOK_TABLE = "[tool.hatch.build.hooks.onnx]"
@@ -44,7 +45,7 @@ def init_project(
 ) -> list[Path]:
     """Write the three pieces into ``folder``; returns what was written."""
     from hatch_onnx.models import support_for
-    from hatch_onnx.onnx.features import read_model_type
+    from hatch_onnx.checkpoints import read_model_type
 
     folder = Path(folder)
     params_file, dvc_file, pyproject = folder / "params.yaml", folder / "dvc.yaml", folder / "pyproject.toml"
@@ -67,7 +68,7 @@ def init_project(
         relative = str(absolute.resolve())
     if relative.startswith(".."):
         relative = str(absolute.resolve())
-    package = re.sub(r"[^A-Za-z0-9]+", "_", _project_name(pyproject, folder)).strip("_").lower() or "models"
+    package = package_name(_project_name(pyproject, folder))  # the hook's default destination's package
     destination = destination or f"{package}/onnx"
 
     params_text = (

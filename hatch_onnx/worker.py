@@ -34,13 +34,13 @@ class _LastModel:
         self._config: dict = {}
 
     def __call__(self, feature: str, model: str, framework: str, cache_dir: Optional[str], dtype: str = "float32") -> tuple[Any, list[str]]:
-        from hatch_onnx.onnx.features import FeaturesManager
+        from hatch_onnx.loading import load_model, model_class_for_feature
 
-        model_class = FeaturesManager.get_model_class_for_feature(feature, framework)
+        model_class = model_class_for_feature(feature, framework)
         key = (model, framework, model_class.__name__, cache_dir, dtype)
         if key != self._key:
             self.forget()
-            self._loaded = FeaturesManager.load_model(feature, model, framework, cache_dir, dtype)
+            self._loaded = load_model(feature, model, framework, cache_dir, dtype)
             self._key = key
             self._config = dict(self._loaded[0].config.__dict__)
         else:  # exports override config values (use_cache...): give the next job the model as loaded
@@ -72,10 +72,10 @@ def handle(request: Mapping[str, Any], load: Optional[Callable] = None) -> dict:
     try:
         if "variant" in fields:  # an optimised or quantised graph of an export (hatch_onnx.variants)
             from hatch_onnx.atomic import write_json
-            from hatch_onnx.onnx.features import FeaturesManager
+            from hatch_onnx.loading import load_model
             from hatch_onnx.variants import make_and_validate
 
-            result = make_and_validate({**fields, "output": str(output)}, load or FeaturesManager.load_model)
+            result = make_and_validate({**fields, "output": str(output)}, load or load_model)
             if report:
                 write_json(report, result)
         else:

@@ -124,14 +124,14 @@ import os, signal
 if b"hatch_onnx.worker" in open("/proc/self/cmdline", "rb").read():
     log = open(os.environ["PROBE_LOG"], "a")
     log.write(f"start {os.getpid()}\\n"); log.flush()
-    from hatch_onnx.onnx import features
-    real = features.FeaturesManager.load_model
+    from hatch_onnx import loading
+    real = loading.load_model
     def load_model(feature, model, *args, **kwargs):
         if os.path.basename(model).startswith("crash"):
             os.kill(os.getpid(), signal.SIGKILL)
         log.write(f"load {os.path.basename(model)} {feature}\\n"); log.flush()
         return real(feature, model, *args, **kwargs)
-    features.FeaturesManager.load_model = staticmethod(load_model)
+    loading.load_model = load_model
 """
 
 
@@ -204,8 +204,8 @@ def test_a_killed_build_takes_its_worker_with_it_and_the_next_build_cleans_up(tm
         "import os, time\n"
         "if b'hatch_onnx.worker' in open('/proc/self/cmdline', 'rb').read():\n"
         "    open(os.environ['PROBE_LOG'], 'a').write(f'{os.getpid()}\\n')\n"
-        "    from hatch_onnx.onnx import features\n"
-        "    features.FeaturesManager.load_model = staticmethod(lambda *a: time.sleep(600))\n"
+        "    from hatch_onnx import loading\n"
+        "    loading.load_model = lambda *a: time.sleep(600)\n"
     )
     log = tmp_path / "worker.pid"
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "probe"), "PROBE_LOG": str(log)}

@@ -52,6 +52,20 @@ def test_opset_below_minimum(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_failed_build_prints_its_table_and_returns_the_errors_exit_code(monkeypatch, capsys):
+    from hatch_onnx import build
+    from hatch_onnx.errors import BuildError
+
+    def failing(*args, **kwargs):
+        raise BuildError("1 of 1 job(s) failed: m:default (bad)", exit_code=2, result=build.BuildResult((), None))
+
+    monkeypatch.setattr(build, "run_build", failing)
+    assert main(["build", "--params", "params.yaml"]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("job ") and err == "hatch-onnx: error: 1 of 1 job(s) failed: m:default (bad)\n"
+    assert BuildError("x").exit_code == 1 and BuildError("x", exit_code=2).exit_code == 2
+
+
 def test_features_command():
     result = run_cli("features")
     assert result.returncode == 0

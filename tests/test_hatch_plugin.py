@@ -59,6 +59,58 @@ def test_hatchling_keys_are_accepted_and_defaults_follow_the_project(tmp_path):
     assert hook.source_path == "src/our_models/onnx"  # the wheel's `src/` rewrite, reversed
 
 
+@pytest.mark.parametrize("name", ["our-models", "Our.Models", "our__models", "a-b.c_d", "x", "Models2"])
+def test_the_package_name_is_hatchlings_for_valid_project_names(name):
+    import re
+
+    from hatch_onnx.hatch.folder import package_name
+
+    assert package_name(name) == re.sub(r"[-_.]+", "_", name).lower()
+
+
+def test_the_package_name_of_an_odd_folder_name_is_still_an_identifier():
+    from hatch_onnx.hatch.folder import package_name
+
+    assert (package_name("my models!"), package_name("--"), package_name("Our Models 2")) == ("my_models", "models", "our_models_2")
+
+
+@pytest.mark.slow
+def test_a_hook_build_leaves_the_process_environment_alone(tmp_path, monkeypatch):
+    """The workers get an environment without pip's isolation; hatchling's own is never swapped."""
+    import os
+    import sys
+
+    import yaml
+
+    from conftest import checkpoint
+    from hatch_onnx import pool
+
+    (tmp_path / "src" / "our_models").mkdir(parents=True)
+    models = {"bert": {"checkpoint": str(checkpoint("bert")), "features": ["default"]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"onnx": {"models": models}}))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "pip-build-env-x1" / "site"))  # pip hides the user's packages so
+    monkeypatch.setenv("HATCH_ONNX_PYTHON", sys.executable)
+    environ, before = os.environ, dict(os.environ)
+    started: list[tuple[dict, dict]] = []
+
+    def recording(framework, base=None):
+        env = real(framework, base)
+        started.append((dict(os.environ), env))
+        return env
+
+    real = pool.worker_env
+    monkeypatch.setattr(pool, "worker_env", recording)
+    app = RecordingApp()
+    make_hook(tmp_path, {"destination": DESTINATION}, app=app).initialize("standard", {"force_include": {}})
+
+    assert ("info", f"onnx: 1 model(s): 1 exported, 0 from the cache (exports run by {sys.executable}, "
+                    "from $HATCH_ONNX_PYTHON)") in app.messages
+    assert os.environ is environ and dict(os.environ) == before
+    ((during, worker),) = started
+    assert during == before  # not swapped while the build ran either
+    assert "pip-build-env" not in worker["PYTHONPATH"] and worker["USE_TORCH"] == "1"
+
+
 def test_size_warnings_name_the_file_and_the_limits(tmp_path, monkeypatch):
     from hatch_onnx.hatch import plugin
 

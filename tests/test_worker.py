@@ -47,7 +47,7 @@ def test_pool_worker_survives_a_failed_job_and_reports_its_death(tmp_path):
         good = worker.run(request("bert", "default", tmp_path / "y"))
         assert good["ok"] and good["log"] == []
         worker._process.kill()  # as the out-of-memory killer would
-        from hatch_onnx.pool import WorkerDied
+        from hatch_onnx.errors import WorkerDied
 
         with pytest.raises(WorkerDied, match="killed by signal 9"):
             worker.run(request("bert", "masked-lm", tmp_path / "z"))

@@ -16,11 +16,11 @@ it did not write (one without its manifest).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
@@ -31,6 +31,17 @@ LOADER = "__init__.py"
 # Files a walk of the folder must not ship: bytecode from an editable install's imports, OS litter.
 _SKIPPED_DIRS = {"__pycache__"}
 _SKIPPED_FILES = {".DS_Store"}
+
+
+def package_name(project_name: str) -> str:
+    """The import name of a project's package, whose ``onnx`` folder is the default destination.
+
+    For every valid project name this is hatchling's rule (runs of ``-_.`` become ``_``, lower
+    case: ``our-models`` -> ``our_models``), so the folder lands in the package hatchling ships.
+    Other characters (a folder name with spaces, which ``hatch-onnx init`` may start from) also
+    become ``_``: the result holds letters, digits and ``_`` only, and is ``models`` if nothing is left.
+    """
+    return re.sub(r"[^A-Za-z0-9]+", "_", project_name).strip("_").lower() or "models"
 
 
 class ModelsFolder:
@@ -71,16 +82,17 @@ class ModelsFolder:
         """Run the build (:func:`hatch_onnx.build.run_build`) into a staging folder, add the loader, swap it in.
 
         With ``versions`` the build is lookup only (see ``run_build``). A failed job, or a miss of
-        a lookup-only build, raises and leaves the folder as it was.
+        a lookup-only build, raises and leaves the folder as it was. ``environ`` is the build's
+        environment (its workers start from it); hatchling's process keeps its own untouched.
         """
         from hatch_onnx.build import run_build
-
         from hatch_onnx.package import out_lock
 
         self.manifest()  # refuse a folder that is not ours before any work
-        with out_lock(self.path), as_atomic_folder(self.path) as staging, _environ(environ):
+        with out_lock(self.path), as_atomic_folder(self.path) as staging:
             result = run_build(params_file, out=staging, python=python, python_tf=python_tf, jobs=jobs,
-                               package_version=version, progress_stream=progress_stream, versions=versions)
+                               package_version=version, progress_stream=progress_stream, versions=versions,
+                               environ=environ)
             self._write_loader(staging)
         return result
 
@@ -135,22 +147,6 @@ class ModelsFolder:
         source = Path(runtime.__file__).read_text(encoding="utf-8")
         header = "# Written by hatch-onnx's build hook from hatch_onnx/runtime.py; rebuilt on every build.\n"
         (folder / LOADER).write_text(header + source, encoding="utf-8")
-
-
-@contextlib.contextmanager
-def _environ(environ: Optional[Mapping[str, str]]) -> Iterator[None]:
-    """Temporarily replace ``os.environ``, which run_build's workers inherit; a no-op for ``None``."""
-    if environ is None:
-        yield
-        return
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(environ)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def toolchain_of_record(manifest: Optional[dict]) -> Optional[dict[str, dict[str, Optional[str]]]]:

@@ -19,7 +19,6 @@ names the option and the hook.
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
@@ -104,8 +103,10 @@ class OnnxBuildHook(BuildHookInterface):
         if self.__config_destination is None:
             destination = self.config.get("destination")
             if destination is None:
+                from hatch_onnx.hatch.folder import package_name
+
                 # The project's own package, by hatchling's naming rule: `our-models` -> `our_models/onnx`.
-                destination = f"{re.sub(r'[-_.]+', '_', self.metadata.core.name).lower()}/onnx"
+                destination = f"{package_name(self.metadata.core.name)}/onnx"
             if not isinstance(destination, str):
                 message = f"Option `destination` for build hook `{self.PLUGIN_NAME}` must be a string"
                 raise TypeError(message)
@@ -263,7 +264,7 @@ class OnnxBuildHook(BuildHookInterface):
                                      f"add it to .gitignore or to [tool.hatch.build.targets.sdist] exclude")
 
     def _export(self, folder) -> None:
-        from hatch_onnx.build import NotCachedError
+        from hatch_onnx.errors import NotCachedError
         from hatch_onnx.hatch.folder import toolchain_of_record
         from hatch_onnx.hatch.interpreter import PYTHON_ENV, find_export_python, frontend_free_environ
 
