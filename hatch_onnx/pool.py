@@ -21,6 +21,7 @@ not its own (a Hatch build environment has no torch).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import queue
@@ -148,6 +149,34 @@ class Worker:
         self._stderr.close()
 
 
+class _Slot:
+    """One thread's worker: started on demand for a framework, replaced when it dies or must change."""
+
+    def __init__(self, pythons: Mapping[str, str], environ: Optional[Mapping[str, str]]) -> None:
+        self.pythons, self.environ = pythons, environ
+        self.worker: Optional[Worker] = None
+
+    def send(self, framework: str, request: Mapping[str, Any]) -> dict:
+        """``request``'s answer from a worker of ``framework``; :class:`WorkerDied` (and no worker) if it died."""
+        if self.worker is not None and (self.worker.framework != framework or not self.worker.alive):
+            self.close()
+        if self.worker is None:
+            try:
+                self.worker = Worker(self.pythons[framework], framework, self.environ)
+            except OSError as exc:
+                raise WorkerDied(f"cannot start a worker with {self.pythons[framework]}: {exc.strerror or exc}") from None
+        try:
+            return self.worker.run(request)
+        except WorkerDied:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
 def run_batches(
     batches: Sequence[Batch],
     pythons: Mapping[str, str],
@@ -169,43 +198,21 @@ def run_batches(
     results: "queue.Queue[tuple[bool, Any]]" = queue.Queue()
 
     def drive() -> None:
-        worker: Optional[Worker] = None
+        slot = _Slot(pythons, environ)
         try:
             while True:
                 try:
                     batch = pending.get_nowait()
                 except queue.Empty:
                     return
-                if worker is not None and worker.framework != batch.framework:
-                    worker.close()
-                    worker = None
-
-                def send(request: Mapping[str, Any]) -> dict:
-                    nonlocal worker
-                    if worker is None or not worker.alive:
-                        if worker is not None:
-                            worker.close()
-                        try:
-                            worker = Worker(pythons[batch.framework], batch.framework, environ)
-                        except OSError as exc:
-                            raise WorkerDied(f"cannot start a worker with {pythons[batch.framework]}: {exc.strerror or exc}") from None
-                    try:
-                        return worker.run(request)
-                    except WorkerDied:
-                        worker.close()
-                        worker = None
-                        raise
-
                 for item in batch.items:
-                    results.put((True, handle(item, send)))
-                if worker is not None and batch.size_bytes > recycle_bytes:
-                    worker.close()
-                    worker = None
+                    results.put((True, handle(item, functools.partial(slot.send, batch.framework))))
+                if batch.size_bytes > recycle_bytes:
+                    slot.close()
         except BaseException as exc:  # a bug in handle: surface it in the caller's thread
             results.put((False, exc))
         finally:
-            if worker is not None:
-                worker.close()
+            slot.close()
 
     total = sum(len(batch.items) for batch in batches)
     threads = [threading.Thread(target=drive, daemon=True) for _ in range(max(1, min(size, len(batches))))]
