@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 # Bump when the meaning of a key's inputs or of an entry changes: old entries then miss.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: decoders take position_ids (GPT-2, GPT-Neo, GPT-J, CodeGen)
 LAYOUT = "v1"
 CACHE_ENV = "HATCH_ONNX_CACHE"
 DEFAULT_CACHE_DIRNAME = ".hatch-onnx-cache"

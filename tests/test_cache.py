@@ -78,7 +78,7 @@ def test_cache_key_changes_with_any_input(name: str, value: object) -> None:
 
 def test_cache_key_includes_the_schema_version(monkeypatch: pytest.MonkeyPatch) -> None:
     before = cache_key(INPUTS)
-    monkeypatch.setattr(cache_mod, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(cache_mod, "SCHEMA_VERSION", cache_mod.SCHEMA_VERSION + 1)
     assert cache_key(INPUTS) != before
 
 

@@ -47,9 +47,21 @@ class DecoderOnnxConfig(OnnxConfigWithPast):
     behaves as the model does with ``pad_token_id = eos_token_id`` (the report says so). A
     config without an eos token either (a bare Qwen2Config) gets :data:`NO_PAD_TOKEN`, an id no
     token has: every row scores its last token, which is what the model does for one sequence.
+
+    Default and causal-LM graphs take ``position_ids`` beside the mask (after it, the legacy
+    order kept), as Optimum's and transformers.js's do: with left padding, as in batched
+    generation, a token's position is not its index, and a graph that computes positions from
+    indices gives the padded rows other tokens than the model (the legacy interface had none).
+    Validation pads the last row on the left (``DummySpec.left_padding``), at another past length.
     """
 
     NO_PAD_TOKEN = -1
+    # False for decoders whose positions come from the mask alone (BLOOM's ALiBi).
+    POSITION_IDS = True
+
+    @property
+    def takes_position_ids(self) -> bool:
+        return self.POSITION_IDS and self.task in ("default", "causal-lm")
 
     @property
     def values_override(self) -> Optional[Mapping[str, Any]]:
@@ -69,7 +81,32 @@ class DecoderOnnxConfig(OnnxConfigWithPast):
             common["attention_mask"] = {0: "batch", 1: "past_sequence + sequence"}
         else:
             common["attention_mask"] = {0: "batch", 1: "sequence"}
+        if self.takes_position_ids:
+            common["position_ids"] = {0: "batch", 1: "sequence"}
         return common
+
+    def _dummy_text(self, preprocessor: Any, draw: Draw) -> dict[str, np.ndarray]:
+        import numpy as np
+
+        arrays = super()._dummy_text(preprocessor, draw)
+        if not self.POSITION_IDS:
+            return arrays
+        # Every task's validation pads (the positions are dropped where the graph takes none).
+        mask = arrays["attention_mask"]
+        if draw.left_padding:  # the last row starts with padding, as a shorter prompt in a batch does
+            mask[-1, : draw.left_padding] = 0
+        # What generate() computes: positions count the tokens attended to; padding gets 1.
+        positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
+        arrays["position_ids"] = positions[:, -arrays["input_ids"].shape[1]:].astype(np.int64)
+        return arrays
+
+    def padded_positions(self, inputs: Mapping[str, Any]) -> "Optional[np.ndarray]":
+        import numpy as np
+
+        if not self.POSITION_IDS:
+            return None
+        mask = np.asarray(inputs["attention_mask"])
+        return mask[:, -np.asarray(inputs["input_ids"]).shape[1]:] == 0
 
 
 class RotaryDecoderOnnxConfig(DecoderOnnxConfig):
@@ -79,14 +116,9 @@ class RotaryDecoderOnnxConfig(DecoderOnnxConfig):
     with left padding, as in batched generation, a token's position is not its index. The cache
     is flat, as GPT-2's, with ``num_key_value_heads`` heads of ``head_dim`` (grouped-query
     attention): ``past_key_values.{i}.key|value`` in, ``present.{i}.key|value`` out.
-    Validation pads the last row on the left (``DummySpec.left_padding``), at another past length.
     """
 
     ATOL_FOR_VALIDATION = 1e-4
-
-    @property
-    def takes_position_ids(self) -> bool:
-        return self.task in ("default", "causal-lm")
 
     @property
     def inputs(self) -> Mapping[str, Mapping[int, str]]:
@@ -108,24 +140,6 @@ class RotaryDecoderOnnxConfig(DecoderOnnxConfig):
 
     def _past_shape(self, batch: int, length: int) -> tuple[int, int, int, int]:
         return batch, self.num_key_value_heads, length, self.head_dim
-
-    def _dummy_text(self, preprocessor: Any, draw: Draw) -> dict[str, np.ndarray]:
-        import numpy as np
-
-        arrays = super()._dummy_text(preprocessor, draw)
-        mask = arrays["attention_mask"]
-        if draw.left_padding:  # the last row starts with padding, as a shorter prompt in a batch does
-            mask[-1, : draw.left_padding] = 0
-        # What generate() computes: positions count the tokens attended to; padding gets 1.
-        positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
-        arrays["position_ids"] = positions[:, -arrays["input_ids"].shape[1]:].astype(np.int64)
-        return arrays
-
-    def padded_positions(self, inputs: Mapping[str, Any]) -> "Optional[np.ndarray]":
-        import numpy as np
-
-        mask = np.asarray(inputs["attention_mask"])
-        return mask[:, -np.asarray(inputs["input_ids"]).shape[1]:] == 0
 
 
 # --- encoder-decoders ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from hatch_onnx.config import OnnxConfigWithPast
 from hatch_onnx.models._base import DecoderOnnxConfig, Seq2SeqOnnxConfig
 from hatch_onnx.models._support import ModelSupport
 
@@ -11,6 +12,9 @@ from hatch_onnx.models._support import ModelSupport
 class BartOnnxConfig(Seq2SeqOnnxConfig):
     ATOL_FOR_VALIDATION = 1e-4
     APPEND_EOS = True  # the classification head reads the hidden state at the last eos
+    # The causal-LM decoder (BartForCausalLM) takes no position_ids: its positions start at the cache's length.
+    POSITION_IDS = False
+    takes_position_ids = DecoderOnnxConfig.takes_position_ids
 
     @property
     def inputs(self) -> Mapping[str, Mapping[int, str]]:
@@ -31,7 +35,7 @@ class BartOnnxConfig(Seq2SeqOnnxConfig):
 
     def _dummy_text(self, preprocessor, draw):
         if self.task == "causal-lm":
-            return DecoderOnnxConfig._dummy_text(self, preprocessor, draw)
+            return OnnxConfigWithPast._dummy_text(self, preprocessor, draw)  # GPT-2's layout, no positions
         return super()._dummy_text(preprocessor, draw)
 
 

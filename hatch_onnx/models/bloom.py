@@ -12,6 +12,7 @@ from hatch_onnx.models._support import ModelSupport
 
 class BloomOnnxConfig(DecoderOnnxConfig):
     ATOL_FOR_VALIDATION = 1e-4
+    POSITION_IDS = False  # ALiBi: positions come from the mask
 
 
 SUPPORT = ModelSupport(
