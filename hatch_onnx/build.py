@@ -26,6 +26,7 @@ from typing import Any, Optional
 from hatch_onnx.cache import CacheEntry, CacheStore, cache_key
 from hatch_onnx.errors import BadInputError, BuildError, FrameworkError, NotCachedError, WorkerDied
 from hatch_onnx.fingerprint import default_stat_cache, fingerprint
+from hatch_onnx.layouts import as_layouts
 from hatch_onnx.params import REMOTE_ENV, read_params
 from hatch_onnx.plan import Job, resolve_plan
 from hatch_onnx.toolchain import PYTHON_ENV, PYTHON_TF_ENV, Versions, interpreter_versions, runs_tensorflow
@@ -122,8 +123,12 @@ def run_build(
     progress_stream=None,
     versions: Optional[Mapping[str, Versions]] = None,
     environ: Optional[Mapping[str, str]] = None,
+    layouts: Optional[tuple[str, ...]] = None,
 ) -> BuildResult:
     """Plan, look up, export the misses (``jobs`` workers), materialise into ``out``.
+
+    ``layouts`` (``--layout``, the hook's option) replaces params.yaml's for every model: it
+    names and places files in ``out``, never changes a cache key.
 
     ``versions`` (framework -> toolchain versions) makes the build *lookup only*: keys use
     those versions, nothing is exported, and a miss raises :class:`NotCachedError` (for a
@@ -138,6 +143,8 @@ def run_build(
     """
     source = read_params(params_file, environ)
     plan = resolve_plan(source, only)
+    if layouts is not None:
+        plan = [dataclasses.replace(job, layouts=as_layouts(layouts)) for job in plan]
     store = CacheStore(source.cache_root)
     toolchains: dict[str, Toolchain] = {}
     if versions is None:

@@ -18,9 +18,22 @@ from hatch_onnx.toolchain import transformers_major
 from hatch_onnx.weights import PT_WEIGHTS, TF_WEIGHTS
 
 FRAMEWORKS = ("pt", "tf")
+# What inference needs beside the graph: the model config and the preprocessor's files, copied
+# into every folder the project writes so that a consumer opens it with the folder alone.
+SIDE_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+    "spm.model", "preprocessor_config.json", "processor_config.json", "feature_extractor_config.json",
+    "image_processor_config.json", "normalizer.json", "chat_template.jinja",
+)
 # What each framework's jobs import, and the extra that installs it.
 FRAMEWORK_MODULES = {"pt": ("torch",), "tf": ("tensorflow", "tf_keras", "tf2onnx")}
 FRAMEWORK_EXTRAS = {"pt": "torch", "tf": "tf"}
+
+
+def side_files(checkpoint: Path) -> list[Path]:
+    """The checkpoint's :data:`SIDE_FILES` that exist."""
+    return [checkpoint / name for name in SIDE_FILES if (checkpoint / name).is_file()]
 
 
 def framework_installed(name: str) -> bool:

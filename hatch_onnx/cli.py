@@ -30,7 +30,9 @@ def _export_parser(sub) -> None:
                    help="precision to load, export and validate in (PyTorch; fp32/fp16 accepted; default: %(default)s)")
     p.add_argument("--report", type=Path, help="write a JSON validation report here")
     p.add_argument("--allow-new-head", action="store_true", help="export even if the checkpoint lacks the head's weights")
-    p.add_argument("output", type=Path, help="folder that receives model.onnx")
+    p.add_argument("--layout", action="append", choices=("optimum", "transformers.js"),
+                   help="where the folder's files go, for each consumer (repeatable; default: optimum)")
+    p.add_argument("output", type=Path, help="folder that receives the model (graph, config, preprocessor files)")
     p.set_defaults(run=_run_export)
 
 
@@ -51,7 +53,7 @@ def _run_export(args: argparse.Namespace) -> int:
     request = ExportRequest(
         model=args.model.absolute(), feature=args.feature, framework=args.framework, opset=args.opset, atol=args.atol,
         exporter=args.exporter, preprocessor=args.preprocessor, allow_new_head=args.allow_new_head, cache_dir=args.cache_dir,
-        dtype=args.dtype,
+        dtype=args.dtype, layouts=None if args.output.suffix == ".onnx" else tuple(args.layout or ("optimum",)),
     )
     payload = {**_fields(request), "output": str(args.output.absolute()), "report": str(args.report.absolute()) if args.report else None}
     if args.debug:  # in this process, so that a failure shows its traceback
@@ -81,7 +83,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _print_export(args: argparse.Namespace, report: dict) -> int:
-    target = args.output if args.output.suffix == ".onnx" else args.output / "model.onnx"
+    graph = next((name for name in report["files"] if name.endswith("model.onnx")), "model.onnx")
+    target = args.output if args.output.suffix == ".onnx" else args.output / graph
     print(f"Validated {target} ({report['model_type']}, {report['feature']}, opset {report['opset']}, {report['exporter']})")
     for name, figures in report["validation"]["outputs"].items():
         print(f"  {name:<28} shape {figures['shape']!s:<20} max abs diff {figures['max_abs_diff']:.2e} <= atol {figures['atol']:g}")
@@ -133,6 +136,8 @@ def _build_parser(sub) -> None:
     p.add_argument("--python", help="interpreter for PyTorch exports (default: $HATCH_ONNX_PYTHON or this one)")
     p.add_argument("--python-tf", help="interpreter for TensorFlow exports, with transformers 4.x and hatch-onnx[tf] "
                                        "(default: $HATCH_ONNX_PYTHON_TF or --python's)")
+    p.add_argument("--layout", action="append", choices=("optimum", "transformers.js"),
+                   help="where the folders' files go, for each consumer (repeatable; default: params.yaml's onnx.layout)")
     p.add_argument("--metrics", type=Path, help="write validation figures as a metrics file (JSON: feature -> output -> figures)")
     p.add_argument("--plots", type=Path, help="write validation figures as plot records (JSON list, one per output)")
     p.set_defaults(run=_run_build)
@@ -143,7 +148,8 @@ def _run_build(args: argparse.Namespace) -> int:
     from hatch_onnx.errors import BuildError
 
     try:
-        result = run_build(args.params, only=args.only, jobs=args.jobs, out=args.out, python=args.python, python_tf=args.python_tf)
+        result = run_build(args.params, only=args.only, jobs=args.jobs, out=args.out, python=args.python, python_tf=args.python_tf,
+                           layouts=tuple(args.layout) if args.layout else None)
     except BuildError as exc:
         _print_table(exc.result)
         raise

@@ -25,6 +25,7 @@ from hatch_onnx.atomic import staging_folder, write_json
 from hatch_onnx.checkpoints import determine_framework, read_model_type
 from hatch_onnx.errors import BadInputError, MissingHeadWeightsError
 from hatch_onnx.frameworks.env import isolate
+from hatch_onnx.layouts import as_layouts
 from hatch_onnx.loading import DTYPES, ModelLoader, load_model, load_preprocessor
 from hatch_onnx.models import ModelSupport, support_for
 from hatch_onnx.toolchain import transformers_major
@@ -45,6 +46,10 @@ class ExportRequest:
     cache_dir: Optional[str] = None
     # float16: the model is loaded in float16 and the graph exported and validated in it (PyTorch)
     dtype: str = "float32"
+    # None: the graph alone (what a cache entry holds). Layouts (hatch_onnx.layouts): a complete
+    # model folder, the graph placed for each, with the checkpoint's config and preprocessor
+    # files and, for decoders onnxruntime-genai runs, genai_config.json.
+    layouts: Optional[tuple[str, ...]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +81,11 @@ def check_request(request: ExportRequest, output: Path) -> CheckedRequest:
         raise BadInputError(f"dtype {request.dtype}: choose {' or '.join(DTYPES)}")
     if request.dtype != "float32" and framework != "pt":
         raise BadInputError(f"{model_dir}: dtype {request.dtype} exports PyTorch checkpoints only")
+    if request.layouts is not None:
+        try:
+            as_layouts(request.layouts)
+        except ValueError as exc:
+            raise BadInputError(f"--layout: {exc}") from None
     return CheckedRequest(request, model_dir, support, framework, opset)
 
 
@@ -173,11 +183,41 @@ def _export_and_validate(checked: CheckedRequest, model: Any, onnx_config: Any, 
         inputs, reference = reference_outputs(model, onnx_config, validation_inputs(onnx_config))
         validation = validate_graph(staged, onnx_config, inputs, reference, Tolerance(atol=atol), named_outputs=onnx_outputs)
         timings["validate"] = time.perf_counter() - t0
-        files = sorted(p.name for p in staging.iterdir())
-        # The data file first: the graph never appears without its weights.
-        for name in sorted(files, key=lambda n: n == target.name):
+        if checked.request.layouts is not None and target.name == "model.onnx":
+            _complete_folder(staging, checked, validation)
+        files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        # Graphs last, their data before them: a graph never appears without its weights or its folder's files.
+        for name in sorted(files, key=lambda n: (n.endswith(".onnx"), n)):
+            (target.parent / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).replace(target.parent / name)
     return files, validation
+
+
+def _complete_folder(staging: Path, checked: CheckedRequest, validation: dict[str, Any]) -> None:
+    """Make the staged graph a model folder: placed for each layout, with the checkpoint's side files and genai config."""
+    import shutil
+
+    from hatch_onnx.checkpoints import side_files
+    from hatch_onnx.genai import genai_config_text
+    from hatch_onnx.layouts import GENAI_CONFIG_FILE, graph_path, placed, primary
+
+    layouts = as_layouts(checked.request.layouts)
+    graph_files = sorted(p.name for p in staging.iterdir())
+    for layout in layouts:
+        for name in graph_files:
+            destination = staging / placed(layout, name)
+            if destination != staging / name:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(staging / name, destination)
+    if "optimum" not in layouts:
+        for name in graph_files:
+            (staging / name).unlink()
+    for side in side_files(checked.model_dir):
+        shutil.copyfile(side, staging / side.name)
+    genai = genai_config_text(checked.model_dir, checked.support.model_type, checked.request.feature, validation["graph"],
+                              graph_path(primary(layouts)))
+    if genai is not None:
+        (staging / GENAI_CONFIG_FILE).write_text(genai, encoding="utf-8")
 
 
 def _new_head_weights(model: Any, onnx_config: Any, missing: list[str], framework: str) -> list[str]:

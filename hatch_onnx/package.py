@@ -7,8 +7,9 @@
                       /tokenizer.json ...  and its preprocessor files
 ```
 Each ``<out>/<name>`` folder is replaced whole, by renames: a reader never sees half a model.
-The manifest lists every file it ships (graphs, variants, config and preprocessor files) with
-its size and ``xxh3_128``. A folder is left as it is only when its manifest entries are the same
+The manifest lists every file it ships (graphs, variants, config and preprocessor files, the
+genai config) with its size, ``xxh3_128`` and role, graphs with their layout
+(:mod:`hatch_onnx.layouts`: ``optimum`` as drawn above, ``transformers.js`` under ``onnx/``). A folder is left as it is only when its manifest entries are the same
 and every file still has its digest (through the stat record: a stat per unchanged file).
 
 Graph files are reflinks of the cache's files where the file system has them (``FICLONE``:
@@ -25,19 +26,22 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, NamedTuple, Optional
+
+import xxhash
 
 from hatch_onnx.__about__ import __version__
 from hatch_onnx.atomic import as_atomic_folder, write_json, write_text
+from hatch_onnx.checkpoints import side_files
+from hatch_onnx.genai import genai_config_text
+from hatch_onnx.layouts import (
+    DEFAULT_LAYOUTS, GENAI_CONFIG, GENAI_CONFIG_FILE, GRAPH, GRAPH_DATA, VARIANT, graph_path, placed, primary,
+    role_of_checkpoint_file,
+)
 
 MANIFEST = "manifest.json"
-# What inference needs beside the graph: the model config and the preprocessor's files.
-CHECKPOINT_SIDE_FILES = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
-    "spm.model", "preprocessor_config.json", "processor_config.json", "feature_extractor_config.json",
-    "image_processor_config.json", "normalizer.json",
-)
+# 2: every file has a role (and graphs their layout); a feature lists its layouts
+MANIFEST_FORMAT = 2
 
 
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -72,24 +76,69 @@ def out_lock(out: Path):
     return FileLock(Path(tempfile.gettempdir()) / f"hatch-onnx-out-{name}.lock")
 
 
-def _side_files(checkpoint: Path) -> list[Path]:
-    return [checkpoint / name for name in CHECKPOINT_SIDE_FILES if (checkpoint / name).is_file()]
+class Placement(NamedTuple):
+    """One file of a feature folder: where it goes, what it comes from (a file or text), its role."""
+
+    path: str  # relative to the feature folder
+    role: str
+    source: Optional[Path] = None  # a cache entry's or the checkpoint's file
+    text: Optional[str] = None  # written by us (genai_config.json)
+    layout: Optional[str] = None  # graphs and variants: the layout they are placed for
 
 
-def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str, digest=None) -> dict:
-    """A feature's manifest entry; ``digest(path)`` gives the side files' digests (default: read them)."""
+def placements(result: Any, variants: Iterable[Any] = ()) -> list[Placement]:
+    """Every file of ``result``'s feature folder in its job's layouts: graphs, variants, config and preprocessor files."""
+    layouts = result.job.layouts
+    out = []
+    for layout in layouts:
+        for name in sorted(result.entry.files):
+            if name != "report.json":
+                out.append(Placement(placed(layout, name), GRAPH if name == "model.onnx" else GRAPH_DATA,
+                                     result.entry.path / name, layout=layout))
+        for variant in variants:
+            out.append(Placement(graph_path(layout, variant.variant), VARIANT, variant.entry.path / "model.onnx", layout=layout))
+    out.extend(Placement(side.name, role_of_checkpoint_file(side.name), side) for side in side_files(result.job.checkpoint))
+    genai = genai_config_text(result.job.checkpoint, result.job.model_type, result.job.feature, result.report["validation"]["graph"],
+                              graph_path(primary(layouts)))
+    if genai is not None:
+        out.append(Placement(GENAI_CONFIG_FILE, GENAI_CONFIG, text=genai))
+    return out
+
+
+def _file_record(folder: str, placement: Placement, digest) -> dict:
+    if placement.text is not None:
+        data = placement.text.encode("utf-8")
+        size, file_hash = len(data), xxhash.xxh3_128_hexdigest(data)
+    else:
+        size, file_hash = placement.source.stat().st_size, digest(placement.source)
+    record = {"path": f"{folder}/{placement.path}", "size": size, "xxh3_128": file_hash, "role": placement.role}
+    if placement.layout is not None:
+        record["layout"] = placement.layout
+    return record
+
+
+def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str, digest=None, variants: Iterable[Any] = ()) -> dict:
+    """A feature's manifest entry; ``digest(path)`` gives the files' digests (default: read them).
+
+    Cache entry files are digested by the cache already (``entry.files``); the side files are read.
+    """
     from hatch_onnx.fingerprint import file_digest
 
     digest = digest or file_digest
     entry = result.entry
+    cached = {entry.path / name: file_hash for name, (_, file_hash) in entry.files.items()}
+    for variant in variants:
+        cached[variant.entry.path / "model.onnx"] = variant.entry.files["model.onnx"][1]
+    variants = list(variants)
+    files = {p.path: _file_record(folder, p, lambda path: cached.get(path) or digest(path))
+             for p in placements(result, variants) if p.role != VARIANT}
     report = result.report
     validation = report["validation"]
-    graph_files = {name: {"path": f"{folder}/{name}", "size": size, "xxh3_128": file_hash}
-                   for name, (size, file_hash) in sorted(entry.files.items()) if name != "report.json"}
-    for side in _side_files(result.job.checkpoint):
-        graph_files[side.name] = {"path": f"{folder}/{side.name}", "size": side.stat().st_size, "xxh3_128": digest(side)}
+    made = {v.variant: variant_entry(v, folder, result.job.layouts) for v in variants}
     return {
-        "files": graph_files,
+        "files": dict(sorted(files.items())),
+        "layouts": list(result.job.layouts),
+        **({"variants": made} if made else {}),
         "opset": report["opset"],
         "dtype": report.get("dtype", "float32"),  # reports of entries made before --dtype existed are float32
         "inputs": validation["graph"]["inputs"],
@@ -111,13 +160,16 @@ def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str, digest
     }
 
 
-def variant_entry(result: Any, folder: str) -> dict:
-    """A variant's manifest entry: its file (``model.<variant>.onnx``), settings and validation figures."""
+def variant_entry(result: Any, folder: str, layouts: tuple[str, ...] = DEFAULT_LAYOUTS) -> dict:
+    """A variant's manifest entry: its file in each layout, settings and validation figures."""
     report = result.report
     size, digest = result.entry.files["model.onnx"]
-    name = f"model.{result.variant}.onnx"
+    files = {}
+    for layout in layouts:
+        name = graph_path(layout, result.variant)
+        files[name] = {"path": f"{folder}/{name}", "size": size, "xxh3_128": digest, "role": VARIANT, "layout": layout}
     return {
-        "files": {name: {"path": f"{folder}/{name}", "size": size, "xxh3_128": digest}},
+        "files": files,
         "settings": report["settings"],
         "size_ratio": round(size / report["source_size"], 4),
         "validation": report["validation"]["outputs"],
@@ -162,32 +214,35 @@ def _materialize(out: Path, results: list, prints: Mapping[Path, str], package_v
     models = {name: data for name, data in manifest.get("models", {}).items() if (out / name).is_dir()}
 
     for name, model_results in by_model.items():
-        entries = {r.job.feature: manifest_entry(r, prints[r.job.checkpoint], f"{name}/{r.job.feature}", digest)
+        entries = {r.job.feature: manifest_entry(r, prints[r.job.checkpoint], f"{name}/{r.job.feature}", digest,
+                                                 variants_of.get((name, r.job.feature), ()))
                    for r in model_results}
-        for feature, entry in entries.items():
-            if variants_of.get((name, feature)):
-                entry["variants"] = {v.variant: variant_entry(v, f"{name}/{feature}") for v in variants_of[name, feature]}
         if models.get(name) == entries and _intact(out, entries, digest):
             continue  # already materialised from the same cache entries: nothing to rewrite
         with as_atomic_folder(out / name) as staging:
             for result in model_results:
-                folder = staging / result.job.feature
-                folder.mkdir(parents=True)
-                for file_name in result.entry.files:
-                    if file_name != "report.json":
-                        clone_or_copy(result.entry.path / file_name, folder / file_name)
-                for side in _side_files(result.job.checkpoint):
-                    shutil.copyfile(side, folder / side.name)
-                for variant in variants_of.get((name, result.job.feature), ()):
-                    clone_or_copy(variant.entry.path / "model.onnx", folder / f"model.{variant.variant}.onnx")
+                write_feature_folder(staging / result.job.feature, placements(result, variants_of.get((name, result.job.feature), ())))
             _check_written(staging, out, entries)
         models[name] = entries
 
-    manifest = {"format": 1, "version": package_version, "hatch_onnx": __version__, "models": dict(sorted(models.items()))}
+    manifest = {"format": MANIFEST_FORMAT, "version": package_version, "hatch_onnx": __version__, "models": dict(sorted(models.items()))}
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     if not manifest_path.is_file() or manifest_path.read_text(encoding="utf-8") != text:
         write_text(manifest_path, text)
     return manifest
+
+
+def write_feature_folder(folder: Path, files: Iterable[Placement]) -> None:
+    """Write ``files`` into ``folder`` (graphs as reflinks or copies of the cache's files)."""
+    for placement in files:
+        target = folder / placement.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if placement.text is not None:
+            target.write_text(placement.text, encoding="utf-8")
+        elif placement.role in (GRAPH, GRAPH_DATA, VARIANT):
+            clone_or_copy(placement.source, target)
+        else:
+            shutil.copyfile(placement.source, target)
 
 
 def _intact(out: Path, entries: Mapping[str, dict], digest) -> bool:
@@ -209,7 +264,7 @@ def _check_written(staging: Path, out: Path, entries: Mapping[str, dict]) -> Non
 
     for entry in entries.values():
         for data in all_files(entry):
-            if ".onnx" in data["path"]:  # graphs come from verified cache entries; side files from the checkpoint
+            if data["role"] in (GRAPH, GRAPH_DATA, VARIANT):  # verified cache entries; side files come from the checkpoint
                 continue
             path = staging / Path(data["path"]).relative_to(Path(data["path"]).parts[0])
             if path.stat().st_size != data["size"] or file_digest(path) != data["xxh3_128"]:

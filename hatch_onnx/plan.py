@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from hatch_onnx.errors import BadInputError, ParamsError
+from hatch_onnx.layouts import as_layouts
 from hatch_onnx.toolchain import Versions, job_versions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,6 +38,8 @@ class Job:
     min_cosine: tuple[tuple[str, float], ...] = ()  # (variant, floor) for the lossy variants
     fp16_io: bool = False
     dtype: str = "float32"  # the precision the model is loaded, exported and validated in
+    # Where its files go when materialised (hatch_onnx.layouts): never part of the cache key.
+    layouts: tuple[str, ...] = ("optimum",)
 
     @property
     def label(self) -> str:
@@ -125,6 +128,7 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
             except BadInputError as exc:
                 raise ParamsError(f"{source.file}: {key}: {exc}", key=key) from None
         dtype = model.dtype or params.onnx.dtype
+        layouts = as_layouts(model.layout if model.layout is not None else params.onnx.layout)
         variants = tuple(dict.fromkeys(model.variants if model.variants is not None else params.onnx.variants))
         if dtype != "float32":
             key = f"onnx.models.{name}.dtype" if model.dtype else "onnx.dtype"
@@ -147,7 +151,7 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
                 exporter=model.exporter, allow_new_head=model.allow_new_head,
                 variants=variants,
                 min_cosine=tuple(sorted({**params.onnx.min_cosine, **(model.min_cosine or {})}.items())),
-                fp16_io=model.fp16_io, dtype=dtype,
+                fp16_io=model.fp16_io, dtype=dtype, layouts=layouts,
             ))
     return jobs
 
@@ -192,7 +196,8 @@ class _Memo:
         try:
             saved = json.loads(self.path.read_text(encoding="utf-8"))
             jobs = [Job(**{**job, "checkpoint": Path(job["checkpoint"]), "variants": tuple(job["variants"]),
-                           "min_cosine": tuple(map(tuple, job["min_cosine"]))}) for job in saved["jobs"]]
+                           "min_cosine": tuple(map(tuple, job["min_cosine"])), "layouts": tuple(job["layouts"])})
+                    for job in saved["jobs"]]
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return jobs if saved["watched"] == _watched(job.checkpoint for job in jobs) else None

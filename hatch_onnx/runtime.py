@@ -60,18 +60,23 @@ def model_path(name: str, feature: str = "default", root: Optional[PathLike] = N
     if feature not in shipped[name]:
         raise KeyError(f"model {name!r} has no feature {feature!r} (features: {', '.join(sorted(shipped[name]))})")
     entry = shipped[name][feature]
-    graph = "model.onnx"
+    role = "graph"
     if variant is not None:
         made = entry.get("variants", {})
         if variant not in made:
             raise KeyError(f"{name!r} {feature!r} has no variant {variant!r} (variants: {', '.join(sorted(made)) or 'none'})")
-        entry, graph = made[variant], f"model.{variant}.onnx"
+        entry, role = made[variant], "variant"
     files = entry["files"]
     for file in files.values():  # a truncated install would otherwise fail deep inside onnxruntime
         path = folder / file["path"]
         if not path.is_file() or path.stat().st_size != file["size"]:
             raise FileNotFoundError(f"{path}: missing or not {file['size']} bytes as the manifest says; reinstall the package")
-    return folder / files[graph]["path"]
+    # The manifest names each file's role and each graph's layout: Optimum's layout first.
+    graphs = sorted((file.get("layout") != "optimum", file["path"]) for file in files.values() if file.get("role") == role)
+    if not graphs:
+        raise KeyError(f"{folder / MANIFEST}: {name!r} {feature!r} lists no {role} (a manifest written before hatch-onnx "
+                       "recorded roles: build it again)")
+    return folder / graphs[0][1]
 
 
 def load(name: str, feature: str = "default", root: Optional[PathLike] = None, variant: Optional[str] = None,

@@ -15,6 +15,7 @@ onnx:
       exporter: torchscript
       allow_new_head: false
       dtype: float16       # optional: export and validate in float16 (PyTorch); default onnx.dtype, float32
+      layout: [optimum, transformers.js]  # optional; default onnx.layout, optimum (see hatch_onnx.layouts)
 ```
 This module is the schema alone (pydantic, imported only when a plan is not memoised);
 :mod:`hatch_onnx.params` reads the file, :mod:`hatch_onnx.plan` checks each checkpoint
@@ -24,7 +25,7 @@ against the registry.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -44,6 +45,9 @@ class _Strict(BaseModel):
 Variant = Literal["o1", "o2", "o3", "int8", "fp16"]
 # The precision a graph is exported and validated in (PyTorch checkpoints; see hatch_onnx.exporting).
 Dtype = Literal["float32", "float16"]
+# Where a folder's files go for each consumer (see hatch_onnx.layouts); a list carries several.
+LayoutName = Literal["optimum", "transformers.js"]
+Layout = Union[LayoutName, Annotated[list[LayoutName], Field(min_length=1)]]
 # The cosine floors of the lossy variants: {int8: 0.98, fp16: 0.99} unless params.yaml says otherwise.
 MinCosine = dict[Literal["int8", "fp16"], Annotated[float, Field(gt=0, le=1)]]
 
@@ -60,6 +64,7 @@ class ModelParams(_Strict):
     min_cosine: Optional[MinCosine] = None  # per variant, over onnx.min_cosine
     fp16_io: bool = False  # fp16 variant: float inputs and outputs in fp16 too (default: kept fp32)
     dtype: Optional[Dtype] = None  # default: onnx.dtype
+    layout: Optional[Layout] = None  # default: onnx.layout
 
     @field_validator("atol", mode="before")
     @classmethod
@@ -75,6 +80,7 @@ class OnnxParams(_Strict):
     variants: list[Variant] = Field(default_factory=list)
     min_cosine: MinCosine = Field(default_factory=dict)
     dtype: Dtype = "float32"
+    layout: Layout = "optimum"
     models: dict[str, ModelParams] = Field(min_length=1)
 
     _int_is_a_float = field_validator("atol", mode="before")(ModelParams._int_is_a_float.__func__)
@@ -88,6 +94,8 @@ def _key_path(loc: tuple) -> str:
     """pydantic's location tuple as ``onnx.models.bert-tiny.features[1]``."""
     path = ""
     for part in loc:
+        if isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool")):
+            continue  # the branch of a union pydantic tried (``literal[...]``, ``list[...]``): not a key
         if isinstance(part, int):
             path += f"[{part}]"
         else:

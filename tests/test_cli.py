@@ -89,6 +89,24 @@ def test_export_with_legacy_flags_and_report(tmp_path):
     assert set(data["timings"]) >= {"load", "export", "validate", "total"}
     logits = data["validation"]["outputs"]["logits"]
     assert logits["max_abs_diff"] <= logits["atol"] and logits["shape"][:2] == [3, 11]
+    # OUTPUT is a model folder a consumer opens alone: the checkpoint's config and tokenizer files
+    assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"} <= set(data["files"])
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (checkpoint("gpt2") / "tokenizer.json").read_bytes()
+    genai = json.loads((tmp_path / "out" / "genai_config.json").read_text())
+    assert genai["model"]["decoder"]["filename"] == "model.onnx" and genai["search"]["past_present_share_buffer"] is False
+
+
+@pytest.mark.slow
+def test_export_in_the_transformers_js_layout(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("export", "--model", str(checkpoint("llama")), "--feature", "causal-lm-with-past", "--layout", "transformers.js", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"Validated {out / 'onnx' / 'model.onnx'}" in result.stdout
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "config.json", "genai_config.json", "generation_config.json", "onnx/model.onnx", "special_tokens_map.json",
+        "tokenizer.json", "tokenizer_config.json"]
+    assert json.loads((out / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "onnx/model.onnx"
+    assert_one_line_error(run_cli("export", "--model", str(checkpoint("bert")), "--layout", "tfjs", str(tmp_path / "x")), 2, "--layout")
 
 
 @pytest.mark.slow

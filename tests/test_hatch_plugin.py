@@ -144,9 +144,10 @@ def test_external_data_travels_with_its_graph_from_an_sdist(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save_model(model, model_dir / "model.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
                     location="model.onnx.data", size_threshold=0)
-    files = {name: {"path": f"big/default/{name}", "size": (model_dir / name).stat().st_size, "xxh3_128": file_digest(model_dir / name)}
-             for name in ("model.onnx", "model.onnx.data")}
-    manifest = {"format": 1, "version": "1.2.3", "hatch_onnx": "0.1.0", "models": {"big": {"default": {"files": files}}}}
+    files = {name: {"path": f"big/default/{name}", "size": (model_dir / name).stat().st_size, "xxh3_128": file_digest(model_dir / name),
+                    "role": role, "layout": "optimum"}
+             for name, role in (("model.onnx", "graph"), ("model.onnx.data", "graph-data"))}
+    manifest = {"format": 2, "version": "1.2.3", "hatch_onnx": "0.1.0", "models": {"big": {"default": {"files": files}}}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "PKG-INFO").write_text("Metadata-Version: 2.4\nName: our-models\nVersion: 1.2.3\n")
     (tmp_path / "params.yaml").write_text("onnx:\n  models:\n    big:\n      checkpoint: gone\n")

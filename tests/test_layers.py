@@ -39,6 +39,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("frameworks.pytorch", "frameworks.tensorflow"),
     ("graph_passes",),  # framework-free ONNX graph passes
     ("frameworks.env",),  # the environment that isolates one framework
+    ("genai", "layouts"),  # consumer files: genai_config.json, where each layout puts files
     ("checkpoints",),  # what a checkpoint is, read without loading it
     ("models",),  # the registry and every architecture module (which may build on each other)
     ("config",),  # the OnnxConfig contract

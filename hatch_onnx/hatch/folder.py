@@ -78,7 +78,8 @@ class ModelsFolder:
 
     def build(self, params_file: Path, *, version: str, python: Optional[str] = None, python_tf: Optional[str] = None,
               jobs: int = 1, versions: Optional[Mapping[str, Mapping[str, Optional[str]]]] = None,
-              progress_stream: Optional[TextIO] = None, environ: Optional[Mapping[str, str]] = None) -> Any:
+              progress_stream: Optional[TextIO] = None, environ: Optional[Mapping[str, str]] = None,
+              layouts: Optional[tuple[str, ...]] = None) -> Any:
         """Run the build (:func:`hatch_onnx.build.run_build`) into a staging folder, add the loader, swap it in.
 
         With ``versions`` the build is lookup only (see ``run_build``). A failed job, or a miss of
@@ -92,7 +93,7 @@ class ModelsFolder:
         with out_lock(self.path), as_atomic_folder(self.path) as staging:
             result = run_build(params_file, out=staging, python=python, python_tf=python_tf, jobs=jobs,
                                package_version=version, progress_stream=progress_stream, versions=versions,
-                               environ=environ)
+                               environ=environ, layouts=layouts)
             self._write_loader(staging)
         return result
 

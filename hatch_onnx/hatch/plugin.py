@@ -64,7 +64,7 @@ class OnnxBuildHook(BuildHookInterface):
     PLUGIN_NAME = "onnx"
     # Keys of the same table that hatchling itself reads; accepted and left to it.
     HATCHLING_OPTIONS = frozenset({"dependencies", "require-runtime-dependencies", "require-runtime-features", "enable-by-default"})
-    OPTIONS = ("params", "destination", "python", "python-tf", "jobs")
+    OPTIONS = ("params", "destination", "python", "python-tf", "jobs", "layout")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -73,6 +73,7 @@ class OnnxBuildHook(BuildHookInterface):
         self.__config_python: Optional[str] = None
         self.__config_python_tf: Optional[str] = None
         self.__config_jobs: Optional[int] = None
+        self.__config_layout: Optional[tuple[str, ...]] = None
         self.__source_path: Optional[str] = None
 
     # --- options ------------------------------------------------------------------------
@@ -83,7 +84,7 @@ class OnnxBuildHook(BuildHookInterface):
         if unknown:
             message = f"Unknown option `{unknown[0]}` for build hook `{self.PLUGIN_NAME}` (options: {', '.join(self.OPTIONS)})"
             raise ValueError(message)
-        _ = self.config_params, self.config_destination, self.config_python, self.config_python_tf, self.config_jobs
+        _ = self.config_params, self.config_destination, self.config_python, self.config_python_tf, self.config_jobs, self.config_layout
 
     @property
     def config_params(self) -> str:
@@ -152,6 +153,23 @@ class OnnxBuildHook(BuildHookInterface):
                 raise ValueError(message)
             self.__config_jobs = jobs
         return self.__config_jobs
+
+    @property
+    def config_layout(self) -> Optional[tuple[str, ...]]:
+        """`optimum`, `transformers.js` or a list of both; empty: params.yaml's `onnx.layout`."""
+        if self.__config_layout is None:
+            from hatch_onnx.layouts import LAYOUTS, as_layouts
+
+            layout = self.config.get("layout", "")
+            if not isinstance(layout, (str, list)) or not all(isinstance(name, str) for name in ([layout] if isinstance(layout, str) else layout)):
+                message = f"Option `layout` for build hook `{self.PLUGIN_NAME}` must be a string or an array of strings"
+                raise TypeError(message)
+            try:
+                self.__config_layout = as_layouts(layout) if layout else ()
+            except ValueError:
+                message = f"Option `layout` for build hook `{self.PLUGIN_NAME}` must name layouts among: {', '.join(LAYOUTS)}"
+                raise ValueError(message) from None
+        return self.__config_layout or None
 
     # --- where the models live ----------------------------------------------------------
 
@@ -278,7 +296,7 @@ class OnnxBuildHook(BuildHookInterface):
             try:
                 if versions is None:
                     raise NotCachedError(["every job"])
-                folder.build(params_file, version=version, versions=versions)
+                folder.build(params_file, version=version, versions=versions, layouts=self.config_layout)
             except NotCachedError as exc:
                 message = (
                     f"Build hook `{self.PLUGIN_NAME}`: {', '.join(exc.missing)} must be exported, and no Python with the ML "
@@ -292,7 +310,7 @@ class OnnxBuildHook(BuildHookInterface):
             return
 
         result = folder.build(params_file, version=version, python=chosen.python, python_tf=self._python_tf(),
-                              jobs=self.config_jobs, environ=frontend_free_environ(os.environ))
+                              jobs=self.config_jobs, environ=frontend_free_environ(os.environ), layouts=self.config_layout)
         hits = len(result.results) - result.exported
         self.app.display_info(f"onnx: {len(result.results)} model(s): {result.exported} exported, {hits} from the cache "
                               f"(exports run by {chosen.python}, from {chosen.source})")
