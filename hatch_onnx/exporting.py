@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 from hatch_onnx.atomic import staging_folder, write_json
 from hatch_onnx.checkpoints import determine_framework, read_model_type
 from hatch_onnx.errors import BadInputError, MissingHeadWeightsError
+from hatch_onnx.frameworks.exporters import exporter_name
 from hatch_onnx.frameworks.env import isolate
 from hatch_onnx.layouts import as_layouts
 from hatch_onnx.loading import DTYPES, ModelLoader, load_model, load_preprocessor
@@ -60,11 +61,8 @@ class CheckedRequest:
     model_dir: Path
     support: ModelSupport
     framework: str
+    exporter: str  # the one the framework uses (tf2onnx for TensorFlow)
     opset: int
-
-    @property
-    def exporter(self) -> str:
-        return self.request.exporter if self.framework == "pt" else "tf2onnx"
 
 
 def check_request(request: ExportRequest, output: Path) -> CheckedRequest:
@@ -73,7 +71,8 @@ def check_request(request: ExportRequest, output: Path) -> CheckedRequest:
     support = support_for(read_model_type(model_dir), where=str(model_dir))
     framework = determine_framework(str(model_dir), request.framework)
     support.check(request.feature, framework, where=str(model_dir), transformers_major=transformers_major() or 5)
-    opset = support.opset(request.opset, request.exporter if framework == "pt" else "tf2onnx")
+    exporter = exporter_name(framework, request.exporter)
+    opset = support.opset(request.opset, exporter)
     _check_output(Path(output))
     if request.atol is not None and not 0 < request.atol < float("inf"):  # NaN fails both
         raise BadInputError(f"atol {request.atol}: must be a positive finite number")
@@ -86,7 +85,7 @@ def check_request(request: ExportRequest, output: Path) -> CheckedRequest:
             as_layouts(request.layouts)
         except ValueError as exc:
             raise BadInputError(f"--layout: {exc}") from None
-    return CheckedRequest(request, model_dir, support, framework, opset)
+    return CheckedRequest(request, model_dir, support, framework, exporter, opset)
 
 
 def _check_output(output: Path) -> None:
@@ -176,8 +175,7 @@ def _export_and_validate(checked: CheckedRequest, model: Any, onnx_config: Any, 
     with staging_folder(target.parent, ".hatch-onnx-staging-") as staging:
         staged = staging / target.name
         t0 = time.perf_counter()
-        _, onnx_outputs = exporter.export(preprocessor, model, onnx_config, checked.opset, staged,
-                                          exporter=checked.request.exporter if checked.framework == "pt" else None)
+        _, onnx_outputs = exporter.export(preprocessor, model, onnx_config, checked.opset, staged, exporter=checked.exporter)
         timings["export"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         inputs, reference = reference_outputs(model, onnx_config, validation_inputs(onnx_config))
@@ -225,5 +223,5 @@ def _new_head_weights(model: Any, onnx_config: Any, missing: list[str], framewor
         return []
     from hatch_onnx.frameworks import backend
 
-    inputs = onnx_config.generate_dummy_inputs(None, framework=None if framework == "tf" else "pt")
+    inputs = onnx_config.generate_dummy_inputs(None)  # numpy: each back-end makes its own tensors
     return backend(framework).weights_reaching_outputs(model, onnx_config, inputs, missing)

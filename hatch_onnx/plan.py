@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from hatch_onnx.errors import BadInputError, ParamsError
+from hatch_onnx.frameworks.exporters import exporter_name
 from hatch_onnx.layouts import as_layouts
 from hatch_onnx.toolchain import Versions, job_versions
 
@@ -57,7 +58,7 @@ class Job:
             "framework": self.framework,
             "opset": self.opset,
             "dtype": self.dtype,
-            "exporter": {"name": self.exporter if self.framework == "pt" else "tf2onnx", "allow_new_head": self.allow_new_head},
+            "exporter": {"name": exporter_name(self.framework, self.exporter), "allow_new_head": self.allow_new_head},
             "validation": {
                 "atol": self.atol,
                 "seed": OnnxConfig.DUMMY_SEED,
@@ -121,7 +122,7 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
         minimum = support.onnx_config.DEFAULT_ONNX_OPSET
         wanted = model.opset if model.opset is not None else params.onnx.opset
         if wanted is not None:
-            exporter = model.exporter if framework == "pt" else "tf2onnx"
+            exporter = exporter_name(framework, model.exporter)
             key = f"onnx.models.{name}.opset" if model.opset is not None else "onnx.opset"
             try:
                 support.opset(max(wanted, minimum), exporter)

@@ -38,7 +38,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("frameworks",),  # backend(name): the one place a framework is chosen
     ("frameworks.pytorch", "frameworks.tensorflow"),
     ("graph_passes",),  # framework-free ONNX graph passes
-    ("frameworks.env",),  # the environment that isolates one framework
+    ("frameworks.env", "frameworks.exporters"),  # what is known of a framework without importing it
     ("genai", "layouts"),  # consumer files: genai_config.json, where each layout puts files
     ("checkpoints",),  # what a checkpoint is, read without loading it
     ("models",),  # the registry and every architecture module (which may build on each other)

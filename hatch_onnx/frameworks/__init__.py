@@ -18,7 +18,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FRAMEWORKS = ("pt", "tf")
 
-
 class Backend(Protocol):
     """What :mod:`.pytorch` and :mod:`.tensorflow` each provide, as module-level functions."""
 

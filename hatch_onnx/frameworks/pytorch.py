@@ -19,9 +19,10 @@ import torch
 
 from hatch_onnx.config import PAST, PRESENT, OnnxConfig, PatchingSpec, apply_values_override, check_input_names, needs_external_data
 from hatch_onnx.errors import ExportError
+from hatch_onnx.frameworks.exporters import EXPORTERS
 
 FRAMEWORK = "pt"
-EXPORTER_NAMES = ("torchscript", "dynamo")
+EXPORTER_NAMES = EXPORTERS["pt"]
 
 
 def _cache_from_flat(flat: Mapping[str, torch.Tensor]) -> Any:

@@ -25,10 +25,11 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 from hatch_onnx import graph_passes
 from hatch_onnx.config import PAST, PRESENT, OnnxConfig, apply_values_override, needs_external_data
 from hatch_onnx.errors import ExportError, FrameworkError
+from hatch_onnx.frameworks.exporters import EXPORTERS
 from hatch_onnx.frameworks.env import isolate
 
 FRAMEWORK = "tf"
-EXPORTER_NAMES = ("tf2onnx",)
+EXPORTER_NAMES = EXPORTERS["tf"]
 INSTALL_HINT = "pip install 'hatch-onnx[tf]'"
 
 

@@ -34,6 +34,7 @@ def export(
     (:func:`hatch_onnx.config.needs_external_data`).
     """
     from hatch_onnx.frameworks import backend_of
+    from hatch_onnx.frameworks.exporters import exporter_name
 
     if device != "cpu":
         raise ExportError(f"device {device!r}: hatch-onnx exports on the CPU only")
@@ -45,7 +46,7 @@ def export(
         )
     backend = backend_of(model)
     preprocessor = preprocessor if preprocessor is not None else tokenizer
-    return backend.export(preprocessor, model, config, opset, Path(output), exporter=None if backend.FRAMEWORK == "tf" else exporter)
+    return backend.export(preprocessor, model, config, opset, Path(output), exporter=exporter_name(backend.FRAMEWORK, exporter))
 
 
 def validate_model_outputs(

@@ -1,0 +1,14 @@
+"""Each framework's exporters, named without importing the framework (the plan and the checks read them)."""
+
+from __future__ import annotations
+
+# The exporters of each framework, the default first: PyTorch's are torch.onnx's two, named
+# explicitly (--exporter); TensorFlow's is tf2onnx, whatever was asked for PyTorch.
+EXPORTERS = {"pt": ("torchscript", "dynamo"), "tf": ("tf2onnx",)}
+
+
+def exporter_name(framework: str, requested: "str | None" = None) -> str:
+    """The exporter a job of ``framework`` uses when ``requested`` (a PyTorch exporter name, or None) is asked for."""
+    if framework == "pt" and requested is not None:
+        return requested
+    return EXPORTERS[framework][0]
