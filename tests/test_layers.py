@@ -99,22 +99,26 @@ def _graph() -> dict[str, set[str]]:
     return {module: _imports(module, path, modules) for module, path in modules.items()}
 
 
-def test_no_import_circle():
-    graph = _graph()
+def _assert_acyclic(graph: dict[str, set[str]], what: str) -> None:
+    """Depth first: a node met again on the current path closes a circle, named in the error."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
-    def visit(module: str, path: list[str]) -> None:
-        state[module] = 1
-        for target in sorted(graph[module]):
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                raise AssertionError("import circle: " + " -> ".join(path[path.index(target):] + [module, target]))
+                raise AssertionError(f"{what} circle: " + " -> ".join(path[path.index(target):] + [node, target]))
             if target not in state:
-                visit(target, path + [module])
-        state[module] = 2
+                visit(target, path + [node])
+        state[node] = 2
 
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [])
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+
+
+def test_no_import_circle():
+    _assert_acyclic(_graph(), "import")
 
 
 def test_every_import_goes_down_a_floor():
@@ -136,20 +140,17 @@ def test_no_circle_between_packages():
     packages: dict[str, set[str]] = {}
     for module, targets in _graph().items():
         packages.setdefault(_package(module), set()).update(_package(t) for t in targets if _package(t) != _package(module))
-    state: dict[str, int] = {}
+    _assert_acyclic(packages, "package")
 
-    def visit(package: str, path: list[str]) -> None:
-        state[package] = 1
-        for target in sorted(packages.get(package, ())):
-            if state.get(target) == 1:
-                raise AssertionError("package circle: " + " -> ".join(path[path.index(target):] + [package, target]))
-            if target not in state:
-                visit(target, path + [package])
-        state[package] = 2
 
-    for package in sorted(packages):
-        if package not in state:
-            visit(package, [])
+def test_the_checker_finds_circles():
+    _assert_acyclic({"a": {"b"}, "b": set()}, "test")
+    try:
+        _assert_acyclic({"a": {"b"}, "b": {"c"}, "c": {"a"}}, "test")
+    except AssertionError as exc:
+        assert str(exc) == "test circle: a -> b -> c -> a"
+    else:
+        raise AssertionError("a circle went unnoticed")
 
 
 def test_the_checker_sees_imports_inside_functions():
