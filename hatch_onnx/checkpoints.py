@@ -93,18 +93,60 @@ def read_model_type(model_dir: Union[str, Path]) -> str:
         model_type = config.get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{config_file}: not a readable JSON object ({exc})", config_file) from exc
-    if config.get("auto_map"):
-        # Code shipped with a checkpoint is never run (no trust_remote_code), and transformers'
-        # built-in class is not silently put in place of what the checkpoint says it needs.
-        named = ", ".join(f"{k}: {v}" for k, v in list(config["auto_map"].items())[:2]) if isinstance(config["auto_map"], dict) else config["auto_map"]
-        raise CheckpointError(
-            f"{config_file}: auto_map names custom code ({named}); hatch-onnx never runs a checkpoint's own code "
-            "(trust_remote_code): export a transformers architecture, or drop auto_map if its built-in class is meant",
-            config_file,
-        )
+    refuse_custom_code(path, config)
     if not isinstance(model_type, str):
         raise CheckpointError(f"{config_file}: no model_type", config_file)
     return model_type
+
+
+# Every JSON file transformers' loaders read (the model's config, and those of the tokenizer,
+# feature extractor, image processor and processor): each may name code through ``auto_map``.
+CODE_NAMING_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
+                     "feature_extractor_config.json", "image_processor_config.json", "video_preprocessor_config.json")
+
+
+def refuse_custom_code(checkpoint: Path, config: Optional[dict] = None) -> None:
+    """:class:`CheckpointError` if any file a loader reads names custom code (``auto_map``), at any depth.
+
+    Code shipped with a checkpoint is never run: every ``from_pretrained`` passes
+    ``trust_remote_code=False``, and a checkpoint that needs its code is refused here, in one
+    line, before anything loads (nested sub-configs included: ``text_config``, ``vision_config``,
+    ``encoder``, ``decoder``). transformers' built-in class is never silently put in its place.
+    """
+    for name in CODE_NAMING_FILES:
+        file = checkpoint / name
+        if name == "config.json" and config is not None:
+            data = config
+        elif file.is_file():
+            try:
+                data = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(f"{file}: not a readable JSON object ({exc})", file) from exc
+        else:
+            continue
+        found = _auto_map(data, ())
+        if found is not None:
+            where, value = found
+            named = ", ".join(f"{k}: {v}" for k, v in list(value.items())[:2]) if isinstance(value, dict) else str(value)
+            key = ".".join((*where, "auto_map"))
+            raise CheckpointError(
+                f"{file}: {key} names custom code ({named}); hatch-onnx never runs a checkpoint's own code "
+                "(trust_remote_code): export a transformers architecture, or drop auto_map if its built-in class is meant",
+                file,
+            )
+
+
+def _auto_map(data: object, where: tuple[str, ...], depth: int = 0) -> Optional[tuple[tuple[str, ...], object]]:
+    """The first non-empty ``auto_map`` in ``data`` (with the keys leading to it), or None."""
+    if not isinstance(data, dict) or depth > 32:  # deeper than any config nests: not a config
+        return None
+    if data.get("auto_map"):
+        return where, data["auto_map"]
+    for key, value in data.items():
+        found = _auto_map(value, (*where, str(key)), depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def determine_framework(model: str, framework: Optional[str] = None) -> str:

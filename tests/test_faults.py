@@ -86,6 +86,17 @@ def config_edit(**changes: Any) -> Callable[[Path], None]:
     return change
 
 
+def custom_code(name: str, data: dict) -> Callable[[Path], None]:
+    """``name`` with ``data`` merged in, beside an ``evil.py`` that leaves a marker if it is ever imported."""
+    def change(folder: Path) -> None:
+        file = folder / name
+        current = json.loads(file.read_text()) if file.is_file() else {}
+        file.write_text(json.dumps({**current, **data}))
+        (folder / "evil.py").write_text("import pathlib\npathlib.Path(__file__).with_name('RAN').write_text('ran')\n"
+                                        "class EvilFE: pass\nclass Tok: pass\nclass Proc: pass\nclass Cfg: pass\n")
+    return change
+
+
 def cache_is_a_file(args: list[str]) -> Callable:
     def setup(tmp: Path):
         (tmp / "cachefile").write_text("not a folder")
@@ -177,6 +188,14 @@ CASES: list[tuple[str, Callable, str]] = [
     ("weights-missing", checkpoint_with(lambda f: (f / "model.safetensors").unlink()), "no weights"),
     ("config-auto-map", checkpoint_with(config_edit(auto_map={"AutoModel": "modeling_mine.MyModel"})),
      "trust_remote_code"),
+    ("preprocessor-auto-map", exported_checkpoint_with(custom_code("preprocessor_config.json", {"auto_map": {"AutoFeatureExtractor": "evil.EvilFE"}}),
+                                                       "--preprocessor", "feature_extractor"), "preprocessor_config.json: auto_map names custom code"),
+    ("tokenizer-auto-map", checkpoint_with(custom_code("tokenizer_config.json", {"auto_map": {"AutoTokenizer": ["evil.Tok", None]}})),
+     "tokenizer_config.json: auto_map names custom code"),
+    ("processor-auto-map", checkpoint_with(custom_code("processor_config.json", {"auto_map": {"AutoProcessor": "evil.Proc"}})),
+     "processor_config.json: auto_map names custom code"),
+    ("nested-config-auto-map", checkpoint_with(config_edit(text_config={"hidden_size": 8, "auto_map": {"AutoConfig": "evil.Cfg"}})),
+     "config.json: text_config.auto_map names custom code"),
     ("config-auto-map-unknown-type", checkpoint_with(config_edit(model_type="my-arch", auto_map={"AutoModel": "modeling_mine.MyModel"})),
      "auto_map names custom code (AutoModel: modeling_mine.MyModel)"),
     # --- the cache -----------------------------------------------------------------------
@@ -239,6 +258,7 @@ def check(result: subprocess.CompletedProcess, cache: Path, tmp_path: Path, expe
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").is_dir() or not any((tmp_path / "out").iterdir())
     assert not list(cache.glob("v1/*/*")) if cache.is_dir() else True
+    assert not list(tmp_path.rglob("RAN")), "a checkpoint's own code ran"
 
 
 @pytest.mark.parametrize("case, setup, expected", CASES, ids=[case for case, _, _ in CASES])
