@@ -145,6 +145,8 @@ def run_build(
     plan = resolve_plan(source, only)
     if layouts is not None:
         plan = [dataclasses.replace(job, layouts=as_layouts(layouts)) for job in plan]
+    if out is not None:
+        refuse_out_overlapping(Path(out), {job.checkpoint for job in plan}, source.cache_root)
     store = CacheStore(source.cache_root)
     toolchains: dict[str, Toolchain] = {}
     if versions is None:
@@ -167,6 +169,22 @@ class _Workers:
 
 # Build results by (job, variant); variant None for the export itself.
 _Found = dict[tuple[Job, Optional[str]], JobResult]
+
+
+def refuse_out_overlapping(out: Path, checkpoints: Iterable[Path], cache_root: Path) -> None:
+    """:class:`BadInputError` when ``out`` is, contains or lies inside a checkpoint or the cache.
+
+    Writing there would change a checkpoint's fingerprint (a manifest in it) or an entry of the
+    cache, and ``cache gc`` would later delete the user's folder with the entry.
+    """
+    from hatch_onnx.errors import BadInputError
+
+    target = out.resolve()
+    for folder, what in [*((Path(c), "the checkpoint") for c in sorted(checkpoints)), (Path(cache_root), "the cache")]:
+        other = folder.resolve()
+        if target == other or other in target.parents or target in other.parents:
+            how = "is" if target == other else "lies inside" if other in target.parents else "contains"
+            raise BadInputError(f"--out {out}: {how} {what} {folder}; write the models somewhere else")
 
 
 def _run(source, plan: list[Job], store: CacheStore, versions: Mapping[str, Versions], workers: _Workers,

@@ -6,7 +6,7 @@ xxh3_128 of content)`` of its regular files. Copying, touching or moving a check
 its fingerprint; changing one byte or renaming one file changes it.
 
 Re-reading gigabytes of weights on every build would dominate a build whose jobs all hit
-the cache, so :class:`StatCache` remembers ``(path, inode, size, mtime_ns) -> digest`` in
+the cache, so :class:`StatCache` remembers ``(path, inode, size, mtime_ns, ctime_ns) -> digest`` in
 SQLite, as DVC's state database does: an unchanged file is stat'ed, not read.
 
 Every content digest (checkpoints, cache entries, shipped models) goes through
@@ -125,8 +125,15 @@ def _advise_sequential(fd: int) -> None:
             advise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
 
+# v2: with the change time (the first table, ``digests``, had none; an old database keeps it, unread).
+_TABLE = "digests_v2"
+
+
 class StatCache:
-    """Persistent ``(absolute path, inode, size, mtime_ns) -> digest`` map in SQLite.
+    """Persistent ``(absolute path, inode, size, mtime_ns, ctime_ns) -> digest`` map in SQLite.
+
+    The change time is in the record, as in git's index: an in-place edit that restores the
+    mtime (``os.utime``) still moves the ctime, which no user call can set back.
 
     WAL mode lets several processes (parallel builds, the Hatch hook beside a CLI) read while
     one writes; a busy database is waited for, not failed on. The cache is an optimisation
@@ -153,9 +160,9 @@ class StatCache:
             # NORMAL is durable enough in WAL mode: a crash may lose the last rows, never corrupt.
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(
-                "CREATE TABLE IF NOT EXISTS digests ("
+                f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
                 " path TEXT PRIMARY KEY, inode INTEGER NOT NULL, size INTEGER NOT NULL,"
-                " mtime_ns INTEGER NOT NULL, digest TEXT NOT NULL)"
+                " mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, digest TEXT NOT NULL)"
             )
             self._db = db
         except (OSError, sqlite3.Error):
@@ -165,13 +172,13 @@ class StatCache:
                 if self.db_path.is_file():
                     self._db = sqlite3.connect(f"{self.db_path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
                                                isolation_level=None, check_same_thread=False)
-                    self._db.execute("SELECT 1 FROM digests LIMIT 1")
+                    self._db.execute(f"SELECT 1 FROM {_TABLE} LIMIT 1")
             if self._db is not None and not self._readable():
                 self._db = None
 
     def _readable(self) -> bool:
         try:
-            self._db.execute("SELECT 1 FROM digests LIMIT 1")
+            self._db.execute(f"SELECT 1 FROM {_TABLE} LIMIT 1")
             return True
         except sqlite3.Error:
             return False
@@ -195,14 +202,14 @@ class StatCache:
         try:
             with self._lock:
                 row = self._db.execute(
-                    "SELECT inode, size, mtime_ns, digest FROM digests WHERE path = ?",
+                    f"SELECT inode, size, mtime_ns, ctime_ns, digest FROM {_TABLE} WHERE path = ?",
                     (os.path.abspath(path),),
                 ).fetchone()
         except sqlite3.Error:
             return None
-        if row is None or tuple(row[:3]) != (_inode(st), st.st_size, st.st_mtime_ns):
+        if row is None or tuple(row[:4]) != (_inode(st), st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             return None
-        return row[3]
+        return row[4]
 
     def put(self, path: str | Path, st: os.stat_result, digest: str) -> None:
         """Remember ``digest`` for this file state (ignored for racy files)."""
@@ -211,8 +218,8 @@ class StatCache:
         try:
             with self._lock:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO digests (path, inode, size, mtime_ns, digest) VALUES (?, ?, ?, ?, ?)",
-                    (os.path.abspath(path), _inode(st), st.st_size, st.st_mtime_ns, digest),
+                    f"INSERT OR REPLACE INTO {_TABLE} (path, inode, size, mtime_ns, ctime_ns, digest) VALUES (?, ?, ?, ?, ?, ?)",
+                    (os.path.abspath(path), _inode(st), st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest),
                 )
         except sqlite3.Error:
             pass
@@ -282,7 +289,8 @@ def _digest(path: Path, stat_cache: StatCache | None) -> tuple[int, str]:
         digest = file_digest(path)
         after = os.stat(path)
         # A file rewritten while we read it has no single digest; hash it again.
-        if (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns):
+        if (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns,
+                                                                                 before.st_ctime_ns):
             if stat_cache is not None:
                 stat_cache.put(path, after, digest)
             return after.st_size, digest

@@ -198,6 +198,12 @@ CASES: list[tuple[str, Callable, str]] = [
      "config.json: text_config.auto_map names custom code"),
     ("config-auto-map-unknown-type", checkpoint_with(config_edit(model_type="my-arch", auto_map={"AutoModel": "modeling_mine.MyModel"})),
      "auto_map names custom code (AutoModel: modeling_mine.MyModel)"),
+    ("out-is-the-checkpoint", build(onnx(), extra=("--out", BERT)), "--out"),
+    ("out-inside-the-checkpoint", build(onnx(), extra=("--out", BERT + "/onnx")), "lies inside the checkpoint"),
+    ("out-inside-the-cache", lambda tmp: build(onnx(), extra=("--out", str(tmp / "cache" / "v1" / "mine")),
+                                               env={"HATCH_ONNX_CACHE": str(tmp / "cache")})(tmp), "lies inside the cache"),
+    ("out-contains-the-cache", lambda tmp: build(onnx(), extra=("--out", str(tmp)), env={"HATCH_ONNX_CACHE": str(tmp / "cache")})(tmp),
+     "contains the cache"),
     # --- the cache -----------------------------------------------------------------------
     ("cache-is-a-file-build", cache_is_a_file(["build", "--params", "PARAMS"]), "not a folder"),
     ("cache-is-a-file-verify", cache_is_a_file(["cache", "verify", "--params", "PARAMS"]), "not a folder"),

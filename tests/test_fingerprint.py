@@ -344,3 +344,21 @@ def test_default_stat_cache_lives_in_the_state_folder(tmp_path: Path) -> None:
     with default_stat_cache(tmp_path / "cache") as cache:
         assert cache.db_path == tmp_path / "cache" / "state" / "stat.db"
         assert cache.db_path.is_file()
+
+
+def test_an_edit_that_restores_the_mtime_is_still_seen(tmp_path):
+    """The stat record holds the change time, as git's index does: os.utime cannot set it back."""
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"a" * 64)
+    old = os.stat(path)
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns - 10**10))  # aged: trustworthy for the stat cache
+    with fp.StatCache(tmp_path / "stat.db", racy_window_ns=10**9) as cache:
+        first = cache.digest(path)
+        before = os.stat(path)
+        time.sleep(0.01)
+        with open(path, "r+b") as file:  # one byte flipped in place, same size, the mtime put back
+            file.write(b"b")
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = os.stat(path)
+        assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+        assert cache.digest(path) == xxhash.xxh3_128_hexdigest(b"b" + b"a" * 63) != first
