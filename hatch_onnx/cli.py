@@ -164,6 +164,37 @@ def _run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _toolchain_parser(sub) -> None:
+    p = sub.add_parser("toolchain", help="print the versions the plan's cache keys hold, per framework (JSON)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    p.add_argument("--python", help="interpreter for PyTorch exports (as for build)")
+    p.add_argument("--python-tf", help="interpreter for TensorFlow exports (as for build)")
+    p.add_argument("--out", type=Path, help="write the JSON here instead of stdout (a DVC stage's output)")
+    p.set_defaults(run=_run_toolchain)
+
+
+def _run_toolchain(args: argparse.Namespace) -> int:
+    """The toolchain every cache key of the plan holds: a DVC stage that always runs writes it, and
+    the export stages depend on it, so an upgrade re-runs them (their keys decide what re-exports)."""
+    import json
+
+    from hatch_onnx.build import resolve_toolchains
+    from hatch_onnx.params import read_params
+    from hatch_onnx.plan import resolve_plan
+
+    plan = resolve_plan(read_params(args.params))
+    versions = {framework: dict(sorted(toolchain.versions.items()))
+                for framework, toolchain in sorted(resolve_toolchains(plan, args.python, args.python_tf).items())}
+    text = json.dumps(versions, indent=2, sort_keys=True) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        from hatch_onnx.atomic import write_text
+
+        write_text(args.out, text)
+    return 0
+
+
 def _print_table(result) -> None:
     print(f"{'job':<40} {'result':<9} {'time':>8}  max abs diff")
     for r in result.results + result.variants:
@@ -307,7 +338,8 @@ def _run_show(args: argparse.Namespace) -> int:
     return 0
 
 
-PARSERS: tuple[Callable, ...] = (_init_parser, _show_parser, _export_parser, _build_parser, _hash_parser, _cache_parser, _features_parser)
+PARSERS: tuple[Callable, ...] = (_init_parser, _show_parser, _export_parser, _build_parser, _toolchain_parser, _hash_parser, _cache_parser,
+                                 _features_parser)
 
 
 class _Parser(argparse.ArgumentParser):

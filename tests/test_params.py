@@ -87,3 +87,20 @@ def test_missing_or_broken_file(tmp_path, content, message):
         path.write_text(content)
     with pytest.raises(ParamsError, match=message):
         read_params(path)
+
+
+def test_dvc_stages_declare_every_params_key_that_changes_an_output():
+    """Derived from the schema: every onnx.* setting but the models (each stage declares its own
+    entry), where the cache lives and the remote (neither changes an output)."""
+    from conftest import ROOT
+    from hatch_onnx.schema import OnnxParams
+
+    expected = {f"onnx.{name}" for name in OnnxParams.model_fields} - {"onnx.models", "onnx.cache", "onnx.remote"}
+    for dvc_yaml, params_yaml in ((ROOT / "dvc.yaml", ROOT / "params.yaml"),
+                                  (ROOT / "hatch_onnx/templates/dvc.yaml", ROOT / "hatch_onnx/templates/params.yaml")):
+        stage = yaml.safe_load(dvc_yaml.read_text())["stages"]["export"]["do"]
+        assert set(stage["params"]) == expected | {"onnx.models.${key}"}, dvc_yaml
+        assert "build/toolchain.json" in stage["deps"]  # an upgrade re-runs the exports
+        # DVC refuses a declared key the params file lacks: the params files spell out every default
+        declared = yaml.safe_load(params_yaml.read_text().replace("__FEATURES__", "[default]"))["onnx"]
+        assert {f"onnx.{key}" for key in declared} >= expected, params_yaml

@@ -65,7 +65,8 @@ def repo(tmp_path_factory, e2e_env) -> Path:
 
 def test_first_repro_runs_every_stage(repo, e2e_env):
     result = sh(["dvc", "repro"], repo, e2e_env)
-    assert ran(result) == {"export@bert", "export@gpt2", "package"}
+    assert ran(result) == {"toolchain", "export@bert", "export@gpt2", "package"}
+    assert json.loads((repo / "build/toolchain.json").read_text())["pt"]["torch"] == "2.13.0"
     assert [p.name for p in (repo / "dist").glob("*.whl")] == ["our_models-1.4.0-py3-none-any.whl"]
     assert (repo / "build/onnx/bert/default/model.onnx").is_file()
     assert (repo / "build/onnx/gpt2/causal-lm-with-past/model.onnx").is_file()
@@ -79,7 +80,7 @@ def test_first_repro_runs_every_stage(repo, e2e_env):
 
 def test_nothing_changed_runs_nothing(repo, e2e_env):
     result = sh(["dvc", "repro"], repo, e2e_env)
-    assert ran(result) == set()
+    assert ran(result) == {"toolchain"}  # always runs; wrote the same versions, so nothing else did
     assert "didn't change" in result.stdout
 
 
@@ -88,19 +89,19 @@ def test_one_byte_of_one_checkpoint(repo, e2e_env):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01  # the last byte of the last tensor
     weights.write_bytes(bytes(data))
-    assert ran(sh(["dvc", "repro"], repo, e2e_env)) == {"export@gpt2", "package"}
+    assert ran(sh(["dvc", "repro"], repo, e2e_env)) == {"toolchain", "export@gpt2", "package"}
 
 
 def test_one_models_params(repo, e2e_env):
     edit_params(repo, lambda onnx: onnx["models"]["bert"].update(atol=1.0e-3))
-    assert ran(sh(["dvc", "repro"], repo, e2e_env)) == {"export@bert", "package"}
+    assert ran(sh(["dvc", "repro"], repo, e2e_env)) == {"toolchain", "export@bert", "package"}
 
 
 def test_forced_repro_hits_the_cache(repo, e2e_env):
     start = time.perf_counter()
     result = sh(["dvc", "repro", "--force"], repo, e2e_env)
     elapsed = time.perf_counter() - start
-    assert ran(result) == {"export@bert", "export@gpt2", "package"}
+    assert ran(result) == {"toolchain", "export@bert", "export@gpt2", "package"}
     assert result.stdout.count("Nothing exported") == 2
     print(f"dvc repro --force (warm cache): {elapsed:.1f} s")
 
@@ -115,7 +116,7 @@ def test_failing_validation_fails_repro_and_records_nothing(repo, e2e_env):
     assert not (repo / "build/onnx/bert").exists()  # and left no stale output behind
     # back to the recorded params: DVC restores the recorded output from its cache, running nothing
     edit_params(repo, lambda onnx: onnx["models"]["bert"].update(atol=1.0e-3))
-    assert ran(sh(["dvc", "repro", "export"], repo, e2e_env)) == set()
+    assert ran(sh(["dvc", "repro", "export"], repo, e2e_env)) <= {"toolchain"}
     assert (repo / "build/onnx/bert/default/model.onnx").is_file()
 
 
@@ -123,9 +124,30 @@ def test_exp_run_with_a_new_opset(repo, e2e_env):
     sh(["git", "add", "-A"], repo, e2e_env)
     sh(["git", "commit", "-qm", "state"], repo, e2e_env)
     result = sh(["dvc", "exp", "run", "export", "-S", "onnx.opset=18"], repo, e2e_env)
-    assert ran(result) == {"export@bert", "export@gpt2"}
+    assert ran(result) == {"toolchain", "export@bert", "export@gpt2"}
     manifest = json.loads((repo / "build/onnx/manifest.json").read_text())
     assert {entry["opset"] for model in manifest["models"].values() for entry in model.values()} == {18}
+
+
+def test_a_global_default_re_runs_every_export(repo, e2e_env):
+    """onnx.dtype, onnx.variants, onnx.min_cosine and onnx.layout change outputs: DVC sees them."""
+    edit_params(repo, lambda onnx: onnx.update(layout=["optimum", "transformers.js"]))
+    assert ran(sh(["dvc", "repro"], repo, e2e_env)) == {"toolchain", "export@bert", "export@gpt2", "package"}
+    assert (repo / "build/onnx/bert/default/onnx/model.onnx").is_file()
+
+
+def test_another_toolchain_re_runs_the_exports(repo, e2e_env):
+    """An upgrade (here: the other transformers line's interpreter) changes build/toolchain.json."""
+    import os
+    import sys
+
+    other = os.environ.get("HATCH_ONNX_TEST_PYTHON_TF")
+    if not other or Path(other).resolve() == Path(sys.executable).resolve():
+        pytest.skip("needs the other transformers line's interpreter (the transformers-5 line runs this with the 4.57 one)")
+    before = json.loads((repo / "build/toolchain.json").read_text())
+    result = sh(["dvc", "repro", "export"], repo, {**e2e_env, "HATCH_ONNX_PYTHON": other})
+    assert json.loads((repo / "build/toolchain.json").read_text()) != before
+    assert ran(result) == {"toolchain", "export@bert", "export@gpt2"}
 
 
 def test_the_repository_demo_pipeline(tmp_path, e2e_env):
@@ -143,7 +165,7 @@ def test_the_repository_demo_pipeline(tmp_path, e2e_env):
     sh(["git", "init", "-q"], repo, e2e_env)
     sh(["dvc", "init", "-q"], repo, e2e_env)
     first = sh(["dvc", "repro"], repo, e2e_env)
-    assert ran(first) == {f"export@{name}" for name in params["onnx"]["models"]} | {"package"}
+    assert ran(first) == {f"export@{name}" for name in params["onnx"]["models"]} | {"toolchain", "package"}
     (wheel,) = (repo / "dist").glob("*.whl")
     import zipfile
 
@@ -162,6 +184,6 @@ def test_the_repository_demo_pipeline(tmp_path, e2e_env):
     plots = sh(["dvc", "plots", "show", "--json"], repo, e2e_env)
     assert "max_abs_diff" in plots.stdout
     again = sh(["dvc", "repro"], repo, e2e_env)
-    assert ran(again) == set() and "up to date" in again.stdout
+    assert ran(again) == {"toolchain"} and again.stdout.count("didn't change") == len(params["onnx"]["models"]) + 1
     shown = sh(["hatch-onnx", "show", "build/onnx"], repo, e2e_env)
     assert "gpt2-tiny" in shown.stdout and "causal-lm-with-past" in shown.stdout
