@@ -49,11 +49,12 @@ def _dtype(value: str) -> str:
 def _run_export(args: argparse.Namespace) -> int:
     from hatch_onnx import server
     from hatch_onnx.exporting import ExportRequest
+    from hatch_onnx.layouts import DEFAULT_LAYOUTS
 
     request = ExportRequest(
         model=args.model.absolute(), feature=args.feature, framework=args.framework, opset=args.opset, atol=args.atol,
         exporter=args.exporter, preprocessor=args.preprocessor, allow_new_head=args.allow_new_head, cache_dir=args.cache_dir,
-        dtype=args.dtype, layouts=None if args.output.suffix == ".onnx" else tuple(args.layout or ("optimum",)),
+        dtype=args.dtype, layouts=None if args.output.suffix == ".onnx" else tuple(args.layout or DEFAULT_LAYOUTS),
     )
     payload = {**_fields(request), "output": str(args.output.absolute()), "report": str(args.report.absolute()) if args.report else None}
     if args.debug:  # in this process, so that a failure shows its traceback

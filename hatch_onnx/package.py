@@ -35,7 +35,7 @@ from hatch_onnx.atomic import as_atomic_folder, write_json, write_text
 from hatch_onnx.checkpoints import side_files
 from hatch_onnx.genai import genai_config_text
 from hatch_onnx.layouts import (
-    DEFAULT_LAYOUTS, GENAI_CONFIG, GENAI_CONFIG_FILE, GRAPH, GRAPH_DATA, VARIANT, graph_path, placed, primary,
+    GENAI_CONFIG, GENAI_CONFIG_FILE, GRAPH, GRAPH_DATA, VARIANT, graph_path, placed, primary,
     role_of_checkpoint_file,
 )
 
@@ -84,6 +84,7 @@ class Placement(NamedTuple):
     source: Optional[Path] = None  # a cache entry's or the checkpoint's file
     text: Optional[str] = None  # written by us (genai_config.json)
     layout: Optional[str] = None  # graphs and variants: the layout they are placed for
+    variant: Optional[str] = None  # a variant's graph: which one
 
 
 def placements(result: Any, variants: Iterable[Any] = ()) -> list[Placement]:
@@ -96,7 +97,8 @@ def placements(result: Any, variants: Iterable[Any] = ()) -> list[Placement]:
                 out.append(Placement(placed(layout, name), GRAPH if name == "model.onnx" else GRAPH_DATA,
                                      result.entry.path / name, layout=layout))
         for variant in variants:
-            out.append(Placement(graph_path(layout, variant.variant), VARIANT, variant.entry.path / "model.onnx", layout=layout))
+            out.append(Placement(graph_path(layout, variant.variant), VARIANT, variant.entry.path / "model.onnx", layout=layout,
+                                 variant=variant.variant))
     out.extend(Placement(side.name, role_of_checkpoint_file(side.name), side) for side in side_files(result.job.checkpoint))
     genai = genai_config_text(result.job.checkpoint, result.job.model_type, result.job.feature, result.report["validation"]["graph"],
                               graph_path(primary(layouts)))
@@ -126,15 +128,14 @@ def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str, digest
 
     digest = digest or file_digest
     entry = result.entry
-    cached = {entry.path / name: file_hash for name, (_, file_hash) in entry.files.items()}
-    for variant in variants:
-        cached[variant.entry.path / "model.onnx"] = variant.entry.files["model.onnx"][1]
     variants = list(variants)
-    files = {p.path: _file_record(folder, p, lambda path: cached.get(path) or digest(path))
-             for p in placements(result, variants) if p.role != VARIANT}
+    cached = {entry.path / name: file_hash for name, (_, file_hash) in entry.files.items()}
+    cached.update((v.entry.path / "model.onnx", v.entry.files["model.onnx"][1]) for v in variants)
+    records = [(p, _file_record(folder, p, lambda path: cached.get(path) or digest(path))) for p in placements(result, variants)]
+    files = {p.path: record for p, record in records if p.variant is None}
+    made = {v.variant: variant_entry(v, {p.path: record for p, record in records if p.variant == v.variant}) for v in variants}
     report = result.report
     validation = report["validation"]
-    made = {v.variant: variant_entry(v, folder, result.job.layouts) for v in variants}
     return {
         "files": dict(sorted(files.items())),
         "layouts": list(result.job.layouts),
@@ -160,16 +161,12 @@ def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str, digest
     }
 
 
-def variant_entry(result: Any, folder: str, layouts: tuple[str, ...] = DEFAULT_LAYOUTS) -> dict:
-    """A variant's manifest entry: its file in each layout, settings and validation figures."""
+def variant_entry(result: Any, files: Mapping[str, dict]) -> dict:
+    """A variant's manifest entry: its file in each layout (``files``), settings and validation figures."""
     report = result.report
-    size, digest = result.entry.files["model.onnx"]
-    files = {}
-    for layout in layouts:
-        name = graph_path(layout, result.variant)
-        files[name] = {"path": f"{folder}/{name}", "size": size, "xxh3_128": digest, "role": VARIANT, "layout": layout}
+    size = result.entry.files["model.onnx"][0]
     return {
-        "files": files,
+        "files": dict(sorted(files.items())),
         "settings": report["settings"],
         "size_ratio": round(size / report["source_size"], 4),
         "validation": report["validation"]["outputs"],

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from hatch_onnx.errors import BadInputError, ParamsError
 from hatch_onnx.frameworks.exporters import exporter_name
-from hatch_onnx.layouts import as_layouts
+from hatch_onnx.layouts import DEFAULT_LAYOUTS, as_layouts
 from hatch_onnx.toolchain import Versions, job_versions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,7 +40,7 @@ class Job:
     fp16_io: bool = False
     dtype: str = "float32"  # the precision the model is loaded, exported and validated in
     # Where its files go when materialised (hatch_onnx.layouts): never part of the cache key.
-    layouts: tuple[str, ...] = ("optimum",)
+    layouts: tuple[str, ...] = DEFAULT_LAYOUTS
 
     @property
     def label(self) -> str:
