@@ -328,14 +328,17 @@ def _run_show(args: argparse.Namespace) -> int:
     if not manifest_file.is_file():
         raise BadInputError(f"{manifest_file}: not found (run hatch-onnx build or dvc repro first)")
     manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-    print(f"{'model':<16} {'feature':<26} {'opset':>5} {'MB':>7}  {'max abs diff':>12} {'atol':>8}  source")
+    print(f"{'model':<16} {'feature':<26} {'opset':>5} {'MB':>7}  {'max abs diff':>12} {'atol':>8}  {'source':<16} layouts")
     for name, features in manifest["models"].items():
         for feature, entry in features.items():
-            size = sum(f["size"] for f in entry["files"].values()) / 1e6
+            # the size a consumer downloads: one layout's graphs (the roles say which files those are)
+            primary = entry.get("layouts", ["optimum"])[0]
+            size = sum(f["size"] for f in entry["files"].values() if f.get("layout", primary) == primary) / 1e6
             diff = max(entry["validation"]["max_abs_diff"].values())
             source = entry["source"]
+            origin = f"{source['model_type']} ({source['framework']})"
             print(f"{name:<16} {feature:<26} {entry['opset']:>5} {size:7.2f}  {diff:12.2e} {entry['validation']['atol']:8.0e}  "
-                  f"{source['model_type']} ({source['framework']})")
+                  f"{origin:<16} {', '.join(entry.get('layouts', ['optimum']))}")
     return 0
 
 
