@@ -72,17 +72,22 @@ class Remote:
     # --- reading ------------------------------------------------------------------------
 
     def fetch(self, key: str, store: CacheStore, progress: Optional["Progress"] = None) -> Optional[CacheEntry]:
-        """The remote entry for ``key``, checked and put in ``store``; ``None`` if absent or tampered."""
+        """The remote entry for ``key``, checked and put in ``store``; ``None`` if absent, malformed or tampered.
+
+        A malformed or tampered entry is skipped alone, with a warning naming it; only the
+        remote itself failing (unreachable, forbidden) raises :class:`RemoteError`.
+        """
         fs = self.fs
         try:
             try:
-                record = json.loads(fs.cat_file(self._path(key, ENTRY_FILE)))
+                raw = fs.cat_file(self._path(key, ENTRY_FILE))
             except FileNotFoundError:
                 return None
-            files = {name: (int(info["size"]), str(info["xxh3_128"])) for name, info in record["files"].items()}
-            if record.get("key") != key or any(Path(name).name != name for name in files):
-                self.warn(f"remote entry {self._path(key)} is malformed: exporting it again")
+            record = _entry_record(raw, key)
+            if record is None:
+                self.warn(f"remote entry {self._path(key)} is malformed: skipped, exporting it again")
                 return None
+            files = record["files"]
             with store.staging() as staging:
                 for name, (size, digest) in files.items():
                     target = staging / name
@@ -122,10 +127,17 @@ class Remote:
     # --- writing ------------------------------------------------------------------------
 
     def upload(self, entry: CacheEntry, progress: Optional["Progress"] = None) -> bool:
-        """Upload a local entry unless the remote has it; whether it uploaded. ``entry.json`` goes last."""
-        if self.has(entry.key):
+        """Upload a local entry unless the remote has it, whole; whether it uploaded. ``entry.json`` goes last.
+
+        A remote entry whose ``entry.json`` lists other files, or whose files have other sizes
+        (damaged, cut short), is replaced. A local remote (``file://``) gets its folders made, and
+        no write follows a symlink out of its root.
+        """
+        if self._intact(entry):
             return False
         fs = self.fs
+        if not self._prepare_folder(entry.key):
+            return False
         try:
             for name, (size, _) in sorted(entry.files.items()):
                 fs.put_file(str(entry.path / name), self._path(entry.key, name), callback=_callback(progress, name, size))
@@ -133,6 +145,65 @@ class Remote:
         except Exception as exc:  # noqa: BLE001 - see fetch
             raise RemoteError(_reason(exc)) from None
         return True
+
+
+    def _intact(self, entry: CacheEntry) -> bool:
+        """The remote has ``entry``: the same files, sizes and digests listed, and files of those sizes."""
+        fs = self.fs
+        try:
+            try:
+                record = _entry_record(fs.cat_file(self._path(entry.key, ENTRY_FILE)), entry.key)
+            except FileNotFoundError:
+                return False
+            if record is None or record["files"] != dict(entry.files):
+                return False
+            return all(int(fs.info(self._path(entry.key, name))["size"]) == size for name, (size, _) in entry.files.items())
+        except FileNotFoundError:
+            return False
+        except Exception as exc:  # noqa: BLE001 - see fetch
+            raise RemoteError(_reason(exc)) from None
+
+    def _prepare_folder(self, key: str) -> bool:
+        """On a local remote, make the entry's folder; False (with a warning) if it resolves outside the remote's root."""
+        if not _is_local(self.fs):
+            return True
+        import os
+
+        root, folder = os.path.realpath(self._root), self._path(key)
+        # Resolved before anything is made: makedirs through a symlinked v1/<xx> would create outside.
+        if os.path.commonpath([root, os.path.realpath(folder)]) != root:
+            self.warn(f"remote entry {folder} resolves outside the remote {self._root} (a symlink): not uploaded")
+            return False
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise RemoteError(_reason(exc)) from None
+        return True
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _entry_record(raw: bytes, key: str) -> Optional[dict]:
+    """A remote ``entry.json`` as ``{"files": {name: (size, digest)}, "inputs", "timings"}``, or None if malformed.
+
+    Malformed: not JSON (or nested deeper than Python parses), another key, files not a mapping of
+    plain names to a size and a digest, or without ``model.onnx`` and ``report.json`` (an entry
+    missing either would be put locally and trip every later build).
+    """
+    try:
+        record = json.loads(raw)
+        files = {str(name): (int(info["size"]), str(info["xxh3_128"])) for name, info in record["files"].items()}
+        inputs, timings = dict(record["inputs"]), dict(record["timings"])
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return None
+    if record.get("key") != key or any(Path(name).name != name or name == ENTRY_FILE for name in files):
+        return None
+    if not {"model.onnx", "report.json"} <= files.keys() or any(size < 0 for size, _ in files.values()):
+        return None
+    return {"files": files, "inputs": inputs, "timings": timings}
 
 
 class Tier:

@@ -164,3 +164,72 @@ def test_no_remote_configured_is_bad_input(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hatch_onnx", "cache", "push", "--params", str(params)],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 2 and "no remote cache" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# --- a file:// remote: entries that are malformed, damaged or pointed elsewhere ------------------
+
+BERT = {"bert": {"checkpoint": str(checkpoint("bert")), "features": ["default", "masked-lm"]}}
+
+
+def _entries(remote: Path) -> dict[str, Path]:
+    """The remote's entries by feature (read from their report.json)."""
+    import json
+
+    return {json.loads((folder / "report.json").read_text())["feature"]: folder for folder in remote.glob("v1/*/*")}
+
+
+def test_a_file_remote_receives_entries_and_serves_them(tmp_path):
+    remote = tmp_path / "remote"  # does not exist yet: its folders are made
+    params = project(tmp_path, BERT, remote=f"file://{remote}")
+    first, _ = build(params, {}, tmp_path / "cache-a")
+    assert first.returncode == 0, first.stderr
+    assert sorted(_entries(remote)) == ["default", "masked-lm"]
+    second, _ = build(params, {}, tmp_path / "cache-b")
+    assert statuses(second) == {"bert:default": "fetched", "bert:masked-lm": "fetched"}, second.stdout
+
+
+def test_a_malformed_remote_entry_is_skipped_alone(tmp_path):
+    import json
+
+    remote = tmp_path / "remote"
+    params = project(tmp_path, BERT, remote=f"file://{remote}")
+    assert build(params, {}, tmp_path / "cache-a")[0].returncode == 0
+    entry = _entries(remote)["default"] / "entry.json"
+    record = json.loads(entry.read_text())
+    for damage in ({**record, "files": list(record["files"])}, {**record, "files": {**record["files"], "model.onnx": {"size": "big"}}},
+                   "[" * 100_000, {**record, "files": {k: v for k, v in record["files"].items() if k != "report.json"}}):
+        entry.write_text(damage if isinstance(damage, str) else json.dumps(damage))
+        result, _ = build(params, {}, tmp_path / f"cache-{len(str(damage))}")
+        assert result.returncode == 0, result.stderr
+        # the bad entry is named and exported again; the rest of the remote keeps working
+        assert statuses(result) == {"bert:default": "exported", "bert:masked-lm": "fetched"}, result.stdout + result.stderr
+        assert f"{entry.parent}" in result.stderr and "malformed" in result.stderr and "unavailable" not in result.stderr
+
+
+def test_a_damaged_remote_entry_is_replaced_by_the_next_upload(tmp_path):
+    remote = tmp_path / "remote"
+    params = project(tmp_path, BERT, remote=f"file://{remote}")
+    assert build(params, {}, tmp_path / "cache-a")[0].returncode == 0
+    graph = _entries(remote)["masked-lm"] / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:100])  # cut short
+    push = subprocess.run([sys.executable, "-m", "hatch_onnx", "cache", "push", "--params", str(params)], capture_output=True, text=True,
+                          env={**os.environ, "HATCH_ONNX_CACHE": str(tmp_path / "cache-a")})
+    assert push.returncode == 0 and "pushed bert:masked-lm\n1 job(s) pushed" in push.stdout, push.stdout + push.stderr
+    result, _ = build(params, {}, tmp_path / "cache-b")
+    assert statuses(result) == {"bert:default": "fetched", "bert:masked-lm": "fetched"}, result.stdout + result.stderr
+
+
+def test_no_upload_follows_a_symlink_out_of_a_file_remote(tmp_path):
+    import shutil
+
+    remote, elsewhere = tmp_path / "remote", tmp_path / "elsewhere"
+    params = project(tmp_path, {"bert": {"checkpoint": str(checkpoint("bert")), "features": ["default"]}}, remote=f"file://{remote}")
+    first, _ = build(params, {}, tmp_path / "cache-a")  # learn the key, then point its folder elsewhere
+    (key_folder,) = remote.glob("v1/*/*")
+    shutil.rmtree(remote)
+    (remote / "v1").mkdir(parents=True)
+    elsewhere.mkdir()
+    (remote / "v1" / key_folder.parent.name).symlink_to(elsewhere, target_is_directory=True)
+    again, _ = build(params, {}, tmp_path / "cache-c")
+    assert again.returncode == 0, again.stderr
+    assert not any(elsewhere.iterdir()) and "outside the remote" in again.stderr
