@@ -38,14 +38,39 @@ from hatch_onnx.fingerprint import file_digest
 TRANSFERS = 4
 # Files at least this large get a progress bar (on a terminal).
 PROGRESS_BYTES = 64 * 2**20
+# Seconds to wait for a connection, and for each answer, before a remote counts as unavailable:
+# a stalled endpoint (one that accepts and never answers) must not hang a build.
+TIMEOUT_ENV = "HATCH_ONNX_REMOTE_TIMEOUT"
+DEFAULT_TIMEOUT = 30.0
+
+
+def timeout_options(protocol: str, timeout: float) -> dict[str, Any]:
+    """The fsspec filesystem options that bound every request of ``protocol`` by ``timeout`` seconds.
+
+    Each filesystem names them its own way; a protocol without any (``file``) needs none.
+    """
+    if protocol in ("s3", "s3a"):  # s3fs -> botocore: no retry of its own (s3fs retries, see Remote.fs)
+        return {"config_kwargs": {"connect_timeout": timeout, "read_timeout": timeout, "retries": {"max_attempts": 1}}}
+    if protocol in ("gs", "gcs"):
+        return {"timeout": timeout}
+    if protocol in ("http", "https"):
+        import aiohttp
+
+        return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)}}
+    if protocol in ("ssh", "sftp"):
+        return {"timeout": timeout}
+    return {}
 
 
 class Remote:
     """One remote tier: fetch, upload and list entries. Thread-safe; errors raise :class:`RemoteError`."""
 
-    def __init__(self, url: str, warn: Callable[[str], None] = lambda message: None) -> None:
+    def __init__(self, url: str, warn: Callable[[str], None] = lambda message: None, timeout: Optional[float] = None) -> None:
+        import os
+
         self.url = url.rstrip("/")
         self.warn = warn
+        self.timeout = timeout if timeout is not None else float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
         self._fs: Any = None
         self._root = ""
         self._lock = threading.Lock()
@@ -60,7 +85,12 @@ class Remote:
                 try:
                     import fsspec
 
-                    self._fs, self._root = fsspec.core.url_to_fs(self.url)
+                    protocol = self.url.split("://", 1)[0] if "://" in self.url else "file"
+                    self._fs, self._root = fsspec.core.url_to_fs(self.url, **timeout_options(protocol, self.timeout))
+                    if isinstance(getattr(self._fs, "retries", None), int):
+                        # s3fs retries a timed-out call 5 times with backoff (40 s for a 2 s timeout): a
+                        # stall reported after one retry leaves the build to go on locally.
+                        self._fs.retries = 1
                 except Exception as exc:  # an unknown protocol, a missing package (s3fs...), bad options
                     raise RemoteError(_reason(exc)) from None
             return self._fs

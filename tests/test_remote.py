@@ -233,3 +233,24 @@ def test_no_upload_follows_a_symlink_out_of_a_file_remote(tmp_path):
     again, _ = build(params, {}, tmp_path / "cache-c")
     assert again.returncode == 0, again.stderr
     assert not any(elsewhere.iterdir()) and "outside the remote" in again.stderr
+
+
+def test_a_stalled_remote_is_a_warning_not_a_hang(tmp_path):
+    """An endpoint that accepts connections and never answers: `cache pull` and a build end, and say why."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+    threading.Thread(target=lambda: [held.append(server.accept()) for _ in iter(int, 1)], daemon=True).start()
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.getsockname()[1]}", "HATCH_ONNX_REMOTE_TIMEOUT": "2"}
+    params = project(tmp_path, {"bert": {"checkpoint": str(checkpoint("bert")), "features": ["default"]}})
+    started = time.perf_counter()
+    pull = subprocess.run([sys.executable, "-m", "hatch_onnx", "cache", "pull", "--params", str(params)], capture_output=True, text=True,
+                          env={**os.environ, **env, "HATCH_ONNX_CACHE": str(tmp_path / "cache")}, timeout=120)
+    assert time.perf_counter() - started < 60, "the pull waited on the stalled remote"
+    assert pull.returncode == 0 and pull.stderr.count("unavailable") == 1 and "timeout" in pull.stderr.lower(), pull.stderr
+    result, seconds = build(params, env, tmp_path / "cache")
+    assert result.returncode == 0 and statuses(result) == {"bert:default": "exported"} and seconds < 90, result.stderr
