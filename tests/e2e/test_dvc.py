@@ -66,7 +66,7 @@ def repo(tmp_path_factory, e2e_env) -> Path:
 def test_first_repro_runs_every_stage(repo, e2e_env):
     result = sh(["dvc", "repro"], repo, e2e_env)
     assert ran(result) == {"toolchain", "export@bert", "export@gpt2", "package"}
-    assert json.loads((repo / "build/toolchain.json").read_text())["pt"]["torch"] == "2.13.0"
+    assert json.loads((repo / "build/toolchain.json").read_text())["pt"]["torch"].startswith("2.13.0")  # 2.13.0+cpu
     assert [p.name for p in (repo / "dist").glob("*.whl")] == ["our_models-1.4.0-py3-none-any.whl"]
     assert (repo / "build/onnx/bert/default/model.onnx").is_file()
     assert (repo / "build/onnx/gpt2/causal-lm-with-past/model.onnx").is_file()
