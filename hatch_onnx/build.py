@@ -367,6 +367,17 @@ class Task:
         return f"{self.job.label}.{self.variant}" if self.variant else self.job.label
 
 
+def _checkpoint_changed(task: Task, store: CacheStore) -> bool:
+    """Whether an export's checkpoint differs now from the content its key was made from.
+
+    A sync tool or a second writer may rewrite a checkpoint while its export runs; an entry must
+    then never be stored under the key of the content fingerprinted before. A stat per file when
+    nothing changed (the stat cache).
+    """
+    made_from = task.inputs.get("checkpoint") if task.variant is None else None
+    return made_from is not None and fingerprint(task.job.checkpoint, store.stats) != made_from
+
+
 def _export(tasks: list[Task], store: CacheStore, workers: _Workers) -> Iterable[JobResult]:
     """Run the tasks in worker processes, a batch per checkpoint; yields each result as it finishes."""
     if not tasks:
@@ -401,6 +412,9 @@ def _export(tasks: list[Task], store: CacheStore, workers: _Workers) -> Iterable
                     return result("failed", error=str(exc), exit_code=1)
                 if not reply["ok"]:
                     return result("failed", error=reply["error"], exit_code=reply.get("exit_code", 1))
+                if _checkpoint_changed(task, store):
+                    return result("failed", exit_code=1, error=f"{task.job.checkpoint} changed while it was exported: "
+                                  "nothing stored under the key of its former content; build again")
                 entry = store.put(task.key, staging, task.inputs, reply["report"]["timings"])
         return result("exported", entry)
 

@@ -263,3 +263,32 @@ def test_outputs_are_not_the_caches_files(tmp_path):
     assert entry_graph.read_bytes() == before
     again = build(params, "--out", str(out))  # the edited output is found out by its digest and replaced
     assert again.returncode == 0 and graph.read_bytes() == before
+
+
+def test_a_checkpoint_rewritten_during_its_export_stores_nothing(tmp_path):
+    """A second writer changes the checkpoint while the worker exports: no entry under the old content's key."""
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint("bert"), folder)
+    params = project(tmp_path, {"bert": {"checkpoint": str(folder), "features": ["default"]}})
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "sitecustomize.py").write_text(
+        "import os\n"
+        "if b'hatch_onnx.worker' in open('/proc/self/cmdline', 'rb').read():\n"
+        "    from hatch_onnx import loading\n"
+        "    real = loading.load_model\n"
+        "    def load_model(feature, model, *args, **kwargs):\n"
+        "        loaded = real(feature, model, *args, **kwargs)\n"
+        "        with open(os.path.join(model, 'config.json'), 'a') as config:  # the checkpoint changes under the export\n"
+        "            config.write('\\n')\n"
+        "        return loaded\n"
+        "    loading.load_model = load_model\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "probe")}
+    result = subprocess.run([sys.executable, "-m", "hatch_onnx", "build", "--params", str(params)], env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "changed while it was exported" in result.stderr, result.stderr
+    cache = Path(os.environ["HATCH_ONNX_CACHE"])
+    assert not list(cache.glob("v1/*/*"))  # nothing stored
+    again = subprocess.run([sys.executable, "-m", "hatch_onnx", "build", "--params", str(params)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr  # the next build exports the new content
