@@ -367,6 +367,23 @@ class Task:
         return f"{self.job.label}.{self.variant}" if self.variant else self.job.label
 
 
+# What a report holds that differs between two exports of one key: how long each step took (kept
+# in entry.json instead) and where this machine keeps the checkpoint.
+_VARYING_REPORT_FIELDS = ("timings", "model")
+
+
+def _drop_what_varies(report: Path) -> None:
+    """Make a cache entry's report.json the same bytes on every machine that exports its key.
+
+    Two machines sharing a remote then upload identical entries (entry.json, the listing, keeps
+    the timings), and an interleaved upload never leaves one that fails its digests.
+    """
+    from hatch_onnx.atomic import write_json
+
+    data = json.loads(report.read_text(encoding="utf-8"))
+    write_json(report, {key: value for key, value in data.items() if key not in _VARYING_REPORT_FIELDS})
+
+
 def _checkpoint_changed(task: Task, store: CacheStore) -> bool:
     """Whether an export's checkpoint differs now from the content its key was made from.
 
@@ -415,6 +432,7 @@ def _export(tasks: list[Task], store: CacheStore, workers: _Workers) -> Iterable
                 if _checkpoint_changed(task, store):
                     return result("failed", exit_code=1, error=f"{task.job.checkpoint} changed while it was exported: "
                                   "nothing stored under the key of its former content; build again")
+                _drop_what_varies(staging / "report.json")
                 entry = store.put(task.key, staging, task.inputs, reply["report"]["timings"])
         return result("exported", entry)
 

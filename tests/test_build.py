@@ -292,3 +292,21 @@ def test_a_checkpoint_rewritten_during_its_export_stores_nothing(tmp_path):
     assert not list(cache.glob("v1/*/*"))  # nothing stored
     again = subprocess.run([sys.executable, "-m", "hatch_onnx", "build", "--params", str(params)], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr  # the next build exports the new content
+
+
+def test_two_exports_of_one_key_are_the_same_entry(tmp_path):
+    """Timings and the checkpoint's local path stay out of what is digested: two machines' entries match."""
+    import json
+
+    params = project(tmp_path, {"bert": {"checkpoint": str(checkpoint("bert")), "features": ["default"]}})
+    listings = []
+    for machine in ("a", "b"):
+        env = {**os.environ, "HATCH_ONNX_CACHE": str(tmp_path / f"cache-{machine}")}
+        result = subprocess.run([sys.executable, "-m", "hatch_onnx", "build", "--params", str(params)], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        (entry,) = (tmp_path / f"cache-{machine}").glob("v1/*/*/entry.json")
+        record = json.loads(entry.read_text())
+        assert record["timings"]["total"] > 0  # kept, in the listing
+        assert "timings" not in json.loads((entry.parent / "report.json").read_text())
+        listings.append((entry.parent.name, record["files"]))
+    assert listings[0] == listings[1]
