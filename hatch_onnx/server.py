@@ -83,6 +83,26 @@ def _address(framework: str) -> Path:
 # --- the client ----------------------------------------------------------------------------------
 
 
+UMASK_FIELD = "umask"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _serve_one(payload: dict) -> dict:
+    """One request, under the client's umask (one request at a time: the process-wide mask is ours to set)."""
+    mask = payload.pop(UMASK_FIELD, None)
+    saved = os.umask(mask) if isinstance(mask, int) and 0 <= mask <= 0o777 else None
+    try:
+        return handle(payload)
+    finally:
+        if saved is not None:
+            os.umask(saved)
+
+
 def request(payload: Mapping[str, Any], framework: str) -> Optional[dict]:
     """The server's answer to ``payload`` (see :func:`hatch_onnx.worker.handle`), ``None`` if none answered."""
     try:
@@ -91,7 +111,8 @@ def request(payload: Mapping[str, Any], framework: str) -> Optional[dict]:
             connection.settimeout(_CONNECT_TIMEOUT)
             connection.connect(str(address))
             connection.settimeout(None)  # an export takes as long as it takes
-            connection.sendall(json.dumps(dict(payload)).encode() + b"\n")
+            # The client's umask travels with the request: the files are written as its own process would.
+            connection.sendall(json.dumps({**payload, UMASK_FIELD: _current_umask()}).encode() + b"\n")
             connection.shutdown(socket.SHUT_WR)
             with connection.makefile("rb") as answers:
                 answer = answers.readline()
@@ -145,7 +166,7 @@ def serve(framework: str, address: Path, idle_seconds: float) -> int:
                 with connection, connection.makefile("rwb") as stream:
                     line = stream.readline()
                     if line.strip():
-                        stream.write(json.dumps(handle(json.loads(line))).encode() + b"\n")
+                        stream.write(json.dumps(_serve_one(json.loads(line))).encode() + b"\n")
                         stream.flush()
                 gc.collect()  # the model is gone with the request: an idle server holds only its imports
         finally:

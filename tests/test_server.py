@@ -85,11 +85,19 @@ def test_idle_server_exits_and_removes_its_socket(server_env, tmp_path):
     env, sockets = server_env
     env = {**env, "HATCH_ONNX_SERVER_IDLE": "3"}
     export(env, "--model", str(checkpoint("bert")), str(tmp_path / "a"))
-    socket_file = wait_for_socket(sockets)
-    deadline = time.monotonic() + 120  # warm-up first (imports), then 3 s of idleness
-    while socket_file.exists() and time.monotonic() < deadline:
+    # The server may have warmed up, idled and gone while the client exported in its own process
+    # (a loaded machine): follow it by the pid its lock file names rather than by its socket.
+    deadline = time.monotonic() + 120
+    while not list(sockets.glob("*.lock")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (lock,) = sockets.glob("*.lock")
+    while not lock.read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pid = int(lock.read_text().split()[0])
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:  # warm-up first (imports), then 3 s idle
         time.sleep(0.5)
-    assert not socket_file.exists()
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert not list(sockets.glob("*.sock"))  # and it took its socket with it
 
 
 def test_off_by_default(tmp_path, server_env):
@@ -97,3 +105,17 @@ def test_off_by_default(tmp_path, server_env):
     export({k: v for k, v in env.items() if k != "HATCH_ONNX_SERVER"}, "--model", str(checkpoint("bert")), str(tmp_path / "a"))
     time.sleep(1)
     assert not sockets.exists() or not list(sockets.glob("*.sock"))
+
+
+def test_a_served_export_writes_what_the_clients_own_process_would(server_env, tmp_path):
+    """The client's umask (077 here) travels with the request: files 0600, folders 0700, as in-process."""
+    env, sockets = server_env
+    export(env, "--model", str(checkpoint("bert")), str(tmp_path / "warm"))
+    wait_for_socket(sockets)
+    time.sleep(1)
+    out = tmp_path / "private"
+    result = subprocess.run([sys.executable, "-c", CLI, "export", "--model", str(checkpoint("bert")), str(out)], capture_output=True,
+                            text=True, env=env, preexec_fn=lambda: os.umask(0o077))
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"code": 0, "heavy": []}, result.stderr  # served
+    assert {oct(path.stat().st_mode & 0o777) for path in out.iterdir()} == {"0o600"}
+    assert oct(out.stat().st_mode & 0o777) == "0o700"
