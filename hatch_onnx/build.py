@@ -124,6 +124,7 @@ def run_build(
     versions: Optional[Mapping[str, Versions]] = None,
     environ: Optional[Mapping[str, str]] = None,
     layouts: Optional[tuple[str, ...]] = None,
+    destination: Optional[Path] = None,
 ) -> BuildResult:
     """Plan, look up, export the misses (``jobs`` workers), materialise into ``out``.
 
@@ -138,6 +139,12 @@ def run_build(
     from and starts its workers with: the Hatch hook passes its own, without the build
     frontend's isolation, and this process's environment is left alone.
 
+    ``destination`` is where ``out`` ends up when ``out`` is a staging folder (the Hatch hook's
+    folder): it is the one checked against the checkpoints and the cache.
+
+    With a signing key (:mod:`hatch_onnx.signing`), uploads and ``out``'s manifest are signed;
+    with trusted keys, only signed remote entries are read. Bad key files stop the build first.
+
     Raises :class:`BuildError` after every job has finished if any failed; ``out`` is then left
     as it was.
     """
@@ -146,7 +153,9 @@ def run_build(
     if layouts is not None:
         plan = [dataclasses.replace(job, layouts=as_layouts(layouts)) for job in plan]
     if out is not None:
-        refuse_out_overlapping(Path(out), {job.checkpoint for job in plan}, source.cache_root)
+        refuse_out_overlapping(Path(destination or out), {job.checkpoint for job in plan}, source.cache_root,
+                               "--out" if destination is None else "the hook's folder")
+    signer, verifier = source.keys.load()
     store = CacheStore(source.cache_root)
     toolchains: dict[str, Toolchain] = {}
     if versions is None:
@@ -154,7 +163,7 @@ def run_build(
         versions = {framework: toolchain.versions for framework, toolchain in toolchains.items()}
     workers = _Workers(toolchains, jobs, progress_stream, environ)
     with default_stat_cache(store.root) as store.stats:
-        return _run(source, plan, store, versions, workers, out, package_version)
+        return _run(source, plan, store, versions, workers, out, package_version, signer, verifier)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +180,7 @@ class _Workers:
 _Found = dict[tuple[Job, Optional[str]], JobResult]
 
 
-def refuse_out_overlapping(out: Path, checkpoints: Iterable[Path], cache_root: Path) -> None:
+def refuse_out_overlapping(out: Path, checkpoints: Iterable[Path], cache_root: Path, name: str = "--out") -> None:
     """:class:`BadInputError` when ``out`` is, contains or lies inside a checkpoint or the cache.
 
     Writing there would change a checkpoint's fingerprint (a manifest in it) or an entry of the
@@ -184,14 +193,14 @@ def refuse_out_overlapping(out: Path, checkpoints: Iterable[Path], cache_root: P
         other = folder.resolve()
         if target == other or other in target.parents or target in other.parents:
             how = "is" if target == other else "lies inside" if other in target.parents else "contains"
-            raise BadInputError(f"--out {out}: {how} {what} {folder}; write the models somewhere else")
+            raise BadInputError(f"{name} {out}: {how} {what} {folder}; write the models somewhere else")
 
 
 def _run(source, plan: list[Job], store: CacheStore, versions: Mapping[str, Versions], workers: _Workers,
-         out: Optional[Path], package_version: Optional[str]) -> BuildResult:
+         out: Optional[Path], package_version: Optional[str], signer=None, verifier=None) -> BuildResult:
     """Look every export and variant up (locally, then remotely), export the misses, finish."""
     prints, keyed = _keys(plan, store, versions)
-    remote = _ReadThrough(source.remote)
+    remote = _ReadThrough(source.remote, signer, verifier)
     found, misses = _lookup(keyed, store, remote)
     found_variants, variant_misses = _lookup_variants(keyed, store, versions, remote)
     found.update(found_variants)
@@ -203,7 +212,7 @@ def _run(source, plan: list[Job], store: CacheStore, versions: Mapping[str, Vers
     for result in _export(tasks, store, workers):
         found[result.job, result.variant] = result
     remote.upload(found.values())  # write-through, entry.json last (see hatch_onnx.remote)
-    return _finish(plan, found, store, prints, out, package_version)
+    return _finish(plan, found, store, prints, out, package_version, signer)
 
 
 def _lookup(keyed: list[tuple[Job, str, dict]], store: CacheStore, remote: _ReadThrough) -> tuple[_Found, list[Task]]:
@@ -249,7 +258,7 @@ def _lookup_variants(keyed: list[tuple[Job, str, dict]], store: CacheStore, vers
 
 
 def _finish(plan: list[Job], found: _Found, store: CacheStore, prints: Mapping[Path, str], out: Optional[Path],
-            package_version: Optional[str]) -> BuildResult:
+            package_version: Optional[str], signer=None) -> BuildResult:
     """The build's results in the plan's order; :class:`BuildError` if any failed, else materialised into ``out``."""
     build = BuildResult(tuple(found[job, None] for job in plan), out,
                         tuple(found[job, variant] for job in plan for variant in job.variants if (job, variant) in found))
@@ -262,15 +271,16 @@ def _finish(plan: list[Job], found: _Found, store: CacheStore, prints: Mapping[P
     if out is not None:
         from hatch_onnx.package import materialize
 
-        materialize(Path(out), build.results, prints, package_version, variants=build.variants, stats=store.stats)
+        materialize(Path(out), build.results, prints, package_version, variants=build.variants, stats=store.stats, signer=signer)
     return build
 
 
 class _ReadThrough:
     """A build's remote tier, made on the first miss that needs it: fsspec is imported only then."""
 
-    def __init__(self, url: Optional[str]) -> None:
+    def __init__(self, url: Optional[str], signer=None, verifier=None) -> None:
         self.url = url
+        self.keys = (signer, verifier)
         self._tier: Any = None
 
     def fetch(self, tasks: list[Task], store: CacheStore) -> tuple[_Found, list[Task]]:
@@ -280,7 +290,7 @@ class _ReadThrough:
         if self._tier is None:
             from hatch_onnx.remote import Tier
 
-            self._tier = Tier(self.url, warn=_warn)
+            self._tier = Tier(self.url, _warn, *self.keys)
         started = time.perf_counter()
         fetched = self._tier.fetch({task.key for task in tasks}, store)
         seconds = time.perf_counter() - started
@@ -325,20 +335,22 @@ def sync_remote(params_file: Path, direction: str, only: Optional[Iterable[str]]
     lacks (not exported yet, or the remote failed, which is reported once as a warning).
     """
     source = read_params(params_file)
+    signer, verifier = source.keys.load()
     if not source.remote:
         raise BadInputError(f"{source.file}: no remote cache: set onnx.remote or ${REMOTE_ENV} (an fsspec URL such as s3://bucket/prefix)")
     plan = resolve_plan(source, only)
     store = CacheStore(source.cache_root)
     versions = {framework: toolchain.versions for framework, toolchain in resolve_toolchains(plan, python, python_tf).items()}
     with default_stat_cache(store.root) as store.stats:
-        return _sync(source, plan, store, versions, direction)
+        return _sync(source, plan, store, versions, direction, signer, verifier)
 
 
-def _sync(source, plan: list[Job], store: CacheStore, versions: Mapping[str, Versions], direction: str) -> tuple[list[str], int]:
+def _sync(source, plan: list[Job], store: CacheStore, versions: Mapping[str, Versions], direction: str,
+          signer=None, verifier=None) -> tuple[list[str], int]:
     from hatch_onnx.remote import Tier
 
     _, keyed = _keys(plan, store, versions)
-    tier = Tier(source.remote, warn=_warn)
+    tier = Tier(source.remote, _warn, signer, verifier)
     labels = {key: [job.label for job, k, _ in keyed if k == key] for _, key, _ in keyed}
     if direction == "push":
         local = {key: entry for _, key, _ in keyed if (entry := store.lookup(key)) is not None}

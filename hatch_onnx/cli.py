@@ -342,8 +342,37 @@ def _run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_parser(sub) -> None:
+    p = sub.add_parser("verify", help="check shipped models (a folder, a wheel, an installed package) against their "
+                                      "manifest, provenance and signature")
+    p.add_argument("path", help="a build --out folder, a wheel, or an installed package's folder or import name")
+    p.add_argument("--trusted-key", action="append", type=Path, metavar="PEM",
+                   help="an Ed25519 public key the manifest must be signed by (repeatable; default: $HATCH_ONNX_TRUSTED_KEYS)")
+    p.set_defaults(run=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every manifest found holds, 1 when one does not, 2 when there is nothing to check."""
+    from hatch_onnx.signing import Keys, resolve_keys
+    from hatch_onnx.verify import verify
+
+    keys = Keys(trusted=tuple(args.trusted_key)) if args.trusted_key else resolve_keys({}, Path.cwd())
+    _, verifier = Keys(trusted=keys.trusted).load()  # never the signing key: verify trusts only what it is told
+    failed = False
+    for verdict in verify(args.path, verifier):
+        for problem in verdict.problems:
+            print(f"{PROG}: {problem}", file=sys.stderr)
+        notes = f" ({'; '.join(verdict.notes)})" if verdict.notes else ""
+        if verdict.ok:
+            print(f"verified {verdict.manifest}: {verdict.files} files{notes}")
+        else:
+            failed = True
+            print(f"{PROG}: {verdict.manifest}: {len(verdict.problems)} problem(s){notes}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 PARSERS: tuple[Callable, ...] = (_init_parser, _show_parser, _export_parser, _build_parser, _toolchain_parser, _hash_parser, _cache_parser,
-                                 _features_parser)
+                                 _features_parser, _verify_parser)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,6 +19,10 @@ graph through a hard link would corrupt the cache entry.
 
 A lock per ``out`` folder (:func:`out_lock`) serialises builds that write into it: the
 manifest is read, merged and written by one at a time, and lists every model present.
+
+The manifest carries an in-toto provenance statement of what it ships
+(:mod:`hatch_onnx.provenance`); with a signing key, ``manifest.json.sig`` beside it is its
+detached Ed25519 signature (:mod:`hatch_onnx.signing`). ``hatch-onnx verify`` checks all three.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from hatch_onnx.layouts import (
 
 MANIFEST = "manifest.json"
 # 2: every file has a role (and graphs their layout); a feature lists its layouts
-MANIFEST_FORMAT = 2
+# 3: a provenance statement (in-toto v1, SLSA provenance v1)
+MANIFEST_FORMAT = 3
 
 
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -183,18 +188,37 @@ def all_files(entry: Mapping[str, Any]) -> list[dict]:
     return files
 
 
+def shipped_files(models: Mapping[str, Any]) -> list[dict]:
+    """Every file record of a manifest's ``models`` (graphs, variants, side files), sorted by path."""
+    files = {record["path"]: record for features in models.values() for entry in features.values() for record in all_files(entry)}
+    return [files[path] for path in sorted(files)]
+
+
 def materialize(out: Path, results: Iterable[Any], prints: Mapping[Path, str], package_version: Optional[str] = None,
-                variants: Iterable[Any] = (), stats: Any = None) -> dict:
+                variants: Iterable[Any] = (), stats: Any = None, signer: Any = None) -> dict:
     """Write every model folder of ``results`` (and their ``variants``) into ``out``; (re)write ``out/manifest.json``.
 
-    ``stats`` (a :class:`~hatch_onnx.fingerprint.StatCache`) remembers digests by file state.
+    ``stats`` (a :class:`~hatch_onnx.fingerprint.StatCache`) remembers digests by file state;
+    ``signer`` (a :class:`~hatch_onnx.signing.Signer`) signs the manifest.
     """
     with out_lock(out):
-        return _materialize(Path(out), list(results), prints, package_version, list(variants), stats)
+        manifest, rewritten = _materialize(Path(out), list(results), prints, package_version, list(variants), stats)
+        _sign(Path(out) / MANIFEST, signer, rewritten)
+        return manifest
+
+
+def _sign(manifest: Path, signer: Any, rewritten: bool) -> None:
+    """Sign ``manifest``; without a key, drop the signature of an earlier manifest (it would not verify)."""
+    from hatch_onnx.signing import SIGNATURE_SUFFIX, sign_manifest
+
+    if signer is not None:
+        sign_manifest(manifest, signer)
+    elif rewritten:
+        manifest.with_name(manifest.name + SIGNATURE_SUFFIX).unlink(missing_ok=True)
 
 
 def _materialize(out: Path, results: list, prints: Mapping[Path, str], package_version: Optional[str], variants: list,
-                 stats: Any) -> dict:
+                 stats: Any) -> tuple[dict, bool]:
     from hatch_onnx.fingerprint import file_digest
 
     digest = stats.digest if stats is not None else file_digest  # StatCache.digest reads when it remembers nothing
@@ -222,11 +246,17 @@ def _materialize(out: Path, results: list, prints: Mapping[Path, str], package_v
             _check_written(staging, out, entries)
         models[name] = entries
 
-    manifest = {"format": MANIFEST_FORMAT, "version": package_version, "hatch_onnx": __version__, "models": dict(sorted(models.items()))}
+    from hatch_onnx.provenance import statement
+
+    models = dict(sorted(models.items()))
+    provenance = statement(models, shipped_files(models), out, manifest.get("provenance"))
+    manifest = {"format": MANIFEST_FORMAT, "version": package_version, "hatch_onnx": __version__, "models": models,
+                "provenance": provenance}
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    if not manifest_path.is_file() or manifest_path.read_text(encoding="utf-8") != text:
+    rewritten = not manifest_path.is_file() or manifest_path.read_text(encoding="utf-8") != text
+    if rewritten:
         write_text(manifest_path, text)
-    return manifest
+    return manifest, rewritten
 
 
 def write_feature_folder(folder: Path, files: Iterable[Placement]) -> None:

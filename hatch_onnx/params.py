@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import yaml
 
 from hatch_onnx.errors import ParamsError
+from hatch_onnx.signing import Keys, resolve_keys
 
 REMOTE_ENV = "HATCH_ONNX_REMOTE"
 
@@ -38,6 +39,7 @@ class ParamsSource:
     data: Any
     cache_root: Path
     remote: Optional[str] = None  # the cache's remote tier (an fsspec URL): $HATCH_ONNX_REMOTE, else onnx.remote
+    keys: Keys = Keys()  # signing and trusted keys (see hatch_onnx.signing); none by default
 
     @functools.cached_property
     def params(self) -> "ParamsFile":
@@ -72,7 +74,8 @@ class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyam
 def read_params(path: str | Path, environ: Optional[Mapping[str, str]] = None) -> ParamsSource:
     """Read params.yaml; :class:`ParamsError` if it is missing or not YAML. The schema is checked lazily.
 
-    ``environ`` (default ``os.environ``) holds the overrides ``$HATCH_ONNX_CACHE`` and ``$HATCH_ONNX_REMOTE``.
+    ``environ`` (default ``os.environ``) holds the overrides ``$HATCH_ONNX_CACHE``, ``$HATCH_ONNX_REMOTE``
+    and the key paths of :mod:`hatch_onnx.signing`.
     """
     environ = os.environ if environ is None else environ
     from hatch_onnx.cache import resolve_cache_root
@@ -93,4 +96,5 @@ def read_params(path: str | Path, environ: Optional[Mapping[str, str]] = None) -
     # A malformed value is reported by the schema check; the cache root never depends on it.
     cache_root = resolve_cache_root(configured if isinstance(configured, str) else None, path.parent, environ)
     remote = environ.get(REMOTE_ENV) or (onnx.get("remote") if isinstance(onnx, dict) else None)
-    return ParamsSource(path, raw, data, cache_root, remote if isinstance(remote, str) and remote else None)
+    return ParamsSource(path, raw, data, cache_root, remote if isinstance(remote, str) and remote else None,
+                        resolve_keys(onnx, path.parent, environ))

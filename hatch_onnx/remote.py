@@ -12,7 +12,12 @@ downloaded into a local staging folder, every file checked against the remote ``
 (size and xxh3_128, through :func:`hatch_onnx.fingerprint.file_digest`), and only then put in
 the local store: a partial download or a tampered object never reaches it, and a tampered
 entry is exported again, with a warning naming its remote key. Two machines uploading one key
-write the same bytes, so concurrent uploads are harmless.
+write the same files (the report leaves out what varies), so concurrent uploads are harmless.
+
+Digests catch damage, not a writer who fixes them up. With keys (:mod:`hatch_onnx.signing`),
+every uploaded ``entry.json`` carries an Ed25519 signature of its content, and an entry that is
+unsigned or not signed by a trusted key is refused like a tampered one. A machine with only
+public keys reads and never uploads.
 
 A remote is never required: the first failure (unreachable, forbidden, misconfigured) is
 reported once, and the build carries on with the local tier; a later run catches up.
@@ -33,6 +38,7 @@ from typing import Any, Optional
 from hatch_onnx.cache import ENTRY_FILE, LAYOUT, CacheEntry, CacheStore
 from hatch_onnx.errors import RemoteError
 from hatch_onnx.fingerprint import file_digest
+from hatch_onnx.signing import Signer, Verifier, entry_payload
 
 # Transfers at once: object stores answer many requests in parallel; 2 cores hash what arrives.
 TRANSFERS = 4
@@ -65,11 +71,14 @@ def timeout_options(protocol: str, timeout: float) -> dict[str, Any]:
 class Remote:
     """One remote tier: fetch, upload and list entries. Thread-safe; errors raise :class:`RemoteError`."""
 
-    def __init__(self, url: str, warn: Callable[[str], None] = lambda message: None, timeout: Optional[float] = None) -> None:
+    def __init__(self, url: str, warn: Callable[[str], None] = lambda message: None, timeout: Optional[float] = None,
+                 signer: Optional[Signer] = None, verifier: Optional[Verifier] = None) -> None:
         import os
 
         self.url = url.rstrip("/")
         self.warn = warn
+        self.signer = signer  # signs what this machine uploads
+        self.verifier = verifier  # set: only entries signed by a trusted key are read
         self.timeout = timeout if timeout is not None else float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
         self._fs: Any = None
         self._root = ""
@@ -116,6 +125,10 @@ class Remote:
             record = _entry_record(raw, key)
             if record is None:
                 self.warn(f"remote entry {self._path(key)} is malformed: skipped, exporting it again")
+                return None
+            unsigned = self._signature_problem(key, record)
+            if unsigned:
+                self.warn(f"remote entry {self._path(key)}: {unsigned}: not used, exporting it again")
                 return None
             files = record["files"]
             with store.staging() as staging:
@@ -171,10 +184,25 @@ class Remote:
         try:
             for name, (size, _) in sorted(entry.files.items()):
                 fs.put_file(str(entry.path / name), self._path(entry.key, name), callback=_callback(progress, name, size))
-            fs.put_file(str(entry.path / ENTRY_FILE), self._path(entry.key, ENTRY_FILE))
+            fs.pipe_file(self._path(entry.key, ENTRY_FILE), self._entry_json(entry))
         except Exception as exc:  # noqa: BLE001 - see fetch
             raise RemoteError(_reason(exc)) from None
         return True
+
+    def _entry_json(self, entry: CacheEntry) -> bytes:
+        """The remote ``entry.json``: the local one, with this machine's signature when it has a key."""
+        raw = (entry.path / ENTRY_FILE).read_bytes()
+        if self.signer is None:
+            return raw
+        record = json.loads(raw)
+        record["signature"] = self.signer.sign(entry_payload(entry.key, entry.files, entry.inputs))
+        return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+    def _signature_problem(self, key: str, record: dict) -> Optional[str]:
+        """Why a remote entry's signature is not good enough here; ``None`` without keys, or when it is."""
+        if self.verifier is None:
+            return None
+        return self.verifier.problem(entry_payload(key, record["files"], record["inputs"]), record["signature"])
 
 
     def _intact(self, entry: CacheEntry) -> bool:
@@ -185,7 +213,7 @@ class Remote:
                 record = _entry_record(fs.cat_file(self._path(entry.key, ENTRY_FILE)), entry.key)
             except FileNotFoundError:
                 return False
-            if record is None or record["files"] != dict(entry.files):
+            if record is None or record["files"] != dict(entry.files) or self._signature_problem(entry.key, record):
                 return False
             return all(int(fs.info(self._path(entry.key, name))["size"]) == size for name, (size, _) in entry.files.items())
         except FileNotFoundError:
@@ -217,7 +245,7 @@ def _is_local(fs: Any) -> bool:
 
 
 def _entry_record(raw: bytes, key: str) -> Optional[dict]:
-    """A remote ``entry.json`` as ``{"files": {name: (size, digest)}, "inputs", "timings"}``, or None if malformed.
+    """A remote ``entry.json`` as ``{"files": {name: (size, digest)}, "inputs", "timings", "signature"}``, or None if malformed.
 
     Malformed: not JSON (or nested deeper than Python parses), another key, files not a mapping of
     plain names to a size and a digest, or without ``model.onnx`` and ``report.json`` (an entry
@@ -233,7 +261,7 @@ def _entry_record(raw: bytes, key: str) -> Optional[dict]:
         return None
     if not {"model.onnx", "report.json"} <= files.keys() or any(size < 0 for size, _ in files.values()):
         return None
-    return {"files": files, "inputs": inputs, "timings": timings}
+    return {"files": files, "inputs": inputs, "timings": timings, "signature": record.get("signature")}
 
 
 class Tier:
@@ -243,10 +271,12 @@ class Tier:
     remote pays for one timeout, not one per job.
     """
 
-    def __init__(self, url: Optional[str], warn: Callable[[str], None]) -> None:
+    def __init__(self, url: Optional[str], warn: Callable[[str], None], signer: Optional[Signer] = None,
+                 verifier: Optional[Verifier] = None) -> None:
         self.warn = warn
-        self.remote = Remote(url, warn) if url else None
+        self.remote = Remote(url, warn, signer=signer, verifier=verifier) if url else None
         self._lock = threading.Lock()
+        self._told_read_only = False
 
     def _failed(self, exc: RemoteError) -> None:
         with self._lock:
@@ -259,7 +289,15 @@ class Tier:
         return self._map(lambda remote, key, progress: remote.fetch(key, store, progress), keys)
 
     def upload(self, entries: Iterable[CacheEntry]) -> list[str]:
-        """Upload entries the remote lacks; the keys uploaded."""
+        """Upload entries the remote lacks; the keys uploaded. A machine that trusts keys but holds none uploads nothing."""
+        entries = list(entries)
+        if self.remote is not None and entries and self.remote.verifier is not None and self.remote.signer is None:
+            if not self._told_read_only:
+                self._told_read_only = True
+                self.warn(f"remote cache {self.remote.url}: not uploading {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: "
+                          f"this machine has trusted keys but no signing key ($HATCH_ONNX_SIGNING_KEY or onnx.signing_key), "
+                          "and readers accept signed entries only")
+            return []
         done = self._map(lambda remote, entry, progress: entry.key if remote.upload(entry, progress) else None, entries)
         return sorted(done.values())
 

@@ -5,6 +5,9 @@ onnx:
   opset: 17                # default for every model; an architecture's minimum wins when higher
   atol: 1.0e-4             # optional; default: each architecture's own tolerance
   cache: .hatch-onnx-cache # relative to params.yaml, or absolute; env HATCH_ONNX_CACHE overrides
+  remote: s3://bucket/onnx # optional: a shared cache tier (fsspec URL); env HATCH_ONNX_REMOTE overrides
+  signing_key: keys/ci.pem # optional (see hatch_onnx.signing): sign uploads and manifests
+  trusted_keys: [keys/ci.pub.pem]  # optional: accept only remote entries these keys signed
   models:
     bert-tiny:
       checkpoint: fixtures/checkpoints/bert-tiny
@@ -77,6 +80,9 @@ class OnnxParams(_Strict):
     atol: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
     cache: Optional[str] = None
     remote: Optional[str] = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://")  # an fsspec URL; $HATCH_ONNX_REMOTE overrides
+    # Ed25519 key files (see hatch_onnx.signing), relative to params.yaml; the environment overrides
+    signing_key: Optional[str] = None  # private, PEM PKCS#8: sign uploads and manifests ($HATCH_ONNX_SIGNING_KEY)
+    trusted_keys: list[str] = Field(default_factory=list)  # public, PEM: accept only entries they signed ($HATCH_ONNX_TRUSTED_KEYS)
     variants: list[Variant] = Field(default_factory=list)
     min_cosine: MinCosine = Field(default_factory=dict)
     dtype: Dtype = "float32"

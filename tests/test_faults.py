@@ -115,6 +115,42 @@ def output_is_a_file(tmp: Path):
     return ["export", "--model", BERT, str(tmp / "out")], {}
 
 
+def key_file(kind: str) -> Callable[[Path], Path]:
+    """A key file of ``kind``: ``missing``, ``garbage``, ``rsa`` (not Ed25519) or ``public`` (where a private one goes)."""
+    def write_key(tmp: Path) -> Path:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+        path = tmp / f"{kind}.pem"
+        if kind == "garbage":
+            path.write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
+        elif kind == "rsa":
+            key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+            path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        elif kind == "public":
+            public = ed25519.Ed25519PrivateKey.generate().public_key()
+            path.write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        return path
+    return write_key
+
+
+def build_with_key(setting: str, kind: str, via_env: bool = False) -> Callable:
+    """A build whose ``signing_key`` or ``trusted_keys`` names a bad key file (in params.yaml or the environment)."""
+    def setup(tmp: Path):
+        path = str(key_file(kind)(tmp))
+        if via_env:
+            env = {"HATCH_ONNX_SIGNING_KEY" if setting == "signing_key" else "HATCH_ONNX_TRUSTED_KEYS": path}
+            return build(onnx(), env=env)(tmp)
+        return build(onnx(**{setting: path if setting == "signing_key" else [path]}))(tmp)
+    return setup
+
+
+def verify_of(make: Callable[[Path], Path], *flags: str) -> Callable:
+    def setup(tmp: Path):
+        return ["verify", str(make(tmp)), *flags], {}
+    return setup
+
+
 def existing_params_for_init(tmp: Path):
     (tmp / "params.yaml").write_text("onnx: {}\n")
     return ["init", "--model", BERT, "--dir", str(tmp)], {}
@@ -228,6 +264,21 @@ CASES: list[tuple[str, Callable, str]] = [
     ("export-dtype-unknown", export("--dtype", "bf16"), "--dtype: invalid choice: 'bf16'"),
     ("export-dtype-tensorflow", export("--dtype", "float16", model_dir=str(checkpoint("bert-tf"))), "dtype float16 exports PyTorch checkpoints only"),
     ("export-auto-map", exported_checkpoint_with(config_edit(auto_map={"AutoModelForMaskedLM": "custom.Bert"})), "never runs a checkpoint's own code"),
+    # --- signing keys: refused before any model loads ----------------------------------
+    ("signing-key-missing", build_with_key("signing_key", "missing"), "signing key"),
+    ("signing-key-garbage", build_with_key("signing_key", "garbage"), "not an unencrypted PEM private key"),
+    ("signing-key-rsa", build_with_key("signing_key", "rsa", via_env=True), "not an Ed25519 key"),
+    ("signing-key-is-public", build_with_key("signing_key", "public"), "not an unencrypted PEM private key"),
+    ("trusted-key-missing", build_with_key("trusted_keys", "missing", via_env=True), "trusted key"),
+    ("trusted-key-garbage", build_with_key("trusted_keys", "garbage"), "not a PEM public key"),
+    ("trusted-keys-not-a-list", build(onnx(trusted_keys="k.pem")), "onnx.trusted_keys"),
+    ("pull-with-a-bad-key", lambda tmp: (["cache", "pull", "--params", str(params(tmp, onnx(remote="file:///nowhere",
+                                          signing_key=str(key_file("rsa")(tmp)))))], {}), "not an Ed25519 key"),
+    # --- verify ----------------------------------------------------------------------------
+    ("verify-missing", verify_of(lambda tmp: tmp / "nope"), "no such file, folder or installed package"),
+    ("verify-no-manifest", verify_of(lambda tmp: tmp), "holds no hatch-onnx manifest.json"),
+    ("verify-not-a-wheel", verify_of(lambda tmp: (tmp / "x.whl", (tmp / "x.whl").write_text("no zip"))[0]), "not a folder, a wheel"),
+    ("verify-bad-trusted-key", verify_of(lambda tmp: tmp, "--trusted-key", "/nope.pem"), "trusted key /nope.pem"),
     # --- other commands ------------------------------------------------------------------
     ("hash-missing", lambda tmp: (["hash", str(tmp / "nope")], {}), "not found"),
     ("show-missing", lambda tmp: (["show", str(tmp / "nope")], {}), "not found"),

@@ -185,3 +185,31 @@ def test_a_cache_inside_the_project_that_the_sdist_would_carry_is_reported(tmp_p
     make_hook(tmp_path, {}, "sdist", sdist_config, app)._warn_if_sdist_ships_the_cache()
     ((kind, message),) = app.messages
     assert kind == "warning" and "`.hatch-onnx-cache/` is inside the project and the sdist would carry it" in message
+
+
+def test_the_hooks_folder_may_not_hold_or_lie_inside_a_checkpoint(tmp_path, monkeypatch):
+    """The hook replaces its folder whole: a checkpoint inside it would be deleted, one around it
+    would change its fingerprint. Both are refused in one line, naming the hook's folder, before any export."""
+    import shutil
+    import sys
+
+    import yaml
+
+    from conftest import checkpoint
+    from hatch_onnx.errors import BadInputError
+
+    monkeypatch.setenv("HATCH_ONNX_PYTHON", sys.executable)
+    monkeypatch.setenv("HATCH_ONNX_CACHE", str(tmp_path / "cache"))
+    package = tmp_path / "src" / "our_models"
+    inside = package / "onnx" / "ckpt"  # the checkpoint lives in the hook's folder (which is ours: it has our manifest)
+    shutil.copytree(checkpoint("bert"), inside)
+    (package / "onnx" / "manifest.json").write_text('{"hatch_onnx": "0", "models": {}}')
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"onnx": {"models": {"bert": {"checkpoint": str(inside)}}}}))
+    with pytest.raises(BadInputError, match=r"^the hook's folder .*/src/our_models/onnx: contains the checkpoint"):
+        make_hook(tmp_path, {"destination": DESTINATION}).initialize("standard", {"force_include": {}})
+    assert (inside / "config.json").is_file() and not list((tmp_path / "cache").glob("v1/*/*"))
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"onnx": {"models": {"bert": {"checkpoint": str(package)}}}}))
+    shutil.copytree(checkpoint("bert"), package, dirs_exist_ok=True)
+    with pytest.raises(BadInputError, match=r"^the hook's folder .*: lies inside the checkpoint"):
+        make_hook(tmp_path, {"destination": DESTINATION}).initialize("standard", {"force_include": {}})

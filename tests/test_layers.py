@@ -22,11 +22,12 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("cli", "hatch.hooks"),
     ("hatch.plugin", "scaffold"),
     ("hatch.folder", "hatch.interpreter"),
-    ("build",),
+    ("build", "verify"),
     ("remote",),
     ("params",),
     ("schema", "plan"),
     ("package",),
+    ("provenance",),  # the manifest's in-toto statement
     ("cache",),
     ("fingerprint",),
     ("server",),
@@ -43,6 +44,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("checkpoints",),  # what a checkpoint is, read without loading it
     ("models",),  # the registry and every architecture module (which may build on each other)
     ("config",),  # the OnnxConfig contract
+    ("signing",),  # Ed25519 keys and signatures
     ("toolchain", "runtime", "atomic", "weights", "_lazy"),
     ("errors", "__about__"),
 )

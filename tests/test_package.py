@@ -52,7 +52,7 @@ def test_materialize_writes_folders_side_files_and_manifest(tmp_path, results):
     assert entry["files"]["model.onnx"] == {"path": "bert-tiny/masked-lm/model.onnx", "size": 9, "role": "graph", "layout": "optimum",
                                             "xxh3_128": results[0].entry.files["model.onnx"][1]}
     assert entry["files"]["config.json"]["role"] == "config" and entry["files"]["tokenizer.json"]["role"] == "preprocessor"
-    assert entry["layouts"] == ["optimum"] and manifest["format"] == 2
+    assert entry["layouts"] == ["optimum"] and manifest["format"] == 3
     assert entry["toolchain"] == {"torch": "2.13.0", "transformers": "5.24.0"}  # the interpreter that ran the job
     assert entry["source"]["checkpoint_fingerprint"] == "f" * 32 and entry["cache_key"] == results[0].key
     assert json.loads((out / MANIFEST).read_text()) == manifest and manifest["version"] == "1.2.3"

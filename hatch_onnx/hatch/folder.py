@@ -93,7 +93,7 @@ class ModelsFolder:
         with out_lock(self.path), as_atomic_folder(self.path) as staging:
             result = run_build(params_file, out=staging, python=python, python_tf=python_tf, jobs=jobs,
                                package_version=version, progress_stream=progress_stream, versions=versions,
-                               environ=environ, layouts=layouts)
+                               environ=environ, layouts=layouts, destination=self.path)
             self._write_loader(staging)
         return result
 
@@ -112,6 +112,7 @@ class ModelsFolder:
         if shipped != planned:
             raise ValueError(f"{self.manifest_path}: ships {sorted(shipped)} but params.yaml plans {sorted(planned)}")
         from hatch_onnx.package import all_files
+        from hatch_onnx.signing import SIGNATURE_SUFFIX
 
         listed = {}
         for features in manifest["models"].values():
@@ -125,7 +126,7 @@ class ModelsFolder:
         # Exactly the listed files (and the manifest, and the loader rewritten below): a file added
         # to the sdist's models folder would otherwise ship in the wheel.
         unlisted = sorted(p.relative_to(self.path).as_posix() for p in self.files())
-        unlisted = [name for name in unlisted if name not in listed and name not in (MANIFEST, LOADER)]
+        unlisted = [name for name in unlisted if name not in listed and name not in (MANIFEST, MANIFEST + SIGNATURE_SUFFIX, LOADER)]
         if unlisted:
             raise ValueError(f"{self.path}: holds files its manifest does not list ({', '.join(unlisted[:5])}); "
                              "the sdist was altered after it was built")
