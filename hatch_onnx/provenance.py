@@ -4,7 +4,7 @@
   named by its path in the output folder, with its ``sha256`` (what in-toto tooling compares)
   and ``xxh3_128`` (what the manifest and the cache use);
 - **materials** (``resolvedDependencies``): each model's checkpoint fingerprint, and the
-  toolchain that exported it as package URLs (``pkg:pypi/torch@2.13.0``);
+  toolchain that exported it as package URLs (``pkg:pypi/torch@2.13.0%2Bcpu``, ``pkg:generic/python@3.11``);
 - **parameters** (``externalParameters``): per model and feature, the settings that decided its
   bytes and verdict (opset, dtype, exporter, tolerance, layouts, variants) and its cache key.
 
@@ -37,6 +37,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def package_url(package: str, version: str) -> str:
+    """A toolchain entry as a package URL: PyPI packages, and the interpreter as a generic one ("+" escaped, as purl wants)."""
+    from urllib.parse import quote
+
+    kind = "generic" if package == "python" else "pypi"
+    return f"pkg:{kind}/{package}@{quote(str(version), safe='')}"
+
+
 def statement(models: Mapping[str, Any], files: list[dict], out: Path, previous: Optional[Mapping[str, Any]] = None) -> dict:
     """The provenance statement of ``models`` (a manifest's ``models``, shipping ``files``) in ``out``."""
     known = {(s["name"], s["digest"].get("xxh3_128")): s["digest"].get("sha256")
@@ -60,7 +68,7 @@ def statement(models: Mapping[str, Any], files: list[dict], out: Path, previous:
                                                   "digest": {"xxh3_128": source["checkpoint_fingerprint"]}}
             for package, version in sorted(entry.get("toolchain", {}).items()):
                 if version:
-                    uri = f"pkg:pypi/{package}@{version}"
+                    uri = package_url(package, version)
                     dependencies[uri] = {"uri": uri}
     return {
         "_type": STATEMENT_TYPE,

@@ -93,7 +93,7 @@ def trees(target: str) -> list[_Tree]:
         return _folder_trees(path)
     if path.exists():
         raise BadInputError(f"{target}: not a folder, a wheel or an installed package's name")
-    if target.isidentifier():
+    if target.isidentifier():  # an import name: our_models
         import importlib.util
 
         try:
@@ -103,7 +103,21 @@ def trees(target: str) -> list[_Tree]:
         locations = list(spec.submodule_search_locations or []) if spec is not None else []
         if locations:
             return _folder_trees(Path(locations[0]))
+    manifests = _distribution_manifests(target)  # a distribution name: our-models
+    if manifests:
+        return [tree for manifest in manifests for tree in _folder_trees(manifest.parent)]
     raise BadInputError(f"{target}: no such file, folder or installed package")
+
+
+def _distribution_manifests(name: str) -> list[Path]:
+    """The ``manifest.json`` files an installed distribution ``name`` lists in its RECORD."""
+    import importlib.metadata
+
+    try:
+        files = importlib.metadata.distribution(name).files or []
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return []
+    return sorted({Path(f.locate()).resolve() for f in files if f.name == MANIFEST})
 
 
 def _is_manifest(data: bytes) -> bool:

@@ -239,11 +239,14 @@ def test_verify_a_wheel_and_its_installed_package(signed_out, tmp_path):
     out, public, _ = signed_out
     wheel = tmp_path / "our_models-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
+        names = []
         for path in sorted(out.rglob("*")):
             if path.is_file():
-                archive.write(path, f"our_models/onnx/{path.relative_to(out)}")
+                names.append(f"our_models/onnx/{path.relative_to(out)}")
+                archive.write(path, names[-1])
         archive.writestr("our_models/__init__.py", "")
-        archive.writestr("our_models-1.0.dist-info/RECORD", "")
+        archive.writestr("our_models-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: our-models\nVersion: 1.0\n")
+        archive.writestr("our_models-1.0.dist-info/RECORD", "".join(f"{name},,\n" for name in names))
     assert cli("verify", str(wheel), "--trusted-key", str(public)).returncode == 0
 
     site = tmp_path / "site"
@@ -251,7 +254,10 @@ def test_verify_a_wheel_and_its_installed_package(signed_out, tmp_path):
     env = {"PYTHONPATH": str(site)}
     installed = cli("verify", "our_models", "--trusted-key", str(public), env=env)
     assert installed.returncode == 0 and "our_models/onnx/manifest.json" in installed.stdout, installed.stdout + installed.stderr
+    by_distribution = cli("verify", "our-models", env=env)  # the name pip knows it by
+    assert by_distribution.returncode == 0 and "our_models/onnx/manifest.json" in by_distribution.stdout, by_distribution.stderr
     config = site / "our_models/onnx/bert/default/config.json"
     config.write_bytes(config.read_bytes().replace(b"{", b"{ ", 1)[:-1])  # one byte more, one less: same size
     changed = cli("verify", "our_models", "--trusted-key", str(public), env=env)
     assert changed.returncode == 1 and "bert/default/config.json: differs" in changed.stderr, changed.stderr
+    assert cli("verify", "our-models", env=env).returncode == 1
