@@ -102,8 +102,10 @@ def placements(result: Any, variants: Iterable[Any] = ()) -> list[Placement]:
                 out.append(Placement(placed(layout, name), GRAPH if name == "model.onnx" else GRAPH_DATA,
                                      result.entry.path / name, layout=layout))
         for variant in variants:
-            out.append(Placement(graph_path(layout, variant.variant), VARIANT, variant.entry.path / "model.onnx", layout=layout,
-                                 variant=variant.variant))
+            for name in sorted(variant.entry.files):  # its graph, and external data named for the variant
+                if name != "report.json":
+                    out.append(Placement(placed(layout, name, variant.variant), VARIANT if name == "model.onnx" else GRAPH_DATA,
+                                         variant.entry.path / name, layout=layout, variant=variant.variant))
     out.extend(Placement(side.name, role_of_checkpoint_file(side.name), side) for side in side_files(result.job.checkpoint))
     genai = genai_config_text(result.job.checkpoint, result.job.model_type, result.job.feature, result.report["validation"]["graph"],
                               graph_path(primary(layouts)))
@@ -135,7 +137,7 @@ def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str, digest
     entry = result.entry
     variants = list(variants)
     cached = {entry.path / name: file_hash for name, (_, file_hash) in entry.files.items()}
-    cached.update((v.entry.path / "model.onnx", v.entry.files["model.onnx"][1]) for v in variants)
+    cached.update((v.entry.path / name, file_hash) for v in variants for name, (_, file_hash) in v.entry.files.items())
     records = [(p, _file_record(folder, p, lambda path: cached.get(path) or digest(path))) for p in placements(result, variants)]
     files = {p.path: record for p, record in records if p.variant is None}
     made = {v.variant: variant_entry(v, {p.path: record for p, record in records if p.variant == v.variant}) for v in variants}
@@ -169,7 +171,7 @@ def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str, digest
 def variant_entry(result: Any, files: Mapping[str, dict]) -> dict:
     """A variant's manifest entry: its file in each layout (``files``), settings and validation figures."""
     report = result.report
-    size = result.entry.files["model.onnx"][0]
+    size = sum(size for name, (size, _) in result.entry.files.items() if name != "report.json")  # graph and external data
     return {
         "files": dict(sorted(files.items())),
         "settings": report["settings"],

@@ -19,6 +19,11 @@ with the max abs diff reported beside it. A variant that fails raises
 :class:`~hatch_onnx.errors.AtolError` (values) or :class:`~hatch_onnx.errors.ShapeError`
 (shapes) with the figures; one onnxruntime will not load is an :class:`~hatch_onnx.errors.ExportError`.
 
+A variant of an export with external data (weights of 1 GiB or more) has external data too:
+protobuf cannot write a graph of 2 GiB or more in one file. Its data file is named for the
+variant (``model.<variant>.onnx.data``, the name the graph refers to), so that it ships beside
+its graph under the same name in every layout.
+
 Light at import: onnxruntime is imported by the functions that use it (the plan reads
 :func:`settings` in the light core).
 """
@@ -67,13 +72,31 @@ def settings(variant: str, model_type: str, min_cosine: Mapping[str, float], fp1
     return chosen
 
 
+def graph_bytes(graph: Path) -> int:
+    """A graph's size with its external data (``<graph>.data``, as exports and variants name it)."""
+    data = graph.with_name(graph.name + ".data")
+    return graph.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
 def make(variant: str, source: Path, target: Path, settings: Mapping[str, Any]) -> None:
-    """Write ``variant`` of the graph at ``source`` to ``target`` (one file, no external data)."""
+    """Write ``variant`` of the graph at ``source`` to ``target``; with external data when ``source`` has it.
+
+    onnxruntime's tools name external data after the file they write: the variant is written as
+    ``model.<variant>.onnx`` (its data ``model.<variant>.onnx.data``), then renamed to ``target``.
+    """
+    external = source.with_name(source.name + ".data").is_file()
+    written = target.with_name(file_name(variant)) if external else target
+    _make(variant, source, written, settings, external)
+    if written != target:
+        written.rename(target)
+
+
+def _make(variant: str, source: Path, target: Path, settings: Mapping[str, Any], external: bool) -> None:
     if variant == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul", "Gemm", "Gather"],
-                         weight_type=QuantType.QInt8, per_channel=True)
+                         weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=external)
         return
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -86,7 +109,7 @@ def make(variant: str, source: Path, target: Path, settings: Mapping[str, Any]) 
                                          opt_level=2 if variant == "o3" else 1, optimization_options=FusionOptions(fusions))
         if variant == "fp16":
             model.convert_float_to_float16(keep_io_types=not settings["fp16_io"])
-    model.save_model_to_file(str(target))
+    model.save_model_to_file(str(target), use_external_data_format=external, all_tensors_to_one_file=True)
 
 
 def make_and_validate(request: Mapping[str, Any], load: "ModelLoader") -> dict[str, Any]:
@@ -126,8 +149,8 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader") -> dict[s
     return {
         "variant": variant,
         "settings": dict(chosen),
-        "size": target.stat().st_size,
-        "source_size": Path(request["source"]).stat().st_size,
+        "size": graph_bytes(target),
+        "source_size": graph_bytes(Path(request["source"])),
         "validation": validation,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }

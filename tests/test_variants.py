@@ -112,3 +112,38 @@ def test_settings_enter_the_key():
     assert settings("o2", "roberta", {}, False, 1e-4) == {"fusions": "bert", "atol": 1e-4}
     with pytest.raises(ValueError):
         settings("o4", "bert", {}, False, None)
+
+
+@pytest.mark.parametrize("variant", ["o2", "int8", "fp16"])
+def test_a_variant_of_an_export_with_external_data_has_its_own(tmp_path, variant):
+    """A real-size export has external data (protobuf writes no graph of 2 GiB): its variants do
+    too, in a data file named for the variant, which the graph refers to and ships beside it."""
+    import onnx
+    import onnxruntime
+
+    from hatch_onnx.layouts import placed
+    from hatch_onnx.variants import make
+
+    small = tmp_path / "small"
+    exported = build(project(tmp_path, variants=[]), "--out", str(small))
+    assert exported.returncode == 0, exported.stderr
+    source_dir = tmp_path / "entry"
+    source_dir.mkdir()
+    graph = onnx.load(str(small / "bert/default/model.onnx"))
+    onnx.save_model(graph, str(source_dir / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=0)
+    target_dir = tmp_path / "variant"
+    target_dir.mkdir()
+    make(variant, source_dir / "model.onnx", target_dir / "model.onnx", settings(variant, "bert", {}, False, None))
+    data = f"model.{variant}.onnx.data"
+    assert {p.name for p in target_dir.iterdir()} == {"model.onnx", data}
+    made = onnx.load(str(target_dir / "model.onnx"), load_external_data=False)
+    locations = {e.value for init in made.graph.initializer for e in init.external_data if e.key == "location"}
+    assert locations == {data}
+    # shipped beside its graph under its own name in both layouts, and loadable from there
+    assert placed("optimum", data, variant) == data and placed("transformers.js", data, variant) == f"onnx/{data}"
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (target_dir / "model.onnx").rename(shipped / f"model.{variant}.onnx")
+    (target_dir / data).rename(shipped / data)
+    onnxruntime.InferenceSession(str(shipped / f"model.{variant}.onnx"), providers=["CPUExecutionProvider"])
