@@ -75,9 +75,12 @@ class Job:
 
     def variant_inputs(self, variant: str, export_key: str, versions: Versions) -> dict:
         """A variant's key inputs: its source export's key, its settings, the onnxruntime that makes it."""
+        from hatch_onnx.variants import RECIPE
+
         return {
             "source": export_key,
             "variant": variant,
+            "recipe": RECIPE,
             "settings": self.variant_settings(variant),
             "versions": {name: versions.get(name) for name in ("hatch-onnx", "onnxruntime", "onnx")},
         }

@@ -40,6 +40,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 VARIANTS = ("o1", "o2", "o3", "int8", "fp16")
 LOSSY = {"int8": 0.98, "fp16": 0.99}  # default cosine floors
+# How make() turns settings into bytes, in every variant's key: bumped when it writes other bytes
+# for the same settings (2: external data for real sizes, tied tables stored once).
+RECIPE = 2
 GRAPH = "model.onnx"  # a variant's graph, as its cache entry holds it (shipped as model.<variant>.onnx)
 
 # onnxruntime.transformers.optimizer's model types, by ours; the rest get BERT's fusions, which
@@ -109,6 +112,9 @@ def _make(variant: str, source: Path, target: Path, settings: Mapping[str, Any],
                                          opt_level=2 if variant == "o3" else 1, optimization_options=FusionOptions(fusions))
         if variant == "fp16":
             model.convert_float_to_float16(keep_io_types=not settings["fp16_io"])
+    from hatch_onnx.graph_passes import tie_transposed_copies
+
+    tie_transposed_copies(model.model.graph)  # tied embeddings stay stored once (see there)
     model.save_model_to_file(str(target), use_external_data_format=external, all_tensors_to_one_file=True)
 
 

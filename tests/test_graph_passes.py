@@ -114,3 +114,40 @@ def test_a_graph_onnxruntime_cannot_load_is_an_export_error(tmp_path):
     onnx.save_model(model, str(path))
     with pytest.raises(ExportError, match="onnxruntime cannot"):
         graph_passes.check_loads(path, producer="a test")
+
+
+def test_a_folded_transpose_of_a_tied_table_is_stored_once():
+    """An optimiser's folded copy of the embedding (the tied LM head's weight) becomes a Transpose
+    of it again: one table in the file, the same outputs; a table that only looks alike stays."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hatch_onnx.graph_passes import tie_transposed_copies
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((6, 4)).astype(np.float32)
+    other = rng.standard_normal((4, 6)).astype(np.float32)  # same shape as the copy, other values
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["hidden"]),
+         helper.make_node("MatMul", ["hidden", "copy"], ["logits"]),
+         helper.make_node("MatMul", ["hidden", "other"], ["more"])],
+        "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 6]), helper.make_tensor_value_info("more", TensorProto.FLOAT, [2, 6])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.ascontiguousarray(table.T), "copy"),
+         numpy_helper.from_array(other, "other")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    def run(proto):
+        session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"ids": np.array([1, 4])})
+
+    before = run(model)
+    assert tie_transposed_copies(model.graph) == ["copy"]
+    onnx.checker.check_model(model)
+    assert sorted(t.name for t in model.graph.initializer) == ["other", "table"]
+    assert model.graph.node[0].op_type == "Transpose" and list(model.graph.node[0].output) == ["copy"]
+    for got, expected in zip(run(model), before):
+        np.testing.assert_array_equal(got, expected)
+    assert tie_transposed_copies(model.graph) == []  # nothing left to tie
