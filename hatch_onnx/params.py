@@ -19,6 +19,7 @@ import yaml
 from hatch_onnx.errors import ParamsError
 
 REMOTE_ENV = "HATCH_ONNX_REMOTE"
+EXECUTORS = ("local", "ray")  # onnx.executor, build --executor (the schema's Executor)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hatch_onnx.schema import ModelParams, ParamsFile
@@ -38,6 +39,9 @@ class ParamsSource:
     data: Any
     cache_root: Path
     remote: Optional[str] = None  # the cache's remote tier (an fsspec URL): $HATCH_ONNX_REMOTE, else onnx.remote
+    # Who exports the misses: "local" (the worker pool) or "ray". Read raw, like ``remote``: a
+    # memoised plan skips the schema, which refused any other value when the memo was made.
+    executor: str = "local"
 
     @functools.cached_property
     def params(self) -> "ParamsFile":
@@ -93,4 +97,6 @@ def read_params(path: str | Path, environ: Optional[Mapping[str, str]] = None) -
     # A malformed value is reported by the schema check; the cache root never depends on it.
     cache_root = resolve_cache_root(configured if isinstance(configured, str) else None, path.parent, environ)
     remote = environ.get(REMOTE_ENV) or (onnx.get("remote") if isinstance(onnx, dict) else None)
-    return ParamsSource(path, raw, data, cache_root, remote if isinstance(remote, str) and remote else None)
+    executor = onnx.get("executor") if isinstance(onnx, dict) else None
+    return ParamsSource(path, raw, data, cache_root, remote if isinstance(remote, str) and remote else None,
+                        executor if executor in EXECUTORS else "local")

@@ -149,8 +149,12 @@ class Worker:
         self._stderr.close()
 
 
-class _Slot:
-    """One thread's worker: started on demand for a framework, replaced when it dies or must change."""
+class Slot:
+    """One thread's worker: started on demand for a framework, replaced when it dies or must change.
+
+    A Ray task (:mod:`hatch_onnx.ray_executor`) keeps one per Ray worker process, so the
+    checkpoints one process exports in a row share a warm worker, as a pool thread's do.
+    """
 
     def __init__(self, pythons: Mapping[str, str], environ: Optional[Mapping[str, str]]) -> None:
         self.pythons, self.environ = pythons, environ
@@ -198,7 +202,7 @@ def run_batches(
     results: "queue.Queue[tuple[bool, Any]]" = queue.Queue()
 
     def drive() -> None:
-        slot = _Slot(pythons, environ)
+        slot = Slot(pythons, environ)
         try:
             while True:
                 try:

@@ -5,6 +5,7 @@ onnx:
   opset: 17                # default for every model; an architecture's minimum wins when higher
   atol: 1.0e-4             # optional; default: each architecture's own tolerance
   cache: .hatch-onnx-cache # relative to params.yaml, or absolute; env HATCH_ONNX_CACHE overrides
+  executor: local          # or ray: each checkpoint's misses as a Ray task (hatch_onnx.ray_executor)
   models:
     bert-tiny:
       checkpoint: fixtures/checkpoints/bert-tiny
@@ -45,6 +46,8 @@ class _Strict(BaseModel):
 Variant = Literal["o1", "o2", "o3", "int8", "fp16"]
 # The precision a graph is exported and validated in (PyTorch checkpoints; see hatch_onnx.exporting).
 Dtype = Literal["float32", "float16"]
+# Who exports a build's misses: this machine's worker pool, or a Ray cluster (hatch_onnx.ray_executor).
+Executor = Literal["local", "ray"]
 # Where a folder's files go for each consumer (see hatch_onnx.layouts); a list carries several.
 LayoutName = Literal["optimum", "transformers.js"]
 Layout = Union[LayoutName, Annotated[list[LayoutName], Field(min_length=1)]]
@@ -77,6 +80,7 @@ class OnnxParams(_Strict):
     atol: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
     cache: Optional[str] = None
     remote: Optional[str] = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://")  # an fsspec URL; $HATCH_ONNX_REMOTE overrides
+    executor: Executor = "local"  # build --executor overrides
     variants: list[Variant] = Field(default_factory=list)
     min_cosine: MinCosine = Field(default_factory=dict)
     dtype: Dtype = "float32"
