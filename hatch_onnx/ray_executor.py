@@ -153,12 +153,31 @@ def connect(address: Optional[str]) -> str:
     if target == "local":
         # address="local": never attach to someone else's cluster that happens to run on this machine.
         options.update(include_dashboard=False)
+        _private_token()
     try:
         ray.init(address=target, **options)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInputError(f"Ray cluster {target}: cannot connect ({reason}); check --ray-address or ${ADDRESS_ENV}") from None
     return "a local Ray instance" if target == "local" else target
+
+
+_SET_HERE: list[str] = []  # environment variables connect() set for a Ray instance of its own
+
+
+def _private_token() -> None:
+    """Token authentication for a Ray instance of our own, its token in the environment its processes inherit.
+
+    Left to itself, ``ray.init`` saves a token in ``~/.ray/auth_token``, and every later
+    ``ray start --head`` on the machine then demands it from nodes joining by address. A token
+    the user set (or ``RAY_AUTH_MODE``) is theirs and stays.
+    """
+    import secrets
+
+    if "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        _SET_HERE.extend(["RAY_AUTH_MODE", "RAY_AUTH_TOKEN"])  # removed again when the build disconnects
 
 
 def forwarded_env(environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
@@ -206,6 +225,8 @@ def run_batches(batches: Sequence[RayBatch], handle: Callable, address: Optional
         raise
     finally:
         ray.shutdown()
+        while _SET_HERE:
+            os.environ.pop(_SET_HERE.pop(), None)
 
 
 # --- on a node --------------------------------------------------------------------------
