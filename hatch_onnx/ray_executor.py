@@ -61,7 +61,11 @@ DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int8": 
 WEIGHT_SUFFIXES = {"pt": (".safetensors", ".bin", ".pt", ".pth"), "tf": (".h5",)}
 # A task whose node (or worker process) dies is run again this many times, elsewhere if Ray can.
 MAX_RETRIES = 3
-CPUS_PER_TASK = 1
+# CPUs a task asks for. Ray sets OMP_NUM_THREADS to it in the task's process, which the export
+# worker inherits: torch then runs that many threads. 1 packs small exports densely; a cluster of
+# large checkpoints gives each export more ($HATCH_ONNX_RAY_CPUS on the driver).
+CPUS_ENV = "HATCH_ONNX_RAY_CPUS"
+DEFAULT_CPUS_PER_TASK = 1
 # The driver's settings of the remote that go with each task, for the variables a node lacks
 # (where to reach the store and how; a node's own settings, such as its instance role, win).
 FORWARDED_ENV = ("AWS_", "GOOGLE_", "GCSFS_", "AZURE_", "HATCH_ONNX_REMOTE_TIMEOUT")
@@ -127,12 +131,24 @@ def _stored_dtype_bytes(checkpoint: Path) -> int:
 def task_options(batch: RayBatch) -> dict[str, Any]:
     """What a batch's Ray task asks for: its resources, its retries, a name for Ray's own tools."""
     return {
-        "num_cpus": CPUS_PER_TASK,
+        "num_cpus": cpus_per_task(),
         "memory": memory_estimate(batch.checkpoint, batch.dtype, batch.framework),
         "max_retries": MAX_RETRIES,  # node or worker death only: a failed job is a result, not an exception
         "retry_exceptions": False,
         "name": f"hatch-onnx:{Path(batch.checkpoint).name}",
     }
+
+
+def cpus_per_task(environ: Optional[Mapping[str, str]] = None) -> float:
+    """``$HATCH_ONNX_RAY_CPUS`` (default 1); :class:`BadInputError` naming it when it is not a positive number."""
+    value = (os.environ if environ is None else environ).get(CPUS_ENV) or str(DEFAULT_CPUS_PER_TASK)
+    try:
+        cpus = float(value)
+    except ValueError:
+        cpus = 0.0
+    if not cpus > 0:
+        raise BadInputError(f"${CPUS_ENV}={value}: the CPUs each Ray task asks for must be a positive number")
+    return int(cpus) if cpus.is_integer() else cpus
 
 
 def _ray() -> Any:
@@ -147,13 +163,14 @@ def connect(address: Optional[str]) -> str:
     """Attach this process to the cluster at ``address`` (else ``$RAY_ADDRESS``, else a new local instance); its name."""
     import logging
 
-    ray = _ray()
     target = address or os.environ.get(ADDRESS_ENV) or "local"
-    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if target == "local" and "ray" not in sys.modules:  # Ray reads its authentication mode as it is imported
+        _private_token()
+    ray = _ray()
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
     if target == "local":
         # address="local": never attach to someone else's cluster that happens to run on this machine.
         options.update(include_dashboard=False)
-        _private_token()
     try:
         ray.init(address=target, **options)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
@@ -196,8 +213,9 @@ def run_batches(batches: Sequence[RayBatch], handle: Callable, address: Optional
     """
     if not batches:
         return
+    cpus_per_task()  # a bad setting is bad input: said before connecting
+    where = connect(address)  # first: a Ray instance of our own is set up before Ray is imported
     ray = _ray()
-    where = connect(address)
     pending: dict[Any, RayBatch] = {}
     try:
         nodes = [node for node in ray.nodes() if node.get("Alive")]
@@ -209,7 +227,8 @@ def run_batches(batches: Sequence[RayBatch], handle: Callable, address: Optional
         for batch in batches:
             pending[run.options(**task_options(batch)).remote(batch, handle, env)] = batch
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            # a timeout, so that Ctrl-C is seen between waits whatever Ray does with signals meanwhile
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in done:
                 batch = pending.pop(ref)
                 try:
@@ -231,8 +250,8 @@ def run_batches(batches: Sequence[RayBatch], handle: Callable, address: Optional
 
 # --- on a node --------------------------------------------------------------------------
 
-# This Ray worker process's warm export workers, by interpreter: the next batch it is given reuses
-# them (Ray keeps a job's worker processes between tasks); the process ending ends them.
+# This Ray worker process's warm export worker: the next batch it is given reuses it (Ray keeps a
+# job's worker processes between tasks); the process ending ends it (the worker dies with its parent).
 _SLOTS: dict[str, Any] = {}
 _VERSIONS: dict[str, Mapping[str, Optional[str]]] = {}
 
@@ -260,7 +279,8 @@ def _run_batch(batch: RayBatch, handle: Callable, env: Mapping[str, str]) -> lis
         refusal = _refusal(batch, store, python, node)
         if refusal is not None:
             return [NodeResult(task.label, "failed", 0.0, node, refusal, 2) for task in batch.items]
-        slot = _SLOTS.setdefault(python, Slot({batch.framework: python}, None))
+        slot = _SLOTS.setdefault("worker", Slot({}, None))
+        slot.pythons[batch.framework] = python  # a batch of the other framework replaces the worker (see Slot.send)
         send = functools.partial(slot.send, batch.framework)
         for task in batch.items:
             started = time.time()

@@ -126,7 +126,7 @@ def cluster(s3, tmp_path_factory):  # noqa: F811
         nodes.append(worker.pid)
         output = worker.communicate(timeout=120)[0]
         assert worker.returncode == 0, output
-        yield {"address": f"{HEAD_IP}:{port}", "env": env, "client": client, "worker_pgid": worker.pid,
+        yield {"address": f"{HEAD_IP}:{port}", "env": env, "client": client, "head_pgid": head.pid, "worker_pgid": worker.pid,
                "caches": (head_cache, worker_cache), "big": big, "small": small, "large": large}
     finally:
         for pgid in nodes:
@@ -171,7 +171,7 @@ def same_tree(a: Path, b: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def local_reference(cluster, tmp_path_factory):
+def local_reference(tmp_path_factory):
     """The same models built by the local pool: the output a Ray build must reproduce byte for byte."""
     folder = tmp_path_factory.mktemp("local")
     path = folder / "params.yaml"
@@ -248,6 +248,56 @@ def test_more_than_one_node_and_no_remote_is_refused_before_any_work(fresh, tmp_
     assert not any(cache.exists() and any(cache.glob("v1/*/*")) for cache in cluster["caches"])
 
 
+def _exports_started(caches) -> bool:
+    return any(path.name.startswith("stage-") for cache in caches if (cache / "tmp").is_dir() for path in (cache / "tmp").iterdir())
+
+
+def _export_workers(pgids) -> list[int]:
+    """The export worker processes (``python -m hatch_onnx.worker``) running on the cluster's nodes."""
+    found = []
+    for pgid in pgids:
+        for pid in _pids_of_group(pgid):
+            try:
+                if b"hatch_onnx.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_tasks(fresh, tmp_path):
+    cluster = fresh
+    running = build(params(tmp_path, MODELS, remote=f"s3://{BUCKET}/interrupted"), cluster["env"], tmp_path / "cache",
+                    "--ray-address", cluster["address"], popen=True)
+    deadline = time.monotonic() + 240
+    while not _exports_started(cluster["caches"]):
+        assert running.poll() is None and time.monotonic() < deadline, running.communicate()
+        time.sleep(0.05)
+    running.send_signal(signal.SIGINT)
+    _, stderr = running.communicate(timeout=60)
+    assert running.returncode == 130 and "interrupted" in stderr, stderr
+    deadline = time.monotonic() + 30
+    while _export_workers([cluster["head_pgid"], cluster["worker_pgid"]]):
+        assert time.monotonic() < deadline, "exports went on after Ctrl-C"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_ray_alone_is_a_local_instance_sharing_the_local_cache(local_reference, tmp_path):
+    """No address, no remote: a Ray instance of the build's own, one node, whose tasks write into the driver's cache."""
+    env = {name: value for name, value in os.environ.items() if name not in ("RAY_ADDRESS", "HATCH_ONNX_REMOTE")}
+    token = Path.home() / ".ray" / "auth_token"
+    had_token = token.exists()
+    result = build(params(tmp_path, MODELS, remote=None), env, tmp_path / "cache", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table(result.stdout)
+    assert {row[0] for row in rows.values()} == {"exported"} and len({row[-1] for row in rows.values()}) == 1, result.stdout
+    assert len(list((tmp_path / "cache").glob("v1/*/*/entry.json"))) == 8
+    assert same_tree(tmp_path / "out", local_reference)
+    assert token.exists() == had_token  # the instance's token stayed in its environment: no file for later `ray start`s
+
+
 @pytest.mark.slow
 def test_stopping_the_worker_node_mid_build_loses_nothing(fresh, local_reference, tmp_path):
     """Last in the module: the worker node is killed as it starts exporting; Ray runs its task again on the head."""
@@ -261,7 +311,9 @@ def test_stopping_the_worker_node_mid_build_loses_nothing(fresh, local_reference
         assert time.monotonic() < deadline, "no export started on the worker node"
         time.sleep(0.05)
     _stop_node(cluster["worker_pgid"])
+    stopped = time.monotonic()
     stdout, stderr = running.communicate(timeout=600)
+    print(f"the build ended {time.monotonic() - stopped:.1f} s after the worker node was stopped\n{stderr}\n{stdout}")
     assert running.returncode == 0, stdout + stderr
     rows = table(stdout)
     assert len(rows) == 8 and {row[0] for row in rows.values()} <= {"exported", "fetched"}, stdout
