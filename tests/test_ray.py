@@ -223,6 +223,22 @@ def test_a_checkpoint_that_differs_on_a_node_is_refused_there(fresh, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_failing_job_fails_alone_with_the_local_exit_code(fresh, tmp_path):
+    """As in the local pool (tests/test_build.py): a head without weights fails its job, exit 2; the rest is cached."""
+    cluster = fresh
+    models = {"good": {"checkpoint": str(checkpoint("bert")), "features": ["default"]},
+              "head": {"checkpoint": str(checkpoint("bert")), "features": ["sequence-classification"]}}
+    path = params(tmp_path, models, remote=f"s3://{BUCKET}/failing")
+    result = build(path, cluster["env"], tmp_path / "cache", "--out", str(tmp_path / "out"), "--ray-address", cluster["address"])
+    assert result.returncode == 2 and "head:sequence-classification" in result.stderr and "--allow-new-head" in result.stderr
+    rows = table(result.stdout)
+    assert rows["good:default"][0] == "exported" and rows["head:sequence-classification"][0] == "failed", result.stdout
+    assert rows["head:sequence-classification"][-1] in (HEAD_IP, WORKER_IP) and not (tmp_path / "out").exists()
+    retry = build(path, cluster["env"], tmp_path / "cache", "--only", "good", "--ray-address", cluster["address"])
+    assert retry.returncode == 0 and table(retry.stdout)["good:default"][0] == "hit"
+
+
+@pytest.mark.slow
 def test_the_memory_resource_keeps_two_big_exports_apart(fresh, tmp_path):
     """Two exports that each need more than half the worker node's memory (and more than the head
     has) run there one after the other, though the node has two CPUs."""
