@@ -56,8 +56,12 @@ def timed(cmd: list[str], env: dict) -> float:
 def start_node(work: Path, env: dict) -> tuple[str, int]:
     """A one-CPU head on 127.0.0.2; its address and its process group (``ray start`` ran in a session of its own)."""
     port, ray = free_port("127.0.0.2"), str(Path(sys.executable).parent / "ray")
-    ports = [f"--{name}={free_port('127.0.0.2')}" for name in ("ray-client-server-port", "dashboard-agent-listen-port",
-                                                              "metrics-export-port", "runtime-env-agent-port")]
+    import importlib.util
+
+    # Ray starts its client server (port 10001 by default) when grpc is installed, and refuses the option otherwise.
+    names = ("dashboard-agent-listen-port", "metrics-export-port", "runtime-env-agent-port")
+    names += ("ray-client-server-port",) if importlib.util.find_spec("grpc") else ()
+    ports = [f"--{name}={free_port('127.0.0.2')}" for name in names]
     node = subprocess.Popen([ray, "start", "--head", "--num-cpus", "1", "--node-ip-address", "127.0.0.2", "--port", str(port),
                              "--temp-dir", str(work / "ray"), "--include-dashboard", "false", "--disable-usage-stats",
                              f"--dashboard-port={free_port('127.0.0.1')}", "--object-store-memory", str(80 * 2**20), *ports],

@@ -524,6 +524,8 @@ def _export_on_ray(tasks: list[Task], store: CacheStore, workers: _Workers, sour
     try:
         for done in ray_executor.run_batches(batches, export_task, workers.ray_address):
             task = by_label[done.label]
+            for warning in done.warnings:
+                _warn(f"node {done.node}: {warning}")
             result = JobResult(task.job, task.key, done.status, done.seconds, None, done.error, done.exit_code, task.variant,
                                done.node, done.log)
             if done.status in ("exported", "hit"):  # made, or found in the node's cache: now on the remote

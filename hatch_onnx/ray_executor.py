@@ -95,6 +95,7 @@ class NodeResult:
     error: Optional[str] = None
     exit_code: int = 0
     log: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # what the remote tier warned of on the node (a malformed entry...)
     started: float = 0.0  # unix time the job began on its node
     finished: float = 0.0
 
@@ -271,8 +272,8 @@ def _run_batch(batch: RayBatch, handle: Callable, env: Mapping[str, str]) -> lis
     # Without a remote (one node) the entries must land where the driver reads: its own cache.
     root = resolve_cache_root(batch.cache_root, Path.cwd()) if batch.remote else Path(batch.cache_root)
     store = CacheStore(root)
-    log: list[str] = []
-    remote = Remote(batch.remote, warn=log.append) if batch.remote else None
+    warnings: list[str] = []
+    remote = Remote(batch.remote, warn=warnings.append) if batch.remote else None
     python = _python(batch.framework)
     results: list[NodeResult] = []
     with default_stat_cache(store.root) as store.stats:
@@ -285,7 +286,8 @@ def _run_batch(batch: RayBatch, handle: Callable, env: Mapping[str, str]) -> lis
         for task in batch.items:
             started = time.time()
             result = _run_one(task, send, store, remote, handle, node)
-            results.append(dataclasses.replace(result, started=started, finished=time.time()))
+            results.append(dataclasses.replace(result, warnings=tuple(warnings), started=started, finished=time.time()))
+            warnings.clear()
         if _size(batch.checkpoint) > DEFAULT_RECYCLE_BYTES:  # as the pool does: the next batch starts empty
             slot.close()
     return results

@@ -101,7 +101,11 @@ def cluster(s3, tmp_path_factory):  # noqa: F811
     common = ["--disable-usage-stats", "--object-store-memory", str(80 * 2**20), "--num-cpus", "2"]
 
     def ports(host: str) -> list[str]:
-        return ["--ray-client-server-port", str(_free_port(host)), "--dashboard-agent-listen-port", str(_free_port(host)),
+        # Ray starts its client server (on port 10001 by default) when grpc is installed, and refuses the option otherwise.
+        import importlib.util
+
+        client = ["--ray-client-server-port", str(_free_port(host))] if importlib.util.find_spec("grpc") else []
+        return [*client, "--dashboard-agent-listen-port", str(_free_port(host)),
                 "--metrics-export-port", str(_free_port(host)), "--runtime-env-agent-port", str(_free_port(host)),
                 "--node-manager-port", str(_free_port(host)), "--object-manager-port", str(_free_port(host))]
 
@@ -358,3 +362,18 @@ def test_a_cached_ray_build_never_imports_ray(tmp_path):
             f"r = run_build({str(path)!r}, executor='ray'); assert r.exported == 0; print('ray' in sys.modules)")
     cached = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert cached.returncode == 0 and cached.stdout.strip() == "False", cached.stderr
+
+
+def test_the_memory_estimate_follows_the_weights_and_their_dtypes(tmp_path):
+    """Weights only (not tokenizers), scaled from the dtype config.json stores them in to the one the job loads."""
+    from hatch_onnx.ray_executor import MEMORY_BASE, MEMORY_PER_WEIGHT_BYTE, memory_estimate
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "torch_dtype": "bfloat16"}))
+    with open(tmp_path / "model-00001-of-00002.safetensors", "wb") as shard:
+        shard.truncate(2**30)
+    with open(tmp_path / "model-00002-of-00002.safetensors", "wb") as shard:
+        shard.truncate(2**30)
+    (tmp_path / "tokenizer.json").write_text("{}" * 1000)
+    assert memory_estimate(tmp_path, "float32") == int(MEMORY_BASE + MEMORY_PER_WEIGHT_BYTE * 4 * 2**30)  # bf16 loaded as fp32
+    assert memory_estimate(tmp_path, "float16") == int(MEMORY_BASE + MEMORY_PER_WEIGHT_BYTE * 2 * 2**30)
+    assert memory_estimate(checkpoint("bert")) < MEMORY_BASE + 2**20  # a tiny checkpoint: the base
