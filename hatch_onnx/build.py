@@ -489,7 +489,8 @@ def export_task(task: Task, send: Callable[[Mapping[str, Any]], dict], store: Ca
             except WorkerDied as exc:
                 return result("failed", error=str(exc), exit_code=1)
             if not reply["ok"]:
-                return result("failed", error=reply["error"], exit_code=reply.get("exit_code", 1), log=reply.get("log", ()))
+                return result("failed", error=reply["error"], exit_code=reply.get("exit_code", 1),
+                              log=[*reply.get("log", ()), *reply.get("stderr", ())])
             if _checkpoint_changed(task, store):
                 return result("failed", exit_code=1, error=f"{task.job.checkpoint} changed while it was exported: "
                               "nothing stored under the key of its former content; build again")

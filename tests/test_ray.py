@@ -241,6 +241,16 @@ def test_a_failing_job_fails_alone_with_the_local_exit_code(fresh, tmp_path):
     retry = build(path, cluster["env"], tmp_path / "cache", "--only", "good", "--ray-address", cluster["address"])
     assert retry.returncode == 0 and table(retry.stdout)["good:default"][0] == "hit"
 
+    # A validation failure: exit 1, and what its worker logged on its node is printed under its line.
+    strict = {"strict": {"checkpoint": str(checkpoint("bert")), "features": ["sequence-classification"], "allow_new_head": True,
+                         "atol": 1e-15}}
+    failed = build(params(tmp_path, strict, remote=f"s3://{BUCKET}/failing", name="strict.yaml"), cluster["env"],
+                   tmp_path / "cache", "--ray-address", cluster["address"])
+    assert failed.returncode == 1 and "exceeds atol" in failed.stderr, failed.stderr
+    lines = failed.stderr.splitlines()
+    (line,) = [index for index, text in enumerate(lines) if "strict:sequence-classification failed on" in text]
+    assert lines[line + 1].startswith("    | ") and "randomly initialised head" in lines[line + 1], failed.stderr
+
 
 @pytest.mark.slow
 def test_the_memory_resource_keeps_two_big_exports_apart(fresh, tmp_path):
