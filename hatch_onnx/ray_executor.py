@@ -50,8 +50,8 @@ ADDRESS_ENV = "RAY_ADDRESS"
 # The memory a task asks Ray for: MEMORY_BASE + MEMORY_PER_WEIGHT_BYTE x the weights' bytes in the
 # dtype they are loaded in. Measured on this project's exports (peak resident set of the export
 # worker, from wait4):
-# - a tiny checkpoint: 410 MB (torch, transformers and onnxruntime imported), plus about 120 MB for
-#   the Ray worker process that drives it: MEMORY_BASE;
+# - a tiny checkpoint: 410 MB (torch, transformers and onnxruntime imported), plus 105 MB for the
+#   Ray worker process that drives it (hatch-onnx and s3fs imported): 515 MB, MEMORY_BASE with room;
 # - Qwen2.5-0.5B's shape, 1.84 GiB of float32 weights (bench/large.py): 4.32 GiB, i.e. the base
 #   plus 2.1x the weights: MEMORY_PER_WEIGHT_BYTE rounds that up to 2.25.
 MEMORY_BASE = 640 * 2**20
@@ -153,18 +153,23 @@ def cpus_per_task(environ: Optional[Mapping[str, str]] = None) -> float:
 
 
 def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise BadInputError("the ray executor needs Ray on this machine and every node: pip install 'hatch-onnx[ray]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:  # checked before anything is set up for it
+        raise BadInputError("the ray executor needs Ray on this machine and every node: pip install 'hatch-onnx[ray]'")
+    import ray
+
     return ray
 
 
 def connect(address: Optional[str]) -> str:
     """Attach this process to the cluster at ``address`` (else ``$RAY_ADDRESS``, else a new local instance); its name."""
+    import importlib.util
     import logging
 
     target = address or os.environ.get(ADDRESS_ENV) or "local"
+    if importlib.util.find_spec("ray") is None:
+        _ray()  # says how to install it
     if target == "local" and "ray" not in sys.modules:  # Ray reads its authentication mode as it is imported
         _private_token()
     ray = _ray()
@@ -172,12 +177,32 @@ def connect(address: Optional[str]) -> str:
     if target == "local":
         # address="local": never attach to someone else's cluster that happens to run on this machine.
         options.update(include_dashboard=False)
+    if target != "local":
+        _probe(target)
     try:
         ray.init(address=target, **options)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInputError(f"Ray cluster {target}: cannot connect ({reason}); check --ray-address or ${ADDRESS_ENV}") from None
     return "a local Ray instance" if target == "local" else target
+
+
+def _probe(address: str, timeout: float = 10.0) -> None:
+    """:class:`BadInputError` unless something accepts connections at ``address`` (``host:port``).
+
+    ``ray.init`` retries an unreachable cluster for minutes, line after line of warnings; a
+    mistyped address deserves one line now. Other forms (``auto``, ``ray://...``) are left to Ray.
+    """
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise BadInputError(f"Ray cluster {address}: nothing answers there ({exc.strerror or exc}); "
+                            f"check --ray-address or ${ADDRESS_ENV}") from None
 
 
 _SET_HERE: list[str] = []  # environment variables connect() set for a Ray instance of its own

@@ -360,6 +360,10 @@ def test_executor_setting_and_ray_address_are_checked_before_any_work(tmp_path):
     alone = subprocess.run([sys.executable, "-m", "hatch_onnx", "build", "--params", str(path), "--ray-address", "127.0.0.2:1"],
                            capture_output=True, text=True)
     assert alone.returncode == 2 and "--executor ray" in alone.stderr and len(alone.stderr.strip().splitlines()) == 1, alone.stderr
+    nobody = subprocess.run([sys.executable, "-m", "hatch_onnx", "build", "--params", str(path), "--executor", "ray",
+                             "--ray-address", f"127.0.0.1:{_free_port('127.0.0.1')}"], capture_output=True, text=True, timeout=120)
+    assert nobody.returncode == 2 and "nothing answers there" in nobody.stderr, nobody.stderr
+    assert len(nobody.stderr.strip().splitlines()) == 1, nobody.stderr  # Ray would retry for minutes
 
 
 @pytest.mark.slow
