@@ -54,7 +54,7 @@ def timed(cmd: list[str], env: dict) -> float:
 
 
 def start_node(work: Path, env: dict) -> tuple[str, int]:
-    """A one-CPU head on 127.0.0.2; its address and its process group (``ray start`` ran in a session of its own)."""
+    """A one-CPU head on 127.0.0.2; its address and its session id (``ray start`` ran in a session of its own)."""
     port, ray = free_port("127.0.0.2"), str(Path(sys.executable).parent / "ray")
     import importlib.util
 
@@ -72,11 +72,12 @@ def start_node(work: Path, env: dict) -> tuple[str, int]:
     return f"127.0.0.2:{port}", node.pid
 
 
-def stop_node(pgid: int) -> None:
+def stop_node(sid: int) -> None:
+    """SIGKILL the node's processes: ``ray start`` ran in a session of its own, which they all keep."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.getpgid(int(entry.name)) == pgid:
+                if os.getsid(int(entry.name)) == sid:
                     os.kill(int(entry.name), signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
@@ -96,7 +97,7 @@ def main() -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HATCH_ONNX_SERVER": "0"}
     node_env = {**env, "HATCH_ONNX_CACHE": str(work / "node-cache")}
     build = [sys.executable, "-m", "hatch_onnx", "build"]
-    address, pgid = start_node(work, node_env)
+    address, sid = start_node(work, node_env)
     local, local1, ray, once = [], [], [], []
     try:
         connect = f"import ray; ray.init(address={address!r}, log_to_driver=False, logging_level='ERROR'); ray.shutdown()"
@@ -113,7 +114,7 @@ def main() -> None:
                              {**env, "HATCH_ONNX_CACHE": str(work / "cache")}))
             once.append(timed([sys.executable, "-c", connect], env))
     finally:
-        stop_node(pgid)
+        stop_node(sid)
     same = subprocess.run(["diff", "-r", str(work / "out-local"), str(work / "out-ray")], capture_output=True).returncode == 0
     shutil.rmtree(work, ignore_errors=True)
     jobs = len(names)

@@ -47,21 +47,23 @@ def _free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def _pids_of_group(pgid: int) -> list[int]:
+def _pids_of_session(sid: int) -> list[int]:
+    """The processes of one node: ``ray start`` ran in a session of its own, which every process it
+    starts keeps (Ray's workers take process groups of their own, not sessions)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.getpgid(int(entry.name)) == pgid:
+                if os.getsid(int(entry.name)) == sid:
                     pids.append(int(entry.name))
             except (ProcessLookupError, PermissionError):
                 pass
     return pids
 
 
-def _stop_node(pgid: int) -> None:
-    """SIGKILL every process of one node: ``ray start`` ran in a session of its own, which its processes share."""
-    for pid in _pids_of_group(pgid):
+def _stop_node(sid: int) -> None:
+    """SIGKILL every process of one node, by their ids."""
+    for pid in _pids_of_session(sid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -134,12 +136,12 @@ def cluster(s3, tmp_path_factory):  # noqa: F811
         nodes.append(worker.pid)
         output = worker.communicate(timeout=120)[0]
         assert worker.returncode == 0, output
-        yield {"address": f"{HEAD_IP}:{port}", "env": env, "client": client, "head_pgid": head.pid, "worker_pgid": worker.pid,
+        yield {"address": f"{HEAD_IP}:{port}", "env": env, "client": client, "head_sid": head.pid, "worker_sid": worker.pid,
                "differs": differs,
                "caches": (head_cache, worker_cache), "big": big, "small": small, "large": large}
     finally:
-        for pgid in nodes:
-            _stop_node(pgid)
+        for sid in nodes:
+            _stop_node(sid)
         for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
             client.delete_object(Bucket=BUCKET, Key=item["Key"])
         client.delete_bucket(Bucket=BUCKET)
@@ -289,11 +291,11 @@ def _exports_started(caches) -> bool:
     return any(path.name.startswith("stage-") for cache in caches if (cache / "tmp").is_dir() for path in (cache / "tmp").iterdir())
 
 
-def _export_workers(pgids) -> list[int]:
+def _export_workers(sessions) -> list[int]:
     """The export worker processes (``python -m hatch_onnx.worker``) running on the cluster's nodes."""
     found = []
-    for pgid in pgids:
-        for pid in _pids_of_group(pgid):
+    for sid in sessions:
+        for pid in _pids_of_session(sid):
             try:
                 if b"hatch_onnx.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     found.append(pid)
@@ -311,11 +313,15 @@ def test_ctrl_c_cancels_the_tasks(fresh, tmp_path):
     while not _exports_started(cluster["caches"]):
         assert running.poll() is None and time.monotonic() < deadline, running.communicate()
         time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while not _export_workers([cluster["head_sid"], cluster["worker_sid"]]):  # the export workers the cancel must end
+        assert running.poll() is None and time.monotonic() < deadline, running.communicate()
+        time.sleep(0.05)
     running.send_signal(signal.SIGINT)
     _, stderr = running.communicate(timeout=60)
     assert running.returncode == 130 and "interrupted" in stderr, stderr
     deadline = time.monotonic() + 30
-    while _export_workers([cluster["head_pgid"], cluster["worker_pgid"]]):
+    while _export_workers([cluster["head_sid"], cluster["worker_sid"]]):
         assert time.monotonic() < deadline, "exports went on after Ctrl-C"
         time.sleep(0.2)
 
@@ -347,7 +353,7 @@ def test_stopping_the_worker_node_mid_build_loses_nothing(fresh, local_reference
         assert running.poll() is None, running.communicate()
         assert time.monotonic() < deadline, "no export started on the worker node"
         time.sleep(0.05)
-    _stop_node(cluster["worker_pgid"])
+    _stop_node(cluster["worker_sid"])
     stopped = time.monotonic()
     stdout, stderr = running.communicate(timeout=600)
     print(f"the build ended {time.monotonic() - stopped:.1f} s after the worker node was stopped\n{stderr}\n{stdout}")
