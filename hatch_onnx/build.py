@@ -9,6 +9,10 @@ Interpreters: PyTorch jobs run in ``python`` (``--python``, ``$HATCH_ONNX_PYTHON
 interpreter), TensorFlow jobs in ``python_tf`` (``--python-tf``, ``$HATCH_ONNX_PYTHON_TF``, else
 the PyTorch one), which must have transformers 4 and TensorFlow: transformers 5 dropped TF.
 Each job's key holds the versions of the interpreter that runs it.
+
+Executors: the misses run in this machine's worker pool (:mod:`hatch_onnx.pool`, ``local``, the
+default) or as Ray tasks on a cluster (:mod:`hatch_onnx.ray_executor`, ``ray``), one task per
+checkpoint running the same :func:`export_task`; entries come back through the remote tier.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,6 +45,8 @@ class JobResult:
     error: Optional[str] = None
     exit_code: int = 0  # a failed job's: 2 for bad input (the worker's error type), 1 otherwise
     variant: Optional[str] = None  # set for an optimised or quantised graph of the job's export
+    node: Optional[str] = None  # the Ray node (its address) that ran the job; None: this machine
+    log: tuple[str, ...] = ()  # what a failed job's worker logged, shown under its line
 
     @property
     def label(self) -> str:
@@ -125,6 +131,8 @@ def run_build(
     environ: Optional[Mapping[str, str]] = None,
     layouts: Optional[tuple[str, ...]] = None,
     destination: Optional[Path] = None,
+    executor: Optional[str] = None,
+    ray_address: Optional[str] = None,
 ) -> BuildResult:
     """Plan, look up, export the misses (``jobs`` workers), materialise into ``out``.
 
@@ -145,10 +153,19 @@ def run_build(
     With a signing key (:mod:`hatch_onnx.signing`), uploads and ``out``'s manifest are signed;
     with trusted keys, only signed remote entries are read. Bad key files stop the build first.
 
+    ``executor`` (``--executor``; default params.yaml's ``onnx.executor``, else ``local``) says
+    who exports the misses: this machine's worker pool (``jobs`` workers) or a Ray cluster at
+    ``ray_address`` (``--ray-address``, else ``$RAY_ADDRESS``, else a Ray instance started
+    here). Ray is imported only when a ``ray`` build has misses.
+
     Raises :class:`BuildError` after every job has finished if any failed; ``out`` is then left
     as it was.
     """
     source = read_params(params_file, environ)
+    executor = executor or source.executor
+    if ray_address and executor != "ray":
+        raise BadInputError(f"--ray-address {ray_address}: the executor is {executor}; add --executor ray "
+                            f"(or set onnx.executor: ray in {source.file})")
     plan = resolve_plan(source, only)
     if layouts is not None:
         plan = [dataclasses.replace(job, layouts=as_layouts(layouts)) for job in plan]
@@ -161,7 +178,7 @@ def run_build(
     if versions is None:
         toolchains = resolve_toolchains(plan, python, python_tf, environ)
         versions = {framework: toolchain.versions for framework, toolchain in toolchains.items()}
-    workers = _Workers(toolchains, jobs, progress_stream, environ)
+    workers = _Workers(toolchains, jobs, progress_stream, environ, executor, ray_address)
     with default_stat_cache(store.root) as store.stats:
         return _run(source, plan, store, versions, workers, out, package_version, signer, verifier)
 
@@ -174,6 +191,8 @@ class _Workers:
     jobs: int
     progress_stream: Any = None
     environ: Optional[Mapping[str, str]] = None
+    executor: str = "local"  # or "ray" (hatch_onnx.ray_executor)
+    ray_address: Optional[str] = None  # --ray-address; None: $RAY_ADDRESS, else a local Ray instance
 
 
 # Build results by (job, variant); variant None for the export itself.
@@ -209,7 +228,8 @@ def _run(source, plan: list[Job], store: CacheStore, versions: Mapping[str, Vers
         raise NotCachedError([task.label for task in tasks])
     if tasks:
         store.clean_orphans()  # staging of builds killed mid-export
-    for result in _export(tasks, store, workers):
+    export = _export_on_ray(tasks, store, workers, source, remote, prints) if workers.executor == "ray" else _export(tasks, store, workers)
+    for result in export:
         found[result.job, result.variant] = result
     remote.upload(found.values())  # write-through, entry.json last (see hatch_onnx.remote)
     return _finish(plan, found, store, prints, out, package_version, signer)
@@ -287,12 +307,8 @@ class _ReadThrough:
         """The tasks whose entries the remote has, now in ``store``, as results; and the tasks left."""
         if not tasks or not self.url:
             return {}, tasks
-        if self._tier is None:
-            from hatch_onnx.remote import Tier
-
-            self._tier = Tier(self.url, _warn, *self.keys)
         started = time.perf_counter()
-        fetched = self._tier.fetch({task.key for task in tasks}, store)
+        fetched = self._connect().fetch({task.key for task in tasks}, store)
         seconds = time.perf_counter() - started
         found: _Found = {}
         for task in tasks:
@@ -301,9 +317,30 @@ class _ReadThrough:
         return found, [task for task in tasks if task.key not in fetched]
 
     def upload(self, results: Iterable[JobResult]) -> None:
-        """Upload what this build exported (nothing without a miss: then there is no tier)."""
+        """Upload what this build exported (nothing without a miss: then there is no tier).
+
+        Exports made on Ray nodes are skipped: their tasks uploaded them, and the driver fetched them from there.
+        """
         if self._tier is not None:
-            self._tier.upload(r.entry for r in results if r.status == "exported")
+            self._tier.upload(r.entry for r in results if r.status == "exported" and r.node is None)
+
+    def upload_entries(self, entries: list[CacheEntry]) -> None:
+        """Upload local entries the remote lacks (the exports a Ray node's variants are made from)."""
+        if entries and self.url:
+            self._connect().upload(entries)
+
+    def _connect(self) -> Any:
+        if self._tier is None:
+            from hatch_onnx.remote import Tier
+
+            self._tier = Tier(self.url, _warn, *self.keys)
+        return self._tier
+
+    def fetch_entry(self, key: str, store: CacheStore) -> Optional[CacheEntry]:
+        """The remote's entry for ``key``, digests checked, now in ``store``; None if absent, bad or unreachable (warned)."""
+        if not self.url:
+            return None
+        return self._connect().fetch([key], store).get(key)
 
 
 def _refuse_misses_in_a_read_only_cache(store: CacheStore, labels: list[str]) -> None:
@@ -413,45 +450,106 @@ def _export(tasks: list[Task], store: CacheStore, workers: _Workers) -> Iterable
         return
     from hatch_onnx.pool import Batch, run_batches
 
-    by_checkpoint: dict[tuple[str, Path], list[Task]] = {}
-    for task in tasks:
-        by_checkpoint.setdefault((task.job.framework, task.job.checkpoint), []).append(task)
-    batches = [
-        # Exports before variants (which read them); same head in a row: one load.
-        Batch(framework, _size(checkpoint), tuple(sorted(items, key=lambda task: (task.variant is not None, task.job.head))))
-        for (framework, checkpoint), items in by_checkpoint.items()
-    ]
-
-    def run_one(task: Task, send) -> JobResult:
-        started = time.perf_counter()
-
-        def result(status: str, entry: Optional[CacheEntry] = None, error: Optional[str] = None, exit_code: int = 0) -> JobResult:
-            return JobResult(task.job, task.key, status, time.perf_counter() - started, entry, error, exit_code, task.variant)
-
-        if task.source_key is not None and store.lookup(task.source_key) is None:
-            return result("skipped", error="its export failed")  # the export's failure says why
-        with store.lock(task.key):
-            entry = store.lookup(task.key)  # another build may have made it while we waited
-            if entry is not None:
-                return result("hit", entry)
-            with store.staging() as staging:
-                try:
-                    reply = send({**task.request, "output": str(staging), "report": str(staging / "report.json")})
-                except WorkerDied as exc:
-                    return result("failed", error=str(exc), exit_code=1)
-                if not reply["ok"]:
-                    return result("failed", error=reply["error"], exit_code=reply.get("exit_code", 1))
-                if _checkpoint_changed(task, store):
-                    return result("failed", exit_code=1, error=f"{task.job.checkpoint} changed while it was exported: "
-                                  "nothing stored under the key of its former content; build again")
-                _drop_what_varies(staging / "report.json")
-                entry = store.put(task.key, staging, task.inputs, reply["report"]["timings"])
-        return result("exported", entry)
+    batches = [Batch(framework, _size(checkpoint), items) for (framework, checkpoint), items in _by_checkpoint(tasks).items()]
 
     progress = _Progress(len(tasks), workers.progress_stream)
     try:
         pythons = {framework: toolchain.python for framework, toolchain in workers.toolchains.items()}
-        for result in run_batches(batches, pythons, workers.jobs, run_one, environ=workers.environ):
+        handle = functools.partial(export_task, store=store)
+        for result in run_batches(batches, pythons, workers.jobs, handle, environ=workers.environ):
+            progress.finished(result)
+            yield result
+    finally:
+        progress.close()
+
+
+def _by_checkpoint(tasks: list[Task]) -> dict[tuple[str, Path], tuple[Task, ...]]:
+    """Each checkpoint's tasks, in the order one worker runs them: exports before variants (which
+    read them), the same head class in a row (one load)."""
+    grouped: dict[tuple[str, Path], list[Task]] = {}
+    for task in tasks:
+        grouped.setdefault((task.job.framework, task.job.checkpoint), []).append(task)
+    return {group: tuple(sorted(items, key=lambda task: (task.variant is not None, task.job.head))) for group, items in grouped.items()}
+
+
+def export_task(task: Task, send: Callable[[Mapping[str, Any]], dict], store: CacheStore) -> JobResult:
+    """Run one task on a worker (``send``) and put its result in ``store``: the one way a miss is made.
+
+    The local pool calls it on this machine with the build's store; a Ray task
+    (:mod:`hatch_onnx.ray_executor`) calls it on its node with that node's store. A variant reads
+    its source graph from the store that runs it.
+    """
+    started = time.perf_counter()
+
+    def result(status: str, entry: Optional[CacheEntry] = None, error: Optional[str] = None, exit_code: int = 0,
+               log: Iterable[str] = ()) -> JobResult:
+        return JobResult(task.job, task.key, status, time.perf_counter() - started, entry, error, exit_code, task.variant,
+                         log=tuple(log))
+
+    request = dict(task.request)
+    if task.source_key is not None:
+        if store.lookup(task.source_key) is None:
+            return result("skipped", error="its export failed")  # the export's failure says why
+        request["source"] = str(store.entry_dir(task.source_key) / "model.onnx")
+    with store.lock(task.key):
+        entry = store.lookup(task.key)  # another build may have made it while we waited
+        if entry is not None:
+            return result("hit", entry)
+        with store.staging() as staging:
+            try:
+                reply = send({**request, "output": str(staging), "report": str(staging / "report.json")})
+            except WorkerDied as exc:
+                return result("failed", error=str(exc), exit_code=1)
+            if not reply["ok"]:
+                return result("failed", error=reply["error"], exit_code=reply.get("exit_code", 1),
+                              log=[*reply.get("log", ()), *reply.get("stderr", ())])
+            if _checkpoint_changed(task, store):
+                return result("failed", exit_code=1, error=f"{task.job.checkpoint} changed while it was exported: "
+                              "nothing stored under the key of its former content; build again")
+            _drop_what_varies(staging / "report.json")
+            entry = store.put(task.key, staging, task.inputs, reply["report"]["timings"])
+    return result("exported", entry)
+
+
+def _export_on_ray(tasks: list[Task], store: CacheStore, workers: _Workers, source, remote: _ReadThrough,
+                   prints: Mapping[Path, str]) -> Iterable[JobResult]:
+    """Run the tasks on a Ray cluster, a Ray task per checkpoint; yields each result as its entry reaches ``store``.
+
+    Nodes put what they make in their own cache and upload it to the remote; here each entry is
+    taken from the local cache (one node: shared) or fetched from the remote, digests checked,
+    before it counts. A variant whose export is a local hit gets that export uploaded first, so
+    its node can fetch it.
+    """
+    if not tasks:
+        return
+    from hatch_onnx import ray_executor
+
+    local_sources = {task.source_key for task in tasks if task.source_key is not None} - {task.key for task in tasks}
+    if local_sources and source.remote:
+        remote.upload_entries([entry for key in sorted(local_sources) if (entry := store.lookup(key)) is not None])
+    batches = [
+        ray_executor.RayBatch(framework=framework, checkpoint=str(checkpoint), fingerprint=prints[checkpoint],
+                              dtype=items[0].job.dtype, items=items, cache_root=str(store.root), remote=source.remote,
+                              keys=source.keys)
+        for (framework, checkpoint), items in _by_checkpoint(tasks).items()
+    ]
+    by_label = {task.label: task for task in tasks}
+    progress = _Progress(len(tasks), workers.progress_stream)
+    try:
+        for done in ray_executor.run_batches(batches, export_task, workers.ray_address):
+            task = by_label[done.label]
+            for warning in done.warnings:
+                _warn(f"node {done.node}: {warning}")
+            result = JobResult(task.job, task.key, done.status, done.seconds, None, done.error, done.exit_code, task.variant,
+                               done.node, done.log)
+            if done.status in ("exported", "hit"):  # made, or found in the node's cache: now on the remote
+                entry = store.lookup(task.key) or remote.fetch_entry(task.key, store)
+                if entry is None:
+                    result = dataclasses.replace(result, status="failed", exit_code=1, error=(
+                        f"made on node {done.node}, but its entry is in neither this machine's cache nor the remote "
+                        f"{source.remote or '(none configured)'}"))
+                else:
+                    result = dataclasses.replace(result, entry=entry, status="exported" if done.status == "exported" else "fetched")
             progress.finished(result)
             yield result
     finally:
@@ -484,12 +582,16 @@ class _Progress:
 
     def finished(self, result: JobResult) -> None:
         self.done += 1
+        where = f" on {result.node}" if result.node else ""
         if self._live is not None:
-            self._live.update(self._task, advance=1, description=f"{result.label} {result.status}")
+            self._live.update(self._task, advance=1, description=f"{result.label} {result.status}{where}")
         else:
             detail = f": {result.error}" if result.error else ""
-            self.console.print(f"[{self.done}/{self.total}] {result.label} {result.status} in {result.seconds:.1f} s{detail}",
+            self.console.print(f"[{self.done}/{self.total}] {result.label} {result.status}{where} in {result.seconds:.1f} s{detail}",
                                highlight=False, markup=False, soft_wrap=True)  # one line per job, however long
+        if result.status == "failed" and result.log:  # the worker's log, wherever it ran
+            for line in result.log:
+                self.console.print(f"    | {line}", highlight=False, markup=False, soft_wrap=True)
 
     def close(self) -> None:
         if self._live is not None:

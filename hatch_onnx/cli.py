@@ -139,6 +139,10 @@ def _build_parser(sub) -> None:
                                        "(default: $HATCH_ONNX_PYTHON_TF or --python's)")
     p.add_argument("--layout", action="append", choices=("optimum", "transformers.js"),
                    help="where the folders' files go, for each consumer (repeatable; default: params.yaml's onnx.layout)")
+    p.add_argument("--executor", choices=("local", "ray"),
+                   help="who exports the misses: this machine's worker pool, or a Ray cluster (default: params.yaml's onnx.executor, local)")
+    p.add_argument("--ray-address", metavar="ADDRESS",
+                   help="the Ray cluster for --executor ray (default: $RAY_ADDRESS, else a Ray instance started for the build)")
     p.add_argument("--metrics", type=Path, help="write validation figures as a metrics file (JSON: feature -> output -> figures)")
     p.add_argument("--plots", type=Path, help="write validation figures as plot records (JSON list, one per output)")
     p.set_defaults(run=_run_build)
@@ -150,7 +154,7 @@ def _run_build(args: argparse.Namespace) -> int:
 
     try:
         result = run_build(args.params, only=args.only, jobs=args.jobs, out=args.out, python=args.python, python_tf=args.python_tf,
-                           layouts=tuple(args.layout) if args.layout else None)
+                           layouts=tuple(args.layout) if args.layout else None, executor=args.executor, ray_address=args.ray_address)
     except BuildError as exc:
         _print_table(exc.result)
         raise
@@ -197,10 +201,15 @@ def _run_toolchain(args: argparse.Namespace) -> int:
 
 
 def _print_table(result) -> None:
-    print(f"{'job':<40} {'result':<9} {'time':>8}  max abs diff")
-    for r in result.results + result.variants:
+    """One row per job; a node column when some job ran on a Ray node (the local pool's rows stay as they were)."""
+    rows = result.results + result.variants
+    nodes = any(r.node for r in rows)
+    header = f"{'job':<40} {'result':<9} {'time':>8}  max abs diff"
+    print(f"{header:<74}  node" if nodes else header)
+    for r in rows:
         diff = r.max_abs_diff
-        print(f"{r.label:<40} {r.status:<9} {r.seconds:7.2f}s  {'-' if diff is None else f'{diff:.2e}'}")
+        line = f"{r.label:<40} {r.status:<9} {r.seconds:7.2f}s  {'-' if diff is None else f'{diff:.2e}'}"
+        print(f"{line:<74}  {r.node or 'driver'}" if nodes else line)
 
 
 def _positive_int(text: str) -> int:

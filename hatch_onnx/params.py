@@ -20,6 +20,7 @@ from hatch_onnx.errors import ParamsError
 from hatch_onnx.signing import Keys, resolve_keys
 
 REMOTE_ENV = "HATCH_ONNX_REMOTE"
+EXECUTORS = ("local", "ray")  # onnx.executor, build --executor (the schema's Executor)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hatch_onnx.schema import ModelParams, ParamsFile
@@ -40,6 +41,9 @@ class ParamsSource:
     cache_root: Path
     remote: Optional[str] = None  # the cache's remote tier (an fsspec URL): $HATCH_ONNX_REMOTE, else onnx.remote
     keys: Keys = Keys()  # signing and trusted keys (see hatch_onnx.signing); none by default
+    # Who exports the misses: "local" (the worker pool) or "ray". Read raw, like ``remote``: a
+    # memoised plan skips the schema, which refused any other value when the memo was made.
+    executor: str = "local"
 
     @functools.cached_property
     def params(self) -> "ParamsFile":
@@ -96,5 +100,6 @@ def read_params(path: str | Path, environ: Optional[Mapping[str, str]] = None) -
     # A malformed value is reported by the schema check; the cache root never depends on it.
     cache_root = resolve_cache_root(configured if isinstance(configured, str) else None, path.parent, environ)
     remote = environ.get(REMOTE_ENV) or (onnx.get("remote") if isinstance(onnx, dict) else None)
+    executor = onnx.get("executor") if isinstance(onnx, dict) else None
     return ParamsSource(path, raw, data, cache_root, remote if isinstance(remote, str) and remote else None,
-                        resolve_keys(onnx, path.parent, environ))
+                        executor if executor in EXECUTORS else "local", resolve_keys(onnx, path.parent, environ))

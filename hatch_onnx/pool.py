@@ -40,6 +40,9 @@ WORKER_MODULE = "hatch_onnx.worker"
 DEFAULT_TIMEOUT = float(os.environ.get("HATCH_ONNX_WORKER_TIMEOUT", 3600))
 # A worker that exported from a checkpoint this large is replaced before its next batch.
 DEFAULT_RECYCLE_BYTES = int(float(os.environ.get("HATCH_ONNX_RECYCLE_MB", 1024)) * 2**20)
+# What a failed job's reply carries of what its worker wrote to stderr meanwhile (the end of it).
+STDERR_TAIL_LINES = 40
+STDERR_TAIL_BYTES = 64 * 1024
 
 Result = TypeVar("Result")
 
@@ -105,20 +108,37 @@ class Worker:
         self._timed_out = False
 
     def run(self, request: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT) -> dict:
-        """The worker's answer to ``request``; :class:`WorkerDied` if it ended without one."""
+        """The worker's answer to ``request``; :class:`WorkerDied` if it ended without one.
+
+        A failed job's answer also carries, as ``"stderr"``, the end of what the worker wrote to
+        stderr while it ran (warnings, a library's own messages): on a Ray node, the only way
+        they reach the build.
+        """
         watchdog = threading.Timer(timeout, self._time_out)
         watchdog.start()
+        mark = os.fstat(self._stderr.fileno()).st_size
         try:
             self._process.stdin.write(json.dumps(dict(request)) + "\n")
             self._process.stdin.flush()
             for line in self._process.stdout:
                 if line.startswith(PROTOCOL_MARK):
-                    return json.loads(line[len(PROTOCOL_MARK):])
+                    reply = json.loads(line[len(PROTOCOL_MARK):])
+                    if not reply.get("ok", True):
+                        reply["stderr"] = self._stderr_since(mark)
+                    return reply
         except (OSError, ValueError):  # a broken pipe: the worker is gone
             pass
         finally:
             watchdog.cancel()
         raise WorkerDied(self._death())
+
+    def _stderr_since(self, mark: int) -> list[str]:
+        """The last lines the worker wrote to stderr after ``mark``, read without moving the offset it writes at."""
+        fd = self._stderr.fileno()
+        size = os.fstat(fd).st_size
+        start = max(mark, size - STDERR_TAIL_BYTES)
+        text = os.pread(fd, size - start, start).decode("utf-8", "replace")
+        return [line for line in text.splitlines() if line.strip()][-STDERR_TAIL_LINES:]
 
     def _time_out(self) -> None:
         self._timed_out = True
@@ -149,8 +169,12 @@ class Worker:
         self._stderr.close()
 
 
-class _Slot:
-    """One thread's worker: started on demand for a framework, replaced when it dies or must change."""
+class Slot:
+    """One thread's worker: started on demand for a framework, replaced when it dies or must change.
+
+    A Ray task (:mod:`hatch_onnx.ray_executor`) keeps one per Ray worker process, so the
+    checkpoints one process exports in a row share a warm worker, as a pool thread's do.
+    """
 
     def __init__(self, pythons: Mapping[str, str], environ: Optional[Mapping[str, str]]) -> None:
         self.pythons, self.environ = pythons, environ
@@ -198,7 +222,7 @@ def run_batches(
     results: "queue.Queue[tuple[bool, Any]]" = queue.Queue()
 
     def drive() -> None:
-        slot = _Slot(pythons, environ)
+        slot = Slot(pythons, environ)
         try:
             while True:
                 try:

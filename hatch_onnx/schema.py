@@ -8,6 +8,7 @@ onnx:
   remote: s3://bucket/onnx # optional: a shared cache tier (fsspec URL); env HATCH_ONNX_REMOTE overrides
   signing_key: keys/ci.pem # optional (see hatch_onnx.signing): sign uploads and manifests
   trusted_keys: [keys/ci.pub.pem]  # optional: accept only remote entries these keys signed
+  executor: local          # or ray: each checkpoint's misses as a Ray task (hatch_onnx.ray_executor)
   models:
     bert-tiny:
       checkpoint: fixtures/checkpoints/bert-tiny
@@ -48,6 +49,8 @@ class _Strict(BaseModel):
 Variant = Literal["o1", "o2", "o3", "int8", "fp16"]
 # The precision a graph is exported and validated in (PyTorch checkpoints; see hatch_onnx.exporting).
 Dtype = Literal["float32", "float16"]
+# Who exports a build's misses: this machine's worker pool, or a Ray cluster (hatch_onnx.ray_executor).
+Executor = Literal["local", "ray"]
 # Where a folder's files go for each consumer (see hatch_onnx.layouts); a list carries several.
 LayoutName = Literal["optimum", "transformers.js"]
 Layout = Union[LayoutName, Annotated[list[LayoutName], Field(min_length=1)]]
@@ -83,6 +86,7 @@ class OnnxParams(_Strict):
     # Ed25519 key files (see hatch_onnx.signing), relative to params.yaml; the environment overrides
     signing_key: Optional[str] = None  # private, PEM PKCS#8: sign uploads and manifests ($HATCH_ONNX_SIGNING_KEY)
     trusted_keys: list[str] = Field(default_factory=list)  # public, PEM: accept only entries they signed ($HATCH_ONNX_TRUSTED_KEYS)
+    executor: Executor = "local"  # build --executor overrides
     variants: list[Variant] = Field(default_factory=list)
     min_cosine: MinCosine = Field(default_factory=dict)
     dtype: Dtype = "float32"

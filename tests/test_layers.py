@@ -23,6 +23,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("hatch.plugin", "scaffold"),
     ("hatch.folder", "hatch.interpreter"),
     ("build", "verify"),
+    ("ray_executor",),  # build --executor ray: Ray tasks that run the pool's worker, results through the remote
     ("remote",),
     ("params",),
     ("schema", "plan"),

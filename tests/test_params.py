@@ -91,12 +91,12 @@ def test_missing_or_broken_file(tmp_path, content, message):
 
 def test_dvc_stages_declare_every_params_key_that_changes_an_output():
     """Derived from the schema: every onnx.* setting but the models (each stage declares its own
-    entry), where the cache lives, the remote and the keys (none changes a stage's output: the
-    manifest's signature is no stage's output)."""
+    entry), where the cache lives, the remote, the executor and the keys (none changes a stage's
+    output: the manifest's signature is no stage's output)."""
     from conftest import ROOT
     from hatch_onnx.schema import OnnxParams
 
-    expected = {f"onnx.{name}" for name in OnnxParams.model_fields} - {"onnx.models", "onnx.cache", "onnx.remote",
+    expected = {f"onnx.{name}" for name in OnnxParams.model_fields} - {"onnx.models", "onnx.cache", "onnx.remote", "onnx.executor",
                                                                          "onnx.signing_key", "onnx.trusted_keys"}
     for dvc_yaml, params_yaml in ((ROOT / "dvc.yaml", ROOT / "params.yaml"),
                                   (ROOT / "hatch_onnx/templates/dvc.yaml", ROOT / "hatch_onnx/templates/params.yaml")):

@@ -53,3 +53,26 @@ def test_pool_worker_survives_a_failed_job_and_reports_its_death(tmp_path):
             worker.run(request("bert", "masked-lm", tmp_path / "z"))
     finally:
         worker.close()
+
+
+def test_a_failed_answer_carries_what_the_worker_wrote_to_stderr_meanwhile(tmp_path):
+    """Only the job's own lines: what the worker wrote before the request stays out (a Ray node's build sees nothing else)."""
+    fake = tmp_path / "python"  # a stand-in interpreter speaking the protocol; it ignores `-m hatch_onnx.worker`
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo 'started' >&2\n"
+        "while read -r line; do\n"
+        "  echo \"warning: the export of this job went wrong\" >&2\n"
+        f"  echo '{PROTOCOL_MARK}{{\"ok\": false, \"error\": \"boom\", \"exit_code\": 1, \"log\": []}}'\n"
+        "done\n")
+    fake.chmod(0o755)
+    worker = Worker(str(fake), "pt")
+    try:
+        import time
+
+        time.sleep(0.5)  # let "started" land before the request
+        reply = worker.run({"model": "m"})
+        assert reply["ok"] is False and reply["stderr"] == ["warning: the export of this job went wrong"], reply
+        assert worker.run({"model": "m"})["stderr"] == ["warning: the export of this job went wrong"]  # not the first job's
+    finally:
+        worker.close()
