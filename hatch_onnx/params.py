@@ -102,4 +102,4 @@ def read_params(path: str | Path, environ: Optional[Mapping[str, str]] = None) -
     remote = environ.get(REMOTE_ENV) or (onnx.get("remote") if isinstance(onnx, dict) else None)
     executor = onnx.get("executor") if isinstance(onnx, dict) else None
     return ParamsSource(path, raw, data, cache_root, remote if isinstance(remote, str) and remote else None,
-                        executor if executor in EXECUTORS else "local", resolve_keys(onnx, path.parent, environ))
+                        keys=resolve_keys(onnx, path.parent, environ), executor=executor if executor in EXECUTORS else "local")

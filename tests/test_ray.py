@@ -404,3 +404,27 @@ def test_the_memory_estimate_follows_the_weights_and_their_dtypes(tmp_path):
     assert memory_estimate(tmp_path, "float32") == int(MEMORY_BASE + MEMORY_PER_WEIGHT_BYTE * 4 * 2**30)  # bf16 loaded as fp32
     assert memory_estimate(tmp_path, "float16") == int(MEMORY_BASE + MEMORY_PER_WEIGHT_BYTE * 2 * 2**30)
     assert memory_estimate(checkpoint("bert")) < MEMORY_BASE + 2**20  # a tiny checkpoint: the base
+
+
+@pytest.mark.slow
+def test_tasks_sign_what_they_upload_with_the_drivers_key(fresh, tmp_path):
+    """With a signing key, nodes sign their uploads (the key file is read at the same path there),
+    and the driver, trusting only that key, reads them back instead of exporting again."""
+    from test_signing import keypair
+
+    from hatch_onnx.signing import Signer
+
+    cluster = fresh
+    private, public = keypair(tmp_path, "ci")
+    env = {**cluster["env"], "HATCH_ONNX_SIGNING_KEY": str(private), "HATCH_ONNX_TRUSTED_KEYS": str(public)}
+    models = {name: MODELS[name] for name in ("bert", "roberta")}
+    result = build(params(tmp_path, models, remote=f"s3://{BUCKET}/signed"), env, tmp_path / "cache", "--out", str(tmp_path / "out"),
+                   "--ray-address", cluster["address"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {row[0] for row in table(result.stdout).values()} == {"exported"} and "not used" not in result.stderr, result.stderr
+    client = cluster["client"]
+    markers = [item["Key"] for item in client.list_objects_v2(Bucket=BUCKET, Prefix="signed/")["Contents"] if item["Key"].endswith("entry.json")]
+    assert len(markers) == 4
+    for marker in markers:
+        assert json.loads(client.get_object(Bucket=BUCKET, Key=marker)["Body"].read())["signature"]["key"] == Signer(private).id
+    assert (tmp_path / "out" / "manifest.json.sig").is_file()
