@@ -148,6 +148,7 @@ def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str, digest
             "atol": validation["atol"],
             "max_abs_diff": {name: o["max_abs_diff"] for name, o in validation["outputs"].items()},
             "input_shapes": validation["inputs"],
+            **({"generation": _generation_figures(validation["generation"])} if "generation" in validation else {}),
         },
         "source": {
             "model_type": report["model_type"],
@@ -161,6 +162,11 @@ def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str, digest
     }
 
 
+def _generation_figures(figures: Mapping[str, Any]) -> dict:
+    """What the manifest says of validation by generation (:mod:`hatch_onnx.generation`): the figures, not the tokens."""
+    return {key: value for key, value in figures.items() if key != "tokens"}
+
+
 def variant_entry(result: Any, files: Mapping[str, dict]) -> dict:
     """A variant's manifest entry: its file in each layout (``files``), settings and validation figures."""
     report = result.report
@@ -170,6 +176,7 @@ def variant_entry(result: Any, files: Mapping[str, dict]) -> dict:
         "settings": report["settings"],
         "size_ratio": round(size / report["source_size"], 4),
         "validation": report["validation"]["outputs"],
+        **({"generation": _generation_figures(report["validation"]["generation"])} if "generation" in report["validation"] else {}),
         "toolchain": dict(result.entry.inputs.get("versions", {})),
         "cache_key": result.entry.key,
     }

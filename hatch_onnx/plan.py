@@ -48,6 +48,7 @@ class Job:
 
     def key_inputs(self, checkpoint_fingerprint: str, versions: Versions) -> dict:
         """Everything that determines the exported bytes and the validation verdict."""
+        from hatch_onnx import generation
         from hatch_onnx.config import OnnxConfig
         from hatch_onnx.validation import VALIDATION_BATCH_DELTA, VALIDATION_PAST_DELTA, VALIDATION_SEQUENCE_DELTA
 
@@ -63,6 +64,8 @@ class Job:
                 "atol": self.atol,
                 "seed": OnnxConfig.DUMMY_SEED,
                 "deltas": [VALIDATION_BATCH_DELTA, VALIDATION_SEQUENCE_DELTA, VALIDATION_PAST_DELTA],
+                # only where it runs: the keys of every other job stay as they were
+                **({"generation": generation.SETTINGS} if generation.applies_to_feature(self.feature) else {}),
             },
             "versions": job_versions(versions, self.framework, self.exporter),
         }

@@ -33,6 +33,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("pool",),
     ("worker",),
     ("exporting", "variants"),
+    ("generation",),  # validation by generation: with-past graphs decode what the model generates
     ("validation",),  # the one validator: every graph the project ships
     ("loading",),  # models and preprocessors from local checkpoints
     ("frameworks",),  # backend(name): the one place a framework is chosen

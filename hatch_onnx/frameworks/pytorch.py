@@ -462,6 +462,35 @@ def run_reference(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[st
     return {name: value.detach().cpu().numpy() for name, value in zip(config.outputs, outputs)}
 
 
+def greedy_reference(model: torch.nn.Module, config: OnnxConfig, input_ids: Any, attention_mask: Any, new_tokens: int,
+                     pad_token_id: int) -> tuple[Any, Any]:
+    """transformers' ``generate(do_sample=False)`` on ``input_ids``: ``(new tokens, raw logits per step)``.
+
+    The checkpoint's own generation settings (no_repeat_ngram_size, forced tokens, an eos that
+    stops a row early) would make ``generate`` something other than plain greedy decoding, which
+    is what a graph's logits decide; ``generate`` merges them into any config it is given, so the
+    model's generation config is swapped for a bare one for the call. Returns numpy arrays of
+    shapes (batch, new_tokens) and (new_tokens, batch, vocab).
+    """
+    import numpy as np
+    from transformers import GenerationConfig
+
+    model = prepare_model(model, config)
+    settings = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_token_id,
+                                output_logits=True, return_dict_in_generate=True, use_cache=True)
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        with torch.no_grad():
+            out = model.generate(input_ids=torch.from_numpy(np.asarray(input_ids)), attention_mask=torch.from_numpy(np.asarray(attention_mask)),
+                                 generation_config=settings)
+    finally:
+        model.generation_config = saved
+    tokens = out.sequences[:, np.asarray(input_ids).shape[1]:].numpy()
+    logits = np.stack([step.float().numpy() for step in out.logits])
+    return tokens, logits
+
+
 def weights_reaching_outputs(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[str, Any], names: Sequence[str]) -> list[str]:
     """Which of the parameters ``names`` influence the exported outputs (by one backward pass).
 

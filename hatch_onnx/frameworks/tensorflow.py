@@ -423,6 +423,33 @@ def run_reference(model: Any, config: OnnxConfig, inputs: Mapping[str, Any]) -> 
     return {name: value.numpy() for name, value in zip(config.outputs, outputs)}
 
 
+def greedy_reference(model: Any, config: OnnxConfig, input_ids: Any, attention_mask: Any, new_tokens: int,
+                     pad_token_id: int) -> tuple[Any, Any]:
+    """transformers' TF ``generate(do_sample=False)``: ``(new tokens, logits per step)`` (see pytorch.greedy_reference).
+
+    TF's ``generate`` returns processed scores only; with a bare generation config no processor
+    runs, so they are the raw logits.
+    """
+    import numpy as np
+    from transformers import GenerationConfig
+
+    tf, _ = require_tensorflow()
+    model = apply_values_override(model, config)
+    settings = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_token_id,
+                                output_scores=True, return_dict_in_generate=True, use_cache=True)
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        # int32, as TF's tokenizers give: TF's generate appends int32 ones to the mask
+        out = model.generate(input_ids=tf.constant(np.asarray(input_ids, dtype=np.int32)),
+                             attention_mask=tf.constant(np.asarray(attention_mask, dtype=np.int32)), generation_config=settings)
+    finally:
+        model.generation_config = saved
+    tokens = out.sequences.numpy()[:, np.asarray(input_ids).shape[1]:]
+    logits = np.stack([np.asarray(step, dtype=np.float32) for step in out.scores])
+    return tokens, logits
+
+
 def weight_bytes(model: Any) -> int:
     """The bytes of the model's weights, as the graph would store them."""
     return sum(int(weight.shape.num_elements()) * weight.dtype.size for weight in model.weights)
