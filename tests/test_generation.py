@@ -60,7 +60,7 @@ def test_the_report_carries_the_generation_figures(gpt2_export):
     assert figures["steps"] == generation.NEW_TOKENS and figures["tokens_equal"] is True
     assert figures["max_logits_diff"] <= report["atol"] and figures["batch"] == 2
     assert np.asarray(figures["tokens"]).shape == (2, generation.NEW_TOKENS)
-    assert figures["distinct_tokens"] >= 2
+    assert figures["distinct_tokens"] >= 8  # the fixture's greedy output varies: equality proves something
     assert "generate" in report["timings"]
     manifest = _generation_figures(figures)  # what the manifest carries: the figures, not the tokens
     assert "tokens" not in manifest and manifest["steps"] == generation.NEW_TOKENS
