@@ -148,8 +148,19 @@ def validate_generation(graph: Union[str, Path], model: Any, config: OnnxConfig,
     session = open_session(graph, f"{label} graph" if label else "the exported graph")
     tokens, logits = generate_onnx(session, config, input_ids, mask, NEW_TOKENS)
     half = any(node.name == "logits" and node.type == "tensor(float16)" for node in session.get_outputs())
+    figures = _compare_steps(tokens, logits, expected_tokens, expected_logits, tolerance,
+                             f"{label}: generation" if label else "generation", half)
+    if "failure" in figures and enforce:
+        raise GenerationError(figures["failure"], output="logits", value=figures)
+    return figures
+
+
+def _compare_steps(tokens: Any, logits: Any, expected_tokens: Any, expected_logits: Any, tolerance: Tolerance, prefix: str,
+                   half: bool) -> dict[str, Any]:
+    """Step by step: the logits within the tolerance, then the tokens; the figures, ``failure`` set where they part."""
+    import numpy as np
+
     figures: dict[str, Any] = {"batch": len(PROMPT_LENGTHS), "prompt_lengths": list(PROMPT_LENGTHS), "new_tokens": NEW_TOKENS}
-    prefix = f"{label}: generation" if label else "generation"
     worst, steps, tie, failure = 0.0, 0, None, None
     for step in range(NEW_TOKENS):
         reference, result = expected_logits[step].astype(np.float64), logits[step].astype(np.float64)
@@ -158,7 +169,7 @@ def validate_generation(graph: Union[str, Path], model: Any, config: OnnxConfig,
         steps = step + 1
         allowed = _allowed(tolerance, reference, half)
         if not diff <= allowed:
-            failure = failure or f"{prefix}: step {step}: logits differ by {diff:.3g}, beyond {allowed:g}"
+            failure = f"{prefix}: step {step}: logits differ by {diff:.3g}, beyond {allowed:g}"
             break
         differing = np.flatnonzero(tokens[:, step] != expected_tokens[:, step])
         if differing.size:
@@ -175,7 +186,7 @@ def validate_generation(graph: Union[str, Path], model: Any, config: OnnxConfig,
         "steps": steps,
         "tokens_equal": failure is None and tie is None,
         "max_logits_diff": worst,
-        "tokens": expected_tokens.tolist(),
+        "tokens": np.asarray(expected_tokens).tolist(),
         "distinct_tokens": int(len(np.unique(expected_tokens))),
     })
     if tolerance.atol is not None:
@@ -184,8 +195,6 @@ def validate_generation(graph: Union[str, Path], model: Any, config: OnnxConfig,
         figures["tie"] = tie
     if failure is not None:
         figures["failure"] = failure
-        if enforce:
-            raise GenerationError(failure, output="logits", value=figures)
     return figures
 
 

@@ -33,6 +33,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("pool",),
     ("worker",),
     ("exporting", "variants"),
+    ("graph_sets",),  # an encoder-decoder's graphs for generation: encoder, decoders, merged
     ("generation",),  # validation by generation: with-past graphs decode what the model generates
     ("validation",),  # the one validator: every graph the project ships
     ("loading",),  # models and preprocessors from local checkpoints

@@ -478,6 +478,8 @@ def greedy_reference(model: torch.nn.Module, config: OnnxConfig, input_ids: Any,
     model = prepare_model(model, config)
     settings = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_token_id,
                                 output_logits=True, return_dict_in_generate=True, use_cache=True)
+    if model.config.is_encoder_decoder:  # generate's sequences then start with the decoder's start token
+        settings.decoder_start_token_id = model.config.decoder_start_token_id
     saved = model.generation_config
     model.generation_config = GenerationConfig()
     try:
@@ -486,7 +488,7 @@ def greedy_reference(model: torch.nn.Module, config: OnnxConfig, input_ids: Any,
                                  generation_config=settings)
     finally:
         model.generation_config = saved
-    tokens = out.sequences[:, np.asarray(input_ids).shape[1]:].numpy()
+    tokens = out.sequences[:, (1 if model.config.is_encoder_decoder else np.asarray(input_ids).shape[1]):].numpy()
     logits = np.stack([step.float().numpy() for step in out.logits])
     return tokens, logits
 

@@ -437,6 +437,8 @@ def greedy_reference(model: Any, config: OnnxConfig, input_ids: Any, attention_m
     model = apply_values_override(model, config)
     settings = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_token_id,
                                 output_scores=True, return_dict_in_generate=True, use_cache=True)
+    if model.config.is_encoder_decoder:  # generate's sequences then start with the decoder's start token
+        settings.decoder_start_token_id = model.config.decoder_start_token_id
     saved = model.generation_config
     model.generation_config = GenerationConfig()
     try:
@@ -445,7 +447,7 @@ def greedy_reference(model: Any, config: OnnxConfig, input_ids: Any, attention_m
                              attention_mask=tf.constant(np.asarray(attention_mask, dtype=np.int32)), generation_config=settings)
     finally:
         model.generation_config = saved
-    tokens = out.sequences.numpy()[:, np.asarray(input_ids).shape[1]:]
+    tokens = out.sequences.numpy()[:, (1 if model.config.is_encoder_decoder else np.asarray(input_ids).shape[1]):]
     logits = np.stack([np.asarray(step, dtype=np.float32) for step in out.scores])
     return tokens, logits
 
