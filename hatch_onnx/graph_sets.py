@@ -29,12 +29,25 @@ PyTorch only (the TorchScript exporter, named explicitly); heavy imports inside 
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-ENCODER, DECODER, DECODER_WITH_PAST, DECODER_MERGED = (
-    "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx", "decoder_model_merged.onnx")
-GRAPHS = (ENCODER, DECODER, DECODER_WITH_PAST, DECODER_MERGED)
+from hatch_onnx.layouts import GRAPH_SET as GRAPHS
+
+ENCODER, DECODER, DECODER_WITH_PAST, DECODER_MERGED = GRAPHS
+FEATURE = "seq2seq-lm-with-past"
+# The families whose set is exported: text encoder-decoders whose model takes input_ids, an
+# attention mask, decoder_input_ids and encoder_outputs (Whisper's and vision-encoder-decoder's
+# encoders take other inputs: not yet).
+FAMILIES = frozenset({"t5", "mt5", "longt5", "bart", "mbart", "marian", "m2m-100", "blenderbot", "blenderbot-small", "bigbird-pegasus"})
+# Part of the cache key of the jobs that make a set: changing how sets are made re-makes them.
+VERSION = 1
+
+
+def applies(model_type: str, feature: str, framework: str) -> bool:
+    """Whether an export of ``feature`` also writes the graph set (PyTorch; the families above)."""
+    return feature == FEATURE and framework == "pt" and model_type in FAMILIES
 USE_CACHE_BRANCH = "use_cache_branch"
 # Export shapes, and validation's: every dynamic axis at another size.
 EXPORT_SHAPES = {"batch": 2, "encoder": 8, "decoder": 3, "past": 4}
@@ -249,8 +262,8 @@ def reference_outputs(model: Any, config: Any, graph: str, inputs: Mapping[str, 
     return {name: value.numpy() for name, value in zip(names_out, outputs)}
 
 
-def validate_set(folder: Path, model: Any, config: Any, atol: float) -> dict[str, Any]:
-    """Each graph on its own (at other shapes than the export's), then the chain by generation."""
+def validate_set(folder: Path, model: Any, config: Any, atol: float, timings: Optional[dict] = None) -> dict[str, Any]:
+    """Each graph on its own (at other shapes than the export's), then the chain by generation (its seconds in ``timings``)."""
     import numpy as np
 
     from hatch_onnx.validation import Tolerance, compare_output, describe, open_session
@@ -286,7 +299,10 @@ def validate_set(folder: Path, model: Any, config: Any, atol: float) -> dict[str
             "outputs": [describe(node) for node in session.get_outputs()],
             "max_abs_diff": max(f["max_abs_diff"] for f in figures.values()),
         }
+    started = time.perf_counter()
     report["generation"] = validate_chain(folder, model, config, Tolerance(atol=atol))
+    if timings is not None:
+        timings["generate"] = time.perf_counter() - started
     return report
 
 
@@ -362,7 +378,9 @@ def validate_chain(folder: Path, model: Any, config: Any, tolerance: Any) -> dic
 
     folder = Path(folder)
     input_ids, mask = prompts(config)
-    start = int(model.config.decoder_start_token_id)
+    from hatch_onnx.config import decoder_start_token_id
+
+    start = int(decoder_start_token_id(model.config))
     expected_tokens, expected_logits = backend_of(model).greedy_reference(model, config, input_ids, mask, NEW_TOKENS, pad_token_id(config))
     sessions = {name: open_session(folder / name, name) for name in (ENCODER, DECODER, DECODER_WITH_PAST, DECODER_MERGED)}
     tokens, logits = generate_onnx(sessions[ENCODER], sessions[DECODER_MERGED], config, input_ids, mask, NEW_TOKENS, start)

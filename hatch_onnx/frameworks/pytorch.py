@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from hatch_onnx.config import PAST, PRESENT, OnnxConfig, PatchingSpec, apply_values_override, check_input_names, needs_external_data
+from hatch_onnx.config import PAST, PRESENT, OnnxConfig, decoder_start_token_id, PatchingSpec, apply_values_override, check_input_names, needs_external_data
 from hatch_onnx.errors import ExportError
 from hatch_onnx.frameworks.exporters import EXPORTERS
 
@@ -479,7 +479,7 @@ def greedy_reference(model: torch.nn.Module, config: OnnxConfig, input_ids: Any,
     settings = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_token_id,
                                 output_logits=True, return_dict_in_generate=True, use_cache=True)
     if model.config.is_encoder_decoder:  # generate's sequences then start with the decoder's start token
-        settings.decoder_start_token_id = model.config.decoder_start_token_id
+        settings.decoder_start_token_id = decoder_start_token_id(model.config)
     saved = model.generation_config
     model.generation_config = GenerationConfig()
     try:

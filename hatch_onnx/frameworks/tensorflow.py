@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from hatch_onnx import graph_passes
-from hatch_onnx.config import PAST, PRESENT, OnnxConfig, apply_values_override, needs_external_data
+from hatch_onnx.config import PAST, PRESENT, OnnxConfig, decoder_start_token_id, apply_values_override, needs_external_data
 from hatch_onnx.errors import ExportError, FrameworkError
 from hatch_onnx.frameworks.exporters import EXPORTERS
 from hatch_onnx.frameworks.env import isolate
@@ -438,7 +438,7 @@ def greedy_reference(model: Any, config: OnnxConfig, input_ids: Any, attention_m
     settings = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_token_id,
                                 output_scores=True, return_dict_in_generate=True, use_cache=True)
     if model.config.is_encoder_decoder:  # generate's sequences then start with the decoder's start token
-        settings.decoder_start_token_id = model.config.decoder_start_token_id
+        settings.decoder_start_token_id = decoder_start_token_id(model.config)
     saved = model.generation_config
     model.generation_config = GenerationConfig()
     try:
