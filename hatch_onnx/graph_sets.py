@@ -159,10 +159,29 @@ def export_set(model: Any, config: Any, opset: int, folder: Path) -> dict[str, l
         with patched(config, [*transformers_patches(), *torch_patches()]), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _export_torchscript(module, args, folder / graph, names_in, names_out, axes, opset, False)
+        _fix_cache_axes(folder / graph, config)
         written[graph] = names_out
     merge_decoders(folder / DECODER, folder / DECODER_WITH_PAST, folder / DECODER_MERGED)
     written[DECODER_MERGED] = written[DECODER]
     return written
+
+
+def _fix_cache_axes(path: Path, config: Any) -> None:
+    """Give every cache tensor its fixed heads and head size: the tracer names them on some lines (4.57's
+    cross-attention cache) and fixes them on others, and a graph's interface must be the same on both."""
+    import onnx
+
+    from hatch_onnx.config import PAST, PRESENT
+
+    model = onnx.load(str(path))
+    _, heads, _, head_dim = config._past_shape(1, 0)
+    for value in [*model.graph.input, *model.graph.output]:
+        if PAST.match(value.name) or PRESENT.match(value.name):
+            dims = value.type.tensor_type.shape.dim
+            for axis, size in ((1, heads), (3, head_dim)):
+                dims[axis].Clear()
+                dims[axis].dim_value = int(size)
+    onnx.save_model(model, str(path))
 
 
 def merge_decoders(first: Path, with_past: Path, target: Path) -> None:

@@ -51,7 +51,10 @@ def test_export_and_validate(model_type, feature, tmp_path):
         figures = report["validation"]["generation"]
         assert figures["tokens_equal"] and figures["steps"] == generation.NEW_TOKENS and figures["max_logits_diff"] <= report["atol"]
     if makes_set:
-        assert set(report["validation"]["graph_set"]["graphs"]) == set(graph_sets.GRAPHS)
+        members = report["validation"]["graph_set"]["graphs"]
+        assert set(members) == set(graph_sets.GRAPHS)
+        for graph, figures in members.items():  # each member's interface, pinned as the pair's own
+            _check_interface(f"{model_type}:{feature}:{graph}", {"inputs": figures["inputs"], "outputs": figures["outputs"]})
     _check_interface(f"{model_type}:{feature}", report["validation"]["graph"])
 
 
