@@ -89,8 +89,16 @@ def _print_export(args: argparse.Namespace, report: dict) -> int:
     print(f"Validated {target} ({report['model_type']}, {report['feature']}, opset {report['opset']}, {report['exporter']})")
     for name, figures in report["validation"]["outputs"].items():
         print(f"  {name:<28} shape {figures['shape']!s:<20} max abs diff {figures['max_abs_diff']:.2e} <= atol {figures['atol']:g}")
+    for graph, figures in report["validation"].get("graph_set", {}).get("graphs", {}).items():
+        print(f"  {graph:<28} max abs diff {figures['max_abs_diff']:.2e} <= atol {report['atol']:g}")
+    generated = report["validation"].get("generation")
+    if generated:
+        tokens = "tokens equal" if generated["tokens_equal"] else f"a tie at step {generated['tie']['step']}"
+        print(f"  generation: {generated['steps']} steps at batch {generated['batch']}, {tokens}, "
+              f"max logits diff {generated['max_logits_diff']:.2e}")
     timings = report["timings"]
-    print(f"  load {timings['load']:.2f}s, export {timings['export']:.2f}s, validate {timings['validate']:.2f}s")
+    also = f", generate {timings['generate']:.2f}s" if "generate" in timings else ""
+    print(f"  load {timings['load']:.2f}s, export {timings['export']:.2f}s, validate {timings['validate']:.2f}s{also}")
     return 0
 
 

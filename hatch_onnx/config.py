@@ -55,6 +55,12 @@ def apply_values_override(model: Any, config: "OnnxConfig") -> Any:
     return model
 
 
+def decoder_start_token_id(model_config: Any) -> Optional[int]:
+    """The token an encoder-decoder's decoder starts from: its own, else its bos token (mBART's), as ``generate`` does."""
+    value = getattr(model_config, "decoder_start_token_id", None)
+    return value if value is not None else getattr(model_config, "bos_token_id", None)
+
+
 def needs_external_data(weight_bytes: int) -> bool:
     """Whether a graph with ``weight_bytes`` of weights is written with external data."""
     return weight_bytes >= EXTERNAL_DATA_THRESHOLD

@@ -106,6 +106,10 @@ class AtolError(ValidationError):
     """An output's values differ from the reference by more than atol."""
 
 
+class GenerationError(ValidationError):
+    """Greedy generation through the graph parts from the model's (a token or a step's logits); ``value``: the figures."""
+
+
 class CorruptCacheEntryError(HatchOnnxError, ValueError):
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)

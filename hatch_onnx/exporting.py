@@ -7,8 +7,9 @@ This is what ``hatch-onnx export`` and the build's worker run, in four steps:
 2. :func:`_load`: the model, its ONNX config, the preprocessor, and the refusal of a head the
    checkpoint has no weights for;
 3. :func:`_export_and_validate`: the framework's back-end writes the graph into a staging
-   folder beside OUTPUT, :mod:`hatch_onnx.validation` checks it there, and only a graph that
-   passed is moved into place (its weights first);
+   folder beside OUTPUT, :mod:`hatch_onnx.validation` checks it there (and a causal LM with past
+   also decodes 16 tokens against the model's ``generate``: :mod:`hatch_onnx.generation`), and
+   only a graph that passed is moved into place (its weights first);
 4. the report.
 
 A graph that failed validation is never left where a user would find it.
@@ -168,6 +169,7 @@ def _load(checked: CheckedRequest, load: ModelLoader, log: Callable[[str], Any])
 def _export_and_validate(checked: CheckedRequest, model: Any, onnx_config: Any, preprocessor: Any, atol: float, target: Path,
                          timings: dict[str, float]) -> tuple[list[str], dict[str, Any]]:
     """Export into a staging folder beside ``target``, validate there, then move the files into place."""
+    from hatch_onnx import generation, graph_sets
     from hatch_onnx.frameworks import backend
     from hatch_onnx.validation import Tolerance, reference_outputs, validate_graph, validation_inputs
 
@@ -181,6 +183,19 @@ def _export_and_validate(checked: CheckedRequest, model: Any, onnx_config: Any, 
         inputs, reference = reference_outputs(model, onnx_config, validation_inputs(onnx_config))
         validation = validate_graph(staged, onnx_config, inputs, reference, Tolerance(atol=atol), named_outputs=onnx_outputs)
         timings["validate"] = time.perf_counter() - t0
+        if generation.applies(onnx_config):
+            t0 = time.perf_counter()
+            validation["generation"] = generation.validate_generation(staged, model, onnx_config, Tolerance(atol=atol))
+            timings["generate"] = time.perf_counter() - t0
+        if graph_sets.applies(checked.support.model_type, checked.request.feature, checked.framework) and target.name == "model.onnx":
+            # The one-step graph above is the legacy interface; generation needs the set beside it.
+            t0 = time.perf_counter()
+            graph_sets.export_set(model, onnx_config, checked.opset, staging)
+            timings["export_set"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            validation["graph_set"] = graph_sets.validate_set(staging, model, onnx_config, atol, timings)
+            validation["generation"] = validation["graph_set"].pop("generation")
+            timings["validate_set"] = time.perf_counter() - t0 - timings["generate"]
         if checked.request.layouts is not None and target.name == "model.onnx":
             _complete_folder(staging, checked, validation)
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())

@@ -23,9 +23,19 @@ from typing import Optional
 LAYOUTS = ("optimum", "transformers.js")
 DEFAULT_LAYOUTS = ("optimum",)
 
-GRAPH, GRAPH_DATA, VARIANT, CONFIG, GENERATION_CONFIG, PREPROCESSOR, GENAI_CONFIG = (
-    "graph", "graph-data", "variant", "config", "generation-config", "preprocessor", "genai-config")
-ROLES = (GRAPH, GRAPH_DATA, VARIANT, CONFIG, GENERATION_CONFIG, PREPROCESSOR, GENAI_CONFIG)
+GRAPH, GRAPH_DATA, VARIANT, CONFIG, GENERATION_CONFIG, PREPROCESSOR, GENAI_CONFIG, GRAPH_SET_MEMBER = (
+    "graph", "graph-data", "variant", "config", "generation-config", "preprocessor", "genai-config", "graph-set-member")
+ROLES = (GRAPH, GRAPH_DATA, VARIANT, CONFIG, GENERATION_CONFIG, PREPROCESSOR, GENAI_CONFIG, GRAPH_SET_MEMBER)
+# An encoder-decoder's graph set (hatch_onnx.graph_sets), beside its one-step model.onnx: placed
+# as model.onnx's side files are (at the root for Optimum, under onnx/ for transformers.js).
+GRAPH_SET = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx", "decoder_model_merged.onnx")
+
+
+def role_of_entry_file(name: str) -> str:
+    """The role of a file of an export's cache entry: its graph, a graph-set member, or a graph's external data."""
+    if name == "model.onnx":
+        return GRAPH
+    return GRAPH_SET_MEMBER if name in GRAPH_SET else GRAPH_DATA
 
 # transformers.js's file name per variant (its ``dtype`` option: q8 -> _quantized, fp16 -> _fp16).
 _TRANSFORMERS_JS_SUFFIX = {"int8": "_quantized", "fp16": "_fp16"}

@@ -39,8 +39,8 @@ from hatch_onnx.atomic import as_atomic_folder, write_json, write_text
 from hatch_onnx.checkpoints import side_files
 from hatch_onnx.genai import genai_config_text
 from hatch_onnx.layouts import (
-    GENAI_CONFIG, GENAI_CONFIG_FILE, GRAPH, GRAPH_DATA, VARIANT, graph_path, placed, primary,
-    role_of_checkpoint_file,
+    GENAI_CONFIG, GENAI_CONFIG_FILE, GRAPH, GRAPH_DATA, GRAPH_SET_MEMBER, VARIANT, graph_path, placed, primary,
+    role_of_checkpoint_file, role_of_entry_file,
 )
 
 MANIFEST = "manifest.json"
@@ -99,8 +99,7 @@ def placements(result: Any, variants: Iterable[Any] = ()) -> list[Placement]:
     for layout in layouts:
         for name in sorted(result.entry.files):
             if name != "report.json":
-                out.append(Placement(placed(layout, name), GRAPH if name == "model.onnx" else GRAPH_DATA,
-                                     result.entry.path / name, layout=layout))
+                out.append(Placement(placed(layout, name), role_of_entry_file(name), result.entry.path / name, layout=layout))
         for variant in variants:
             for name in sorted(variant.entry.files):  # its graph, and external data named for the variant
                 if name != "report.json":
@@ -155,7 +154,10 @@ def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str, digest
             "atol": validation["atol"],
             "max_abs_diff": {name: o["max_abs_diff"] for name, o in validation["outputs"].items()},
             "input_shapes": validation["inputs"],
+            **({"generation": _generation_figures(validation["generation"])} if "generation" in validation else {}),
         },
+        # an encoder-decoder's graph set: each member's interface and figures
+        **({"graph_set": validation["graph_set"]["graphs"]} if "graph_set" in validation else {}),
         "source": {
             "model_type": report["model_type"],
             "framework": report["framework"],
@@ -168,6 +170,11 @@ def manifest_entry(result: Any, checkpoint_fingerprint: str, folder: str, digest
     }
 
 
+def _generation_figures(figures: Mapping[str, Any]) -> dict:
+    """What the manifest says of validation by generation (:mod:`hatch_onnx.generation`): the figures, not the tokens."""
+    return {key: value for key, value in figures.items() if key != "tokens"}
+
+
 def variant_entry(result: Any, files: Mapping[str, dict]) -> dict:
     """A variant's manifest entry: its file in each layout (``files``), settings and validation figures."""
     report = result.report
@@ -177,6 +184,7 @@ def variant_entry(result: Any, files: Mapping[str, dict]) -> dict:
         "settings": report["settings"],
         "size_ratio": round(size / report["source_size"], 4),
         "validation": report["validation"]["outputs"],
+        **({"generation": _generation_figures(report["validation"]["generation"])} if "generation" in report["validation"] else {}),
         "toolchain": dict(result.entry.inputs.get("versions", {})),
         "cache_key": result.entry.key,
     }
@@ -268,7 +276,7 @@ def write_feature_folder(folder: Path, files: Iterable[Placement]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         if placement.text is not None:
             target.write_text(placement.text, encoding="utf-8")
-        elif placement.role in (GRAPH, GRAPH_DATA, VARIANT):
+        elif placement.role in (GRAPH, GRAPH_DATA, GRAPH_SET_MEMBER, VARIANT):
             clone_or_copy(placement.source, target)
         else:
             shutil.copyfile(placement.source, target)
@@ -293,7 +301,7 @@ def _check_written(staging: Path, out: Path, entries: Mapping[str, dict]) -> Non
 
     for entry in entries.values():
         for data in all_files(entry):
-            if data["role"] in (GRAPH, GRAPH_DATA, VARIANT):  # verified cache entries; side files come from the checkpoint
+            if data["role"] in (GRAPH, GRAPH_DATA, GRAPH_SET_MEMBER, VARIANT):  # verified cache entries; side files come from the checkpoint
                 continue
             path = staging / Path(data["path"]).relative_to(Path(data["path"]).parts[0])
             if path.stat().st_size != data["size"] or file_digest(path) != data["xxh3_128"]:

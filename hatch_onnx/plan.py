@@ -48,6 +48,7 @@ class Job:
 
     def key_inputs(self, checkpoint_fingerprint: str, versions: Versions) -> dict:
         """Everything that determines the exported bytes and the validation verdict."""
+        from hatch_onnx import generation, graph_sets
         from hatch_onnx.config import OnnxConfig
         from hatch_onnx.validation import VALIDATION_BATCH_DELTA, VALIDATION_PAST_DELTA, VALIDATION_SEQUENCE_DELTA
 
@@ -63,7 +64,12 @@ class Job:
                 "atol": self.atol,
                 "seed": OnnxConfig.DUMMY_SEED,
                 "deltas": [VALIDATION_BATCH_DELTA, VALIDATION_SEQUENCE_DELTA, VALIDATION_PAST_DELTA],
+                # only where it runs: the keys of every other job stay as they were
+                **({"generation": generation.SETTINGS} if generation.applies_to_feature(self.feature) else {}),
             },
+            # an encoder-decoder's graph set beside model.onnx (hatch_onnx.graph_sets), where one is made
+            **({"graph_set": {"version": graph_sets.VERSION, "generation": generation.SETTINGS}}
+               if graph_sets.applies(self.model_type, self.feature, self.framework) else {}),
             "versions": job_versions(versions, self.framework, self.exporter),
         }
 

@@ -15,7 +15,9 @@ Each is validated on the export's validation inputs (the same seeded draw, at sh
 the export's) against the PyTorch or TensorFlow model, by the validator every graph goes
 through (:mod:`hatch_onnx.validation`): o1-o3 at the export's ``atol``; int8 and fp16 by the
 cosine similarity of each output (floors: 0.98 and 0.99 unless ``min_cosine`` says otherwise),
-with the max abs diff reported beside it. A variant that fails raises
+with the max abs diff reported beside it. Variants of a graph validated by generation
+(:mod:`hatch_onnx.generation`) generate too: o1-o3 must give the model's tokens, int8 and fp16
+report how far they agree (lossy by design, their tokens part at the first close call). A variant that fails raises
 :class:`~hatch_onnx.errors.AtolError` (values) or :class:`~hatch_onnx.errors.ShapeError`
 (shapes) with the figures; one onnxruntime will not load is an :class:`~hatch_onnx.errors.ExportError`.
 
@@ -125,6 +127,7 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader") -> dict[s
     one every graph gets (:func:`hatch_onnx.validation.validate_graph`), at the variant's
     :class:`~hatch_onnx.validation.Tolerance`.
     """
+    from hatch_onnx import generation
     from hatch_onnx.errors import ExportError
     from hatch_onnx.models import support_for
     from hatch_onnx.validation import Tolerance, reference_outputs, validate_graph, validation_inputs
@@ -152,6 +155,14 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader") -> dict[s
         tolerance = Tolerance(atol=chosen.get("atol") if chosen.get("atol") is not None else config.atol_for_validation)
     validation = validate_graph(target, config, inputs, reference, tolerance, label=f"variant {variant}")
     timings["validate"] = time.perf_counter() - t0
+    if generation.applies(config):
+        # Lossless variants (o1-o3) must generate what the model does, as the export; lossy ones
+        # (int8, fp16) legitimately part from it at the first close call, so their generation is
+        # reported (how many steps agree) and their verdict stays the cosine floor's.
+        t0 = time.perf_counter()
+        validation["generation"] = generation.validate_generation(target, model, config, tolerance, label=f"variant {variant}",
+                                                                  enforce=variant not in LOSSY)
+        timings["generate"] = time.perf_counter() - t0
     return {
         "variant": variant,
         "settings": dict(chosen),

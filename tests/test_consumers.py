@@ -1,7 +1,7 @@
 """The folders ``hatch-onnx build --out`` writes, opened by the runtimes users deploy with, with no manual step.
 
 One build writes both layouts (``optimum`` and ``transformers.js``) for an encoder, a vision
-model and three decoders with their cache (a legacy one, GPT-2, and two of today's). Then:
+model, the decoders with their cache and two encoder-decoders' graph sets (t5, bart). Then:
 
 - Optimum's ``ORTModelFor*.from_pretrained(folder)`` (the 4.57 line: optimum-onnx needs it);
 - transformers.js under Node (``tests/js``, installed by ``scripts/setup`` from its lock file);
@@ -33,7 +33,11 @@ pytestmark = pytest.mark.slow
 # Every decoder fixture with a cache: the legacy ones and today's families.
 DECODERS = ["gpt2", "gpt-neo", "gptj", "bloom", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3-text", "phi3", "granite",
             "olmo2", "smollm3"]
-MODELS = {"bert": "masked-lm", "vit": "image-classification", **dict.fromkeys(DECODERS, "causal-lm-with-past")}
+# Encoder-decoders with past: their graph set (encoder_model, decoder_model, decoder_with_past_model,
+# decoder_model_merged) beside the one-step model.onnx.
+SEQ2SEQ = ["t5", "bart"]
+MODELS = {"bert": "masked-lm", "vit": "image-classification", **dict.fromkeys(DECODERS, "causal-lm-with-past"),
+          **dict.fromkeys(SEQ2SEQ, "seq2seq-lm-with-past")}
 PROMPTS = ["the quick brown fox jumps over", "hello"]  # of different lengths: the second row is padded
 NEW_TOKENS = 20
 JS = ROOT / "tests" / "js"
@@ -66,15 +70,17 @@ def _tokenizer(name: str, side: str = "left"):
 
 
 def _torch_generate(name: str, prompts: list[str]) -> list[list[int]]:
-    """transformers' greedy ``generate`` at batch len(prompts), left-padded: the new tokens of each row."""
+    """transformers' greedy ``generate`` at batch len(prompts), left-padded: the new tokens of each row
+    (an encoder-decoder's: the whole decoded sequence, its start token first)."""
     import torch
 
-    tokenizer, model = _tokenizer(name), _torch_model(name, "AutoModelForCausalLM")
+    seq2seq = name in SEQ2SEQ
+    tokenizer, model = _tokenizer(name), _torch_model(name, "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM")
     inputs = tokenizer(prompts, return_tensors="pt", padding=True)
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
                                 pad_token_id=tokenizer.pad_token_id)
-    return output[:, inputs["input_ids"].shape[1]:].tolist()
+    return output.tolist() if seq2seq else output[:, inputs["input_ids"].shape[1]:].tolist()
 
 
 def _pixels(name: str) -> np.ndarray:
@@ -146,6 +152,32 @@ def test_optimum_generates_what_pytorch_does(out, name):
     assert output[:, inputs["input_ids"].shape[1]:].tolist() == _torch_generate(name, PROMPTS)
 
 
+@pytest.mark.parametrize("merged", [True, False], ids=["merged", "two-decoders"])
+@pytest.mark.parametrize("name", SEQ2SEQ)
+def test_optimum_generates_from_the_graph_set_what_pytorch_does(out, name, merged):
+    """Optimum finds the set by itself: decoder_model_merged.onnx by default, the two decoders when told not to merge."""
+    onnxruntime = pytest.importorskip("optimum.onnxruntime", reason="optimum-onnx needs transformers < 4.58 (the 4.57 line runs it)")
+    model = onnxruntime.ORTModelForSeq2SeqLM.from_pretrained(out / name / MODELS[name], use_merged=merged)
+    tokenizer = _tokenizer(name)
+    inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    assert inputs["attention_mask"][1, 0] == 0
+    output = model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                            pad_token_id=tokenizer.pad_token_id)
+    assert output.tolist() == _torch_generate(name, PROMPTS)
+
+
+def test_graph_sets_are_listed_with_their_role(out):
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in SEQ2SEQ:
+        entry = manifest["models"][name][MODELS[name]]
+        roles = {path: data["role"] for path, data in entry["files"].items()}
+        for graph in ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx", "decoder_model_merged.onnx"):
+            assert roles[graph] == roles[f"onnx/{graph}"] == "graph-set-member"
+        assert set(entry["graph_set"]) == {"encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx",
+                                           "decoder_model_merged.onnx"}
+        assert entry["validation"]["generation"]["tokens_equal"] is True
+
+
 # --- transformers.js -------------------------------------------------------------------------
 
 
@@ -183,6 +215,13 @@ def test_transformers_js_generates_what_pytorch_does(out, name):
     answer = _node(out, {"model": f"{name}/{MODELS[name]}", "kind": "causal-lm", "texts": PROMPTS, "max_new_tokens": NEW_TOKENS})
     prompt_length = answer["input_ids"]["dims"][1]
     assert [row[prompt_length:] for row in answer["sequences"]] == _torch_generate(name, PROMPTS)
+
+
+@pytest.mark.parametrize("name", SEQ2SEQ)
+def test_transformers_js_generates_from_the_graph_set_what_pytorch_does(out, name):
+    """text2text-generation's files: onnx/encoder_model.onnx and onnx/decoder_model_merged.onnx."""
+    answer = _node(out, {"model": f"{name}/{MODELS[name]}", "kind": "seq2seq-lm", "texts": PROMPTS, "max_new_tokens": NEW_TOKENS})
+    assert answer["sequences"] == _torch_generate(name, PROMPTS)
 
 
 def test_transformers_js_only_layout_loads(tmp_path, out):

@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from conftest import checkpoint
+from hatch_onnx import generation, graph_sets
 from hatch_onnx.exporting import ExportRequest, export_checkpoint
 from hatch_onnx.models import REGISTRY
 
@@ -43,7 +44,17 @@ def test_export_and_validate(model_type, feature, tmp_path):
     first_input = report["validation"]["graph"]["inputs"][0]
     assert first_input["shape"][0] == "batch"
     assert report["validation"]["inputs"][first_input["name"]][0] == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    # an encoder-decoder with past also ships its graph set, validated graph by graph and by generation
+    makes_set = graph_sets.applies(model_type, feature, "pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx", *(graph_sets.GRAPHS if makes_set else ())])
+    if makes_set or feature == "causal-lm-with-past":
+        figures = report["validation"]["generation"]
+        assert figures["tokens_equal"] and figures["steps"] == generation.NEW_TOKENS and figures["max_logits_diff"] <= report["atol"]
+    if makes_set:
+        members = report["validation"]["graph_set"]["graphs"]
+        assert set(members) == set(graph_sets.GRAPHS)
+        for graph, figures in members.items():  # each member's interface, pinned as the pair's own
+            _check_interface(f"{model_type}:{feature}:{graph}", {"inputs": figures["inputs"], "outputs": figures["outputs"]})
     _check_interface(f"{model_type}:{feature}", report["validation"]["graph"])
 
 

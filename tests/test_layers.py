@@ -35,6 +35,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("pool",),
     ("worker",),
     ("exporting", "variants"),
+    ("graph_sets",),  # an encoder-decoder's graphs for generation: encoder, decoders, merged
+    ("generation",),  # validation by generation: with-past graphs decode what the model generates
     ("validation",),  # the one validator: every graph the project ships
     ("loading",),  # models and preprocessors from local checkpoints
     ("frameworks",),  # backend(name): the one place a framework is chosen

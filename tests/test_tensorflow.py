@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
+from hatch_onnx import generation
 from hatch_onnx.models import FEATURE_TO_TF_AUTOMODEL, REGISTRY, feature_to_task, tf_features, tf_model_types
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -402,6 +403,12 @@ def test_tf_export_and_validate(model_type, feature, tf_runs):
     expected = (task in NEW_HEAD_TASKS and task != feature_to_task(own)) or (model_type, feature) in NEW_HEAD_PAIRS
     assert bool(report["new_head_weights"]) == expected, report["new_head_weights"]
     assert_pytorch_interface(f"{model_type}:{feature}", report["validation"]["graph"], {**config.inputs, **config.outputs})
+    # decoders with past also generate, against TF's own generate (hatch_onnx.generation)
+    if generation.applies(config):
+        figures = report["validation"]["generation"]
+        assert figures["tokens_equal"] and figures["steps"] == generation.NEW_TOKENS and figures["max_logits_diff"] <= report["atol"]
+    else:
+        assert "generation" not in report["validation"]
 
 
 def assert_pytorch_interface(pair: str, graph: dict, named_axes: dict) -> None:

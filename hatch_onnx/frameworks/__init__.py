@@ -40,6 +40,10 @@ class Backend(Protocol):
     def run_reference(self, model: Any, config: "OnnxConfig", inputs: Mapping[str, Any]) -> dict[str, Any]:
         """The model's outputs on ``inputs`` (numpy arrays), named as the config's."""
 
+    def greedy_reference(self, model: Any, config: "OnnxConfig", input_ids: Any, attention_mask: Any, new_tokens: int,
+                         pad_token_id: int) -> tuple[Any, Any]:
+        """transformers' greedy ``generate``: (new tokens (batch, new_tokens), raw logits (new_tokens, batch, vocab))."""
+
     def weights_reaching_outputs(self, model: Any, config: "OnnxConfig", inputs: Mapping[str, Any],
                                  names: Sequence[str]) -> list[str]:
         """Which of the weights ``names`` influence the graph's outputs."""

@@ -1,8 +1,8 @@
 // transformers.js on a folder hatch-onnx wrote, as a user runs it: local files only.
 // Reads one JSON request on stdin, prints one JSON answer on stdout:
-//   {"root": DIR, "model": "name/feature", "kind": "masked-lm" | "image-classification" | "causal-lm",
+//   {"root": DIR, "model": "name/feature", "kind": "masked-lm" | "image-classification" | "causal-lm" | "seq2seq-lm",
 //    "texts": [...], "pixel_values": {dims, data}, "max_new_tokens": N}
-import { env, AutoTokenizer, AutoModelForMaskedLM, AutoModelForImageClassification, AutoModelForCausalLM, Tensor } from "@huggingface/transformers";
+import { env, AutoTokenizer, AutoModelForMaskedLM, AutoModelForImageClassification, AutoModelForCausalLM, AutoModelForSeq2SeqLM, Tensor } from "@huggingface/transformers";
 
 const request = JSON.parse(await new Promise((resolve) => {
   let text = "";
@@ -28,6 +28,13 @@ if (request.kind === "image-classification") {
     const model = await AutoModelForMaskedLM.from_pretrained(request.model, options);
     const inputs = tokenizer(request.texts, { padding: true });
     answer = { logits: plain((await model(inputs)).logits), input_ids: plain(inputs.input_ids) };
+  } else if (request.kind === "seq2seq-lm") {
+    // text2text-generation: encoder_model.onnx + decoder_model_merged.onnx; the encoder input left-padded
+    tokenizer.padding_side = "left";
+    const model = await AutoModelForSeq2SeqLM.from_pretrained(request.model, options);
+    const inputs = tokenizer(request.texts, { padding: true });
+    const output = await model.generate({ ...inputs, max_new_tokens: request.max_new_tokens, do_sample: false, min_new_tokens: request.max_new_tokens });
+    answer = { sequences: output.tolist().map((row) => row.map(Number)), input_ids: plain(inputs.input_ids) };
   } else {
     tokenizer.padding_side = "left";
     const model = await AutoModelForCausalLM.from_pretrained(request.model, options);

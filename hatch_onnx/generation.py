@@ -1,0 +1,208 @@
+"""Validation by generation: a with-past graph decodes, through onnxruntime alone, what the model generates.
+
+The one-step check (:func:`hatch_onnx.validation.validate_graph`) proves a graph computes one
+forward pass with some cache. It does not prove the loop users run: the prompt with an *empty*
+cache (sequence length 0: one graph serves prefill and every step), each step's ``present``
+fed back as ``past``, the mask growing, positions counted past left padding. This module runs
+that loop in numpy and onnxruntime, with no framework in it, and compares every step with
+transformers' ``generate(do_sample=False)`` on the reference model (PyTorch or TensorFlow,
+through its back-end's ``greedy_reference``):
+
+- a batch of :data:`PROMPT_LENGTHS` prompts (seeded non-special token ids), the shorter one
+  padded on the left, and :data:`NEW_TOKENS` new tokens;
+- at every step the last position's logits within the export's :class:`~hatch_onnx.validation.Tolerance`,
+  and the chosen tokens equal.
+
+A step where the two disagree on the token is a failure (:class:`~hatch_onnx.errors.GenerationError`),
+unless the model itself ranks the two tokens within the tolerance of each other: then both are
+right, the sequences legitimately part, and the check stops there and says so (``tie``).
+
+Which graphs: decoder-only features with past whose outputs have logits (:func:`applies`).
+Light at import: numpy, onnxruntime and the back-ends are imported by the functions that use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from hatch_onnx.config import DummySpec, OnnxConfig, OnnxConfigWithPast
+from hatch_onnx.errors import GenerationError
+from hatch_onnx.validation import FP16_RTOL, Tolerance, open_session
+
+NEW_TOKENS = 16
+# Two prompts of different lengths: the second is padded on the left by the difference. Their
+# sum with NEW_TOKENS (23) runs past the sliding windows of the fixtures (6).
+PROMPT_LENGTHS = (7, 4)
+# The prompts' seed is the export's plus this: not the export's draw, nor validation's.
+GENERATION_SEED_OFFSET = 2
+# What decides the verdict (part of the cache key of every export it applies to).
+SETTINGS = {"new_tokens": NEW_TOKENS, "prompt_lengths": list(PROMPT_LENGTHS), "seed_offset": GENERATION_SEED_OFFSET}
+
+
+def applies(config: OnnxConfig) -> bool:
+    """Whether ``config``'s graph is validated by generation: a causal LM with past (decoder-only, logits out).
+
+    BART's family exports its decoder alone under ``causal-lm-with-past``: that graph is one too.
+    ``default-with-past`` graphs return hidden states, from which no token can be chosen.
+    """
+    return isinstance(config, OnnxConfigWithPast) and config.use_past and config.task == "causal-lm"
+
+
+def applies_to_feature(feature: str) -> bool:
+    """:func:`applies` from the feature name alone (the light core's plan, which loads no config)."""
+    return feature == "causal-lm-with-past"
+
+
+def prompts(config: OnnxConfig) -> tuple[Any, Any]:
+    """``(input_ids, attention_mask)``: the batch of prompts, left-padded, as a tokenizer pads for ``generate``."""
+    import numpy as np
+
+    rng = np.random.default_rng(config.DUMMY_SEED + GENERATION_SEED_OFFSET)
+    longest = max(PROMPT_LENGTHS)
+    ids = config._random_token_ids(rng, (len(PROMPT_LENGTHS), longest))
+    mask = np.ones_like(ids)
+    for row, length in enumerate(PROMPT_LENGTHS):
+        mask[row, : longest - length] = 0
+        ids[row, : longest - length] = pad_token_id(config)
+    return ids, mask
+
+
+def pad_token_id(config: OnnxConfig) -> int:
+    """The id padding positions hold: the model's pad token, else its eos, else 0 (the mask hides it anyway)."""
+    model_config = config._text_config
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(model_config, name, None)
+        value = value[0] if isinstance(value, (list, tuple)) and value else value
+        if isinstance(value, int) and value >= 0:
+            return value
+    return 0
+
+
+def _positions(mask: Any) -> Any:
+    """What ``generate`` computes: positions count the tokens attended to; padding gets 1."""
+    import numpy as np
+
+    return np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1).astype(np.int64)
+
+
+def _empty_cache(config: OnnxConfig, batch: int) -> dict[str, Any]:
+    """The graph's past inputs at sequence length 0, shaped by the config's own draw (every family's cache shape)."""
+    draw = config.dummy_inputs(None, DummySpec(batch_size=batch, past_length=0))
+    return {name: value for name, value in draw.items() if name.startswith("past_key_values.")}
+
+
+_FLOAT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+
+
+def generate_onnx(session: Any, config: OnnxConfig, input_ids: Any, attention_mask: Any, new_tokens: int,
+                  forced: Optional[Any] = None) -> tuple[Any, Any]:
+    """Greedy decoding through ``session`` alone: ``(new tokens (batch, n), last-position logits (n, batch, vocab))``.
+
+    ``forced`` (batch, n): feed these tokens instead of the graph's own choices, so that a
+    comparison can go on past a tie; None feeds what the graph chose.
+    """
+    import numpy as np
+
+    declared = {node.name: node.type for node in session.get_inputs()}
+    names = [node.name for node in session.get_outputs()]
+    batch = input_ids.shape[0]
+    past = _empty_cache(config, batch)
+    mask, step_ids = attention_mask, input_ids
+    tokens, logits = [], []
+    for step in range(new_tokens):
+        feed = {"input_ids": step_ids, "attention_mask": mask, **past}
+        if "position_ids" in declared:
+            feed["position_ids"] = _positions(mask)[:, -step_ids.shape[1]:]
+        for name, value in feed.items():
+            if value.dtype.kind == "f" and declared.get(name) in _FLOAT_TYPES:
+                feed[name] = value.astype(_FLOAT_TYPES[declared[name]])
+        outputs = dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in declared})))
+        last = np.asarray(outputs["logits"])[:, -1].astype(np.float32)
+        chosen = last.argmax(-1).astype(np.int64) if forced is None else np.asarray(forced)[:, step]
+        tokens.append(chosen)
+        logits.append(last)
+        past = {name.replace("present", "past_key_values", 1): value for name, value in outputs.items() if name.startswith("present")}
+        step_ids = chosen[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones((batch, 1), dtype=mask.dtype)], axis=1)
+    return np.stack(tokens, axis=1), np.stack(logits)
+
+
+def validate_generation(graph: Union[str, Path], model: Any, config: OnnxConfig, tolerance: Tolerance, label: str = "",
+                        enforce: bool = True) -> dict[str, Any]:
+    """Generate :data:`NEW_TOKENS` tokens through the graph and through ``model``; raise unless they agree.
+
+    Returns the figures the report and manifest carry: ``steps`` compared, ``tokens_equal``,
+    ``max_logits_diff`` (the worst over every step and row), the tokens, and ``tie`` (the step
+    where the model ranks two tokens within the tolerance, if the sequences part there).
+    ``enforce`` False (lossy variants) reports the same figures without raising.
+    """
+    import numpy as np
+
+    from hatch_onnx.frameworks import backend_of
+
+    input_ids, mask = prompts(config)
+    expected_tokens, expected_logits = backend_of(model).greedy_reference(model, config, input_ids, mask, NEW_TOKENS,
+                                                                         pad_token_id(config))
+    session = open_session(graph, f"{label} graph" if label else "the exported graph")
+    tokens, logits = generate_onnx(session, config, input_ids, mask, NEW_TOKENS)
+    half = any(node.name == "logits" and node.type == "tensor(float16)" for node in session.get_outputs())
+    figures = _compare_steps(tokens, logits, expected_tokens, expected_logits, tolerance,
+                             f"{label}: generation" if label else "generation", half)
+    if "failure" in figures and enforce:
+        raise GenerationError(figures["failure"], output="logits", value=figures)
+    return figures
+
+
+def _compare_steps(tokens: Any, logits: Any, expected_tokens: Any, expected_logits: Any, tolerance: Tolerance, prefix: str,
+                   half: bool) -> dict[str, Any]:
+    """Step by step: the logits within the tolerance, then the tokens; the figures, ``failure`` set where they part."""
+    import numpy as np
+
+    figures: dict[str, Any] = {"batch": len(PROMPT_LENGTHS), "prompt_lengths": list(PROMPT_LENGTHS), "new_tokens": NEW_TOKENS}
+    worst, steps, tie, failure = 0.0, 0, None, None
+    for step in range(NEW_TOKENS):
+        reference, result = expected_logits[step].astype(np.float64), logits[step].astype(np.float64)
+        diff = float(np.abs(reference - result).max()) if not np.isnan(result).any() else float("inf")
+        worst = max(worst, diff)
+        steps = step + 1
+        allowed = _allowed(tolerance, reference, half)
+        if not diff <= allowed:
+            failure = f"{prefix}: step {step}: logits differ by {diff:.3g}, beyond {allowed:g}"
+            break
+        differing = np.flatnonzero(tokens[:, step] != expected_tokens[:, step])
+        if differing.size:
+            row = int(differing[0])
+            ours, theirs = int(tokens[row, step]), int(expected_tokens[row, step])
+            margin = float(reference[row, theirs] - reference[row, ours])
+            if tolerance.atol is not None and margin <= allowed:  # the model itself cannot tell them apart: both are right
+                tie = {"step": step, "row": row, "tokens": [theirs, ours], "margin": margin}
+            else:
+                failure = (f"{prefix}: step {step}, row {row}: token {ours} from ONNX, {theirs} from the model "
+                           f"(which prefers it by {margin:.3g}; logits within {diff:.3g})")
+            break
+    figures.update({
+        "steps": steps,
+        "tokens_equal": failure is None and tie is None,
+        "max_logits_diff": worst,
+        "tokens": np.asarray(expected_tokens).tolist(),
+        "distinct_tokens": int(len(np.unique(expected_tokens))),
+    })
+    if tolerance.atol is not None:
+        figures["atol"] = tolerance.atol
+    if tie is not None:
+        figures["tie"] = tie
+    if failure is not None:
+        figures["failure"] = failure
+    return figures
+
+
+def _allowed(tolerance: Tolerance, reference: Any, half: bool) -> float:
+    """How far a step's logits may be from the model's: the atol (plus float16's slack, as the one-step check)."""
+    import numpy as np
+
+    if tolerance.atol is None:  # a cosine floor has no per-logit bound: only the tokens decide
+        return float("inf")
+    slack = FP16_RTOL * float(np.abs(reference).max()) if half else 0.0
+    return tolerance.atol + slack

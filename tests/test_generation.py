@@ -1,0 +1,154 @@
+"""Validation by generation (hatch_onnx.generation): with-past graphs decode what the model generates.
+
+Each check exports a tiny fixture (a fraction of a second) and decodes 16 tokens at batch 2
+through onnxruntime alone; the failures are made by giving the check a reference that
+disagrees, as a graph that decodes otherwise than its model would. TensorFlow exports are
+checked against TF's ``generate`` in tests/test_tensorflow.py's matrix (gpt2, gptj).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import checkpoint
+from hatch_onnx import generation
+from hatch_onnx.errors import GenerationError, ValidationError
+from hatch_onnx.exporting import ExportRequest, export_checkpoint
+from hatch_onnx.models import REGISTRY
+from hatch_onnx.package import _generation_figures
+from hatch_onnx.validation import Tolerance
+
+
+def _config(model_type: str, feature: str):
+    import transformers
+
+    model_config = transformers.AutoConfig.from_pretrained(checkpoint(model_type), local_files_only=True)
+    return REGISTRY[model_type].config_for(feature)(model_config)
+
+
+@pytest.mark.parametrize("model_type, feature, expected", [
+    ("gpt2", "causal-lm-with-past", True), ("llama", "causal-lm-with-past", True),
+    ("bart", "causal-lm-with-past", True),  # BART's decoder alone: a decoder-only graph
+    ("gpt2", "default-with-past", False),  # hidden states: no token to choose
+    ("gpt2", "causal-lm", False), ("t5", "seq2seq-lm-with-past", False),
+])
+def test_which_graphs_are_validated_by_generation(model_type, feature, expected):
+    assert generation.applies(_config(model_type, feature)) is expected
+    # the plan keys jobs by the feature name alone: it must agree with the config
+    assert generation.applies_to_feature(feature) is expected
+
+
+def test_prompts_are_left_padded_and_of_different_lengths():
+    ids, mask = generation.prompts(_config("gpt2", "causal-lm-with-past"))
+    assert ids.shape == (2, max(generation.PROMPT_LENGTHS)) and mask.sum(1).tolist() == list(generation.PROMPT_LENGTHS)
+    assert mask[1, 0] == 0 and mask[:, -1].all()  # padding on the left
+
+
+@pytest.fixture(scope="module")
+def gpt2_export(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt2")
+    report = export_checkpoint(ExportRequest(model=checkpoint("gpt2"), feature="causal-lm-with-past"), folder, log=lambda line: None)
+    return folder / "model.onnx", report
+
+
+def test_the_report_carries_the_generation_figures(gpt2_export):
+    _, report = gpt2_export
+    figures = report["validation"]["generation"]
+    assert figures["steps"] == generation.NEW_TOKENS and figures["tokens_equal"] is True
+    assert figures["max_logits_diff"] <= report["atol"] and figures["batch"] == 2
+    assert np.asarray(figures["tokens"]).shape == (2, generation.NEW_TOKENS)
+    assert figures["distinct_tokens"] >= 8  # the fixture's greedy output varies: equality proves something
+    assert "generate" in report["timings"]
+    manifest = _generation_figures(figures)  # what the manifest carries: the figures, not the tokens
+    assert "tokens" not in manifest and manifest["steps"] == generation.NEW_TOKENS
+    json.dumps(figures)  # plain data
+
+
+def _model():
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(checkpoint("gpt2"), local_files_only=True, attn_implementation="eager").eval()
+
+
+def test_a_token_the_model_would_not_choose_fails(gpt2_export, monkeypatch):
+    from hatch_onnx.frameworks import pytorch
+
+    real = pytorch.greedy_reference
+
+    def other_token_at_step_5(*args, **kwargs):
+        tokens, logits = real(*args, **kwargs)
+        wrong = int(np.argsort(logits[5, 1])[-2])  # the model's second choice, clearly behind its first
+        logits[5, 1, wrong] = logits[5, 1].max() + 1.0
+        tokens[1, 5] = wrong
+        return tokens, logits
+
+    monkeypatch.setattr(pytorch, "greedy_reference", other_token_at_step_5)
+    graph, report = gpt2_export
+    config = _config("gpt2", "causal-lm-with-past")
+    with pytest.raises(GenerationError, match=r"step 5: logits differ") as caught:
+        generation.validate_generation(graph, _model(), config, Tolerance(atol=report["atol"]))
+    assert isinstance(caught.value, ValidationError) and caught.value.exit_code == 1
+    assert caught.value.value["steps"] == 6 and caught.value.value["tokens_equal"] is False
+
+
+def test_tokens_that_part_beyond_a_tie_pass_and_say_so(gpt2_export, monkeypatch):
+    """Where the model ranks two tokens within atol, either is right: the check stops there and reports the tie."""
+    from hatch_onnx.frameworks import pytorch
+
+    real_reference, real_onnx = pytorch.greedy_reference, generation.generate_onnx
+    second = {}
+
+    def reference_prefers_its_second_choice(*args, **kwargs):
+        tokens, logits = real_reference(*args, **kwargs)
+        ours = int(tokens[0, 3])
+        second["token"] = wrong = int(np.argsort(logits[3, 0])[-2])
+        logits[3, 0, wrong] = logits[3, 0, ours] + 2e-6  # preferred by less than the atol (1e-5)
+        tokens[0, 3] = wrong
+        return tokens, logits
+
+    def graph_nearly_ties(*args, **kwargs):
+        tokens, logits = real_onnx(*args, **kwargs)
+        logits[3, 0, second["token"]] = logits[3, 0, tokens[0, 3]] - 2e-6
+        return tokens, logits
+
+    monkeypatch.setattr(pytorch, "greedy_reference", reference_prefers_its_second_choice)
+    monkeypatch.setattr(generation, "generate_onnx", graph_nearly_ties)
+    graph, _ = gpt2_export
+    figures = generation.validate_generation(graph, _model(), _config("gpt2", "causal-lm-with-past"), Tolerance(atol=1e-5))
+    assert figures["tie"]["step"] == 3 and figures["steps"] == 4 and figures["tokens_equal"] is False and "failure" not in figures
+
+
+def test_a_model_the_graph_does_not_compute_fails(gpt2_export):
+    import torch
+
+    model = _model()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.001)  # tied to the embeddings: every step moves
+    graph, report = gpt2_export
+    with pytest.raises(GenerationError, match=r"generation: step 0: logits differ by"):
+        generation.validate_generation(graph, model, _config("gpt2", "causal-lm-with-past"), Tolerance(atol=report["atol"]))
+
+
+def test_a_lossy_variant_reports_without_failing(gpt2_export):
+    """int8 and fp16 variants generate with ``enforce=False``: the figures say where they part, the build goes on."""
+    import torch
+
+    model = _model()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.001)
+    graph, report = gpt2_export
+    figures = generation.validate_generation(graph, model, _config("gpt2", "causal-lm-with-past"), Tolerance(atol=report["atol"]),
+                                             enforce=False)
+    assert figures["tokens_equal"] is False and figures["failure"].startswith("generation: step 0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "bart"])
+def test_decoders_generate_what_the_model_does(model_type, tmp_path):
+    report = export_checkpoint(ExportRequest(model=checkpoint(model_type), feature="causal-lm-with-past", allow_new_head=model_type == "bart"),
+                               tmp_path, log=lambda line: None)
+    figures = report["validation"]["generation"]
+    assert figures["tokens_equal"] and figures["steps"] == generation.NEW_TOKENS and figures["max_logits_diff"] <= report["atol"]

@@ -1,0 +1,89 @@
+"""Encoder-decoder graph sets (hatch_onnx.graph_sets): four graphs, each validated, and the chain by generation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import checkpoint
+from hatch_onnx import generation, graph_sets
+from hatch_onnx.errors import GenerationError
+
+pytestmark = pytest.mark.slow  # four exports per family (about two seconds each on the tiny fixtures)
+
+
+def _load(model_type: str):
+    from hatch_onnx.loading import load_model
+    from hatch_onnx.models import support_for
+
+    model, _ = load_model("seq2seq-lm-with-past", str(checkpoint(model_type)), "pt")
+    return model, support_for(model_type).config_for("seq2seq-lm-with-past")(model.config)
+
+
+@pytest.fixture(scope="module", params=["t5", "bart"])
+def exported(request, tmp_path_factory):
+    model, config = _load(request.param)
+    folder = tmp_path_factory.mktemp(request.param)
+    graph_sets.export_set(model, config, 14, folder)
+    return request.param, folder, model, config
+
+
+def test_the_set_has_the_names_and_inputs_consumers_expect(exported):
+    import onnx
+
+    _, folder, _, config = exported
+    assert sorted(p.name for p in folder.iterdir()) == sorted(graph_sets.GRAPHS)
+    inputs = {name: [i.name for i in onnx.load(str(folder / name), load_external_data=False).graph.input] for name in graph_sets.GRAPHS}
+    assert inputs[graph_sets.ENCODER] == ["input_ids", "attention_mask"]
+    assert inputs[graph_sets.DECODER] == ["encoder_attention_mask", "input_ids", "encoder_hidden_states"]
+    assert inputs[graph_sets.DECODER_WITH_PAST] == ["encoder_attention_mask", "input_ids", *graph_sets.cache_names(config, "inputs")]
+    merged = onnx.load(str(folder / graph_sets.DECODER_MERGED))
+    assert inputs[graph_sets.DECODER_MERGED][-1] == "use_cache_branch"
+    assert [o.name for o in merged.graph.output] == ["logits", *graph_sets.cache_names(config, "outputs")]
+    assert [n.op_type for n in merged.graph.node] == ["If"]
+    # the two decoders share their weights: the merged graph holds each once
+    names = [t.name for t in merged.graph.initializer]
+    assert len(names) == len(set(names))
+    sizes = {name: (folder / name).stat().st_size for name in graph_sets.GRAPHS}
+    assert sizes[graph_sets.DECODER_MERGED] < sizes[graph_sets.DECODER] + sizes[graph_sets.DECODER_WITH_PAST]
+
+
+def test_each_graph_and_the_chain_are_validated(exported):
+    model_type, folder, model, config = exported
+    report = graph_sets.validate_set(folder, model, config, config.atol_for_validation)
+    assert set(report["graphs"]) == set(graph_sets.GRAPHS)
+    assert all(figures["max_abs_diff"] <= config.atol_for_validation for figures in report["graphs"].values())
+    figures = report["generation"]
+    assert figures["tokens_equal"] and figures["steps"] == generation.NEW_TOKENS and figures["batch"] == 2
+    assert figures["distinct_tokens"] >= 4  # the fixtures' greedy output varies
+
+
+def test_a_chain_that_generates_otherwise_fails(exported):
+    import torch
+
+    _, folder, model, config = exported
+    from hatch_onnx.validation import Tolerance
+
+    original = {name: p.detach().clone() for name, p in model.named_parameters()}
+    try:
+        with torch.no_grad():
+            next(p for name, p in model.named_parameters() if "decoder" in name and p.dim() == 2).mul_(1.01)
+        with pytest.raises(GenerationError, match="generation"):
+            graph_sets.validate_chain(folder, model, config, Tolerance(atol=config.atol_for_validation))
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(original[name])
+
+
+def test_merged_graph_branches_agree_with_the_separate_decoders(exported):
+    """The merged graph's two branches give what decoder_model and decoder_with_past_model give."""
+    from hatch_onnx.validation import open_session
+
+    _, folder, _, config = exported
+    merged = open_session(folder / graph_sets.DECODER_MERGED)
+    for source, use_cache in ((graph_sets.DECODER, False), (graph_sets.DECODER_WITH_PAST, True)):
+        feed = graph_sets.dummy_inputs(config, source, graph_sets.VALIDATION_SHAPES, 5)
+        alone = open_session(folder / source).run(["logits"], feed)[0]
+        together = merged.run(["logits"], graph_sets.merged_feed(config, feed, use_cache))[0]
+        np.testing.assert_array_equal(alone, together)
