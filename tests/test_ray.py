@@ -1,7 +1,7 @@
 """Builds on a real two-node Ray cluster (``hatch_onnx.ray_executor``), results exchanged through moto's S3 server.
 
-One cluster for the module, every address on 127.0.0.0/8: a head at 127.0.0.2 (2 CPUs, memory
-for one export) and a worker node at 127.0.0.3 (2 CPUs, memory for two small exports or one
+One cluster for the module, every address on 127.0.0.0/8: a head at 127.0.<line>.2 (2 CPUs, memory
+for one export) and a worker node at 127.0.<line>.3 (2 CPUs, memory for two small exports or one
 "big" one), each with its own temp dir and its own node-local cache, different from every
 driver's. The worker node runs in a mount namespace of its own, where one checkpoint folder is
 another copy: the node that differs. The nodes are stopped by their process ids (never
@@ -27,7 +27,12 @@ import yaml
 from conftest import checkpoint
 from test_remote import s3  # noqa: F401  (moto's S3 server, module-scoped)
 
-HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
+from hatch_onnx.toolchain import transformers_major
+
+# Loopback addresses of the two nodes, one subnet per transformers line: scripts/test runs the
+# lines at the same time, and two clusters on one node address would find each other's raylets.
+_SUBNET = transformers_major() or 0
+HEAD_IP, WORKER_IP = f"127.0.{_SUBNET}.2", f"127.0.{_SUBNET}.3"
 BUCKET = "ray-builds"
 # Four checkpoints, two features each: 8 jobs, 4 Ray tasks.
 MODELS = {
