@@ -74,14 +74,8 @@ class Signer:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        try:
-            key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-        except OSError as exc:
-            raise BadInputError(f"signing key {path}: unreadable ({exc.strerror or exc})") from None
-        except (ValueError, TypeError) as exc:
-            raise BadInputError(f"signing key {path}: not an unencrypted PEM private key ({_first_line(exc)})") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise BadInputError(f"signing key {path}: a {type(key).__name__.replace('_', '')}, not an Ed25519 key")
+        key = _load_key(Path(path), "signing key", "an unencrypted PEM private key", Ed25519PrivateKey,
+                        lambda data: serialization.load_pem_private_key(data, password=None))
         self.path = Path(path)
         self._key = key
         self.public = _raw_public(key.public_key())
@@ -177,14 +171,19 @@ def _load_public(path: Path) -> Any:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    return _load_key(path, "trusted key", "a PEM public key", Ed25519PublicKey, serialization.load_pem_public_key)
+
+
+def _load_key(path: Path, role: str, form: str, expected: type, load: Any) -> Any:
+    """The Ed25519 key in ``path``, loaded by ``load``; :class:`BadInputError` naming ``role`` and the file otherwise."""
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
+        key = load(path.read_bytes())
     except OSError as exc:
-        raise BadInputError(f"trusted key {path}: unreadable ({exc.strerror or exc})") from None
+        raise BadInputError(f"{role} {path}: unreadable ({exc.strerror or exc})") from None
     except (ValueError, TypeError) as exc:
-        raise BadInputError(f"trusted key {path}: not a PEM public key ({_first_line(exc)})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise BadInputError(f"trusted key {path}: a {type(key).__name__.replace('_', '')}, not an Ed25519 key")
+        raise BadInputError(f"{role} {path}: not {form} ({_first_line(exc)})") from None
+    if not isinstance(key, expected):
+        raise BadInputError(f"{role} {path}: a {type(key).__name__.replace('_', '')}, not an Ed25519 key")
     return key
 
 
