@@ -23,16 +23,15 @@ import dataclasses
 import hashlib
 import json
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Optional
 
 import xxhash
 
 from hatch_onnx.errors import BadInputError
+from hatch_onnx.package import MANIFEST, shipped_files
 from hatch_onnx.signing import SIGNATURE_SUFFIX, Verifier, manifest_payload
 
-MANIFEST = "manifest.json"
 SIGNATURE = MANIFEST + SIGNATURE_SUFFIX
 LOADER = "__init__.py"  # the hook's copy of hatch_onnx/runtime.py
 _NOT_SHIPPED_DIRS = {"__pycache__"}  # written by Python when the loader is imported
@@ -165,8 +164,6 @@ def verify(target: str, verifier: Optional[Verifier] = None) -> list[Verdict]:
 
 
 def check(tree: _Tree, verifier: Optional[Verifier]) -> Verdict:
-    from hatch_onnx.package import shipped_files
-
     verdict = Verdict(f"{tree.label}/{MANIFEST}")
     raw = tree.read(MANIFEST)
     manifest = json.loads(raw)
