@@ -92,7 +92,10 @@ def _print_export(args: argparse.Namespace, report: dict) -> int:
     for graph, figures in report["validation"].get("graph_set", {}).get("graphs", {}).items():
         print(f"  {graph:<28} max abs diff {figures['max_abs_diff']:.2e} <= atol {report['atol']:g}")
     generated = report["validation"].get("generation")
-    if generated:
+    if generated and generated.get("teacher_forced"):
+        print(f"  generation: {generated['steps']} steps at batch {generated['batch']}, teacher-forced, "
+              f"max hidden-state diff {generated['max_hidden_diff']:.2e}")
+    elif generated:
         tokens = "tokens equal" if generated["tokens_equal"] else f"a tie at step {generated['tie']['step']}"
         print(f"  generation: {generated['steps']} steps at batch {generated['batch']}, {tokens}, "
               f"max logits diff {generated['max_logits_diff']:.2e}")

@@ -17,13 +17,22 @@ A step where the two disagree on the token is a failure (:class:`~hatch_onnx.err
 unless the model itself ranks the two tokens within the tolerance of each other: then both are
 right, the sequences legitimately part, and the check stops there and says so (``tie``).
 
-Which graphs: decoder-only features with past whose outputs have logits (:func:`applies`).
+A graph that returns hidden states (``default-with-past``) chooses no token: its loop is
+*teacher-forced*. It is fed seeded tokens (:func:`forced_tokens`) instead of its own choices, and
+every step's last-position ``last_hidden_state`` is compared, within the export's tolerance, with
+the model's hidden states over the whole sequence at once (the backend's ``hidden_reference``): a
+causal model's state at a position does not depend on what follows it, so one forward pass is
+every step's reference. The figures say ``teacher_forced`` and carry ``max_hidden_diff``;
+``tokens_equal`` is None, there being no choice to compare.
+
+Which graphs: decoder-only features with past (:func:`applies`). Encoder-decoders generate from
+their graph set (:mod:`hatch_onnx.graph_sets`), which uses this module's loop rules.
 Light at import: numpy, onnxruntime and the back-ends are imported by the functions that use them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -42,17 +51,29 @@ SETTINGS = {"new_tokens": NEW_TOKENS, "prompt_lengths": list(PROMPT_LENGTHS), "s
 
 
 def applies(config: OnnxConfig) -> bool:
-    """Whether ``config``'s graph is validated by generation: a causal LM with past (decoder-only, logits out).
+    """Whether ``config``'s graph is validated by generation here: a decoder-only graph with past.
 
-    BART's family exports its decoder alone under ``causal-lm-with-past``: that graph is one too.
-    ``default-with-past`` graphs return hidden states, from which no token can be chosen.
+    ``causal-lm-with-past`` (logits out; BART's family exports its decoder alone under it: that
+    graph is one too) and a decoder-only ``default-with-past`` (hidden states out, teacher-forced).
+    An encoder-decoder's one-step graph takes a cross-attention cache no graph of its own makes.
     """
-    return isinstance(config, OnnxConfigWithPast) and config.use_past and config.task == "causal-lm"
+    if not (isinstance(config, OnnxConfigWithPast) and config.use_past):
+        return False
+    return config.task == "causal-lm" or (config.task == "default" and "decoder_input_ids" not in config.inputs)
 
 
 def applies_to_feature(feature: str) -> bool:
-    """:func:`applies` from the feature name alone (the light core's plan, which loads no config)."""
-    return feature == "causal-lm-with-past"
+    """Whether an export of ``feature`` may be validated by generation (the light core's plan, which loads no config).
+
+    The plan keys every such export with :data:`SETTINGS`: an encoder-decoder's
+    ``default-with-past`` is generation-checked through its graph set.
+    """
+    return feature in ("causal-lm-with-past", "default-with-past")
+
+
+def output_name(config: OnnxConfig) -> str:
+    """The output a step is judged by: ``logits`` (a token is chosen from them), else ``last_hidden_state``."""
+    return "logits" if config.task == "causal-lm" else "last_hidden_state"
 
 
 def prompts(config: OnnxConfig) -> tuple[Any, Any]:
@@ -67,6 +88,14 @@ def prompts(config: OnnxConfig) -> tuple[Any, Any]:
         mask[row, : longest - length] = 0
         ids[row, : longest - length] = pad_token_id(config)
     return ids, mask
+
+
+def forced_tokens(config: OnnxConfig) -> Any:
+    """The seeded tokens a teacher-forced loop feeds after the prompt, ``(batch, NEW_TOKENS)``."""
+    import numpy as np
+
+    rng = np.random.default_rng(config.DUMMY_SEED + GENERATION_SEED_OFFSET + 1)
+    return config._random_token_ids(rng, (len(PROMPT_LENGTHS), NEW_TOKENS))
 
 
 def pad_token_id(config: OnnxConfig) -> int:
@@ -97,11 +126,12 @@ _FLOAT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tenso
 
 
 def generate_onnx(session: Any, config: OnnxConfig, input_ids: Any, attention_mask: Any, new_tokens: int,
-                  forced: Optional[Any] = None) -> tuple[Any, Any]:
-    """Greedy decoding through ``session`` alone: ``(new tokens (batch, n), last-position logits (n, batch, vocab))``.
+                  forced: Optional[Any] = None, output: str = "logits") -> tuple[Any, Any]:
+    """Greedy decoding through ``session`` alone: ``(new tokens (batch, n), last-position outputs (n, batch, ...))``.
 
     ``forced`` (batch, n): feed these tokens instead of the graph's own choices, so that a
-    comparison can go on past a tie; None feeds what the graph chose.
+    comparison can go on past a tie (or a graph without logits can be driven); None feeds what
+    the graph chose from ``output`` (``logits``).
     """
     import numpy as np
 
@@ -119,7 +149,7 @@ def generate_onnx(session: Any, config: OnnxConfig, input_ids: Any, attention_ma
             if value.dtype.kind == "f" and declared.get(name) in _FLOAT_TYPES:
                 feed[name] = value.astype(_FLOAT_TYPES[declared[name]])
         outputs = dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in declared})))
-        last = np.asarray(outputs["logits"])[:, -1].astype(np.float32)
+        last = np.asarray(outputs[output])[:, -1].astype(np.float32)
         chosen = last.argmax(-1).astype(np.int64) if forced is None else np.asarray(forced)[:, step]
         tokens.append(chosen)
         logits.append(last)
@@ -129,30 +159,106 @@ def generate_onnx(session: Any, config: OnnxConfig, input_ids: Any, attention_ma
     return np.stack(tokens, axis=1), np.stack(logits)
 
 
-def validate_generation(graph: Union[str, Path], model: Any, config: OnnxConfig, tolerance: Tolerance, label: str = "",
-                        enforce: bool = True) -> dict[str, Any]:
-    """Generate :data:`NEW_TOKENS` tokens through the graph and through ``model``; raise unless they agree.
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """What the model generates (or, teacher-forced, computes) for :func:`prompts`: all a check needs of it.
 
-    Returns the figures the report and manifest carry: ``steps`` compared, ``tokens_equal``,
-    ``max_logits_diff`` (the worst over every step and row), the tokens, and ``tie`` (the step
-    where the model ranks two tokens within the tolerance, if the sequences part there).
-    ``enforce`` False (lossy variants) reports the same figures without raising.
+    Computed before the graph is opened (:func:`reference`), so that a large model can be freed
+    before onnxruntime holds a copy of its weights (:mod:`hatch_onnx.exporting`).
     """
+
+    input_ids: Any
+    attention_mask: Any
+    tokens: Any  # (batch, NEW_TOKENS): the model's greedy choices, or the tokens forced on both
+    outputs: Any  # (NEW_TOKENS, batch, ...): each step's last-position logits, or hidden states
+    output: str  # which: "logits" or "last_hidden_state"
+
+
+def reference(model: Any, config: OnnxConfig) -> Reference:
+    """The model's side of :func:`check`: greedy ``generate``, or one forward pass over the forced sequence."""
     import numpy as np
 
     from hatch_onnx.frameworks import backend_of
 
     input_ids, mask = prompts(config)
-    expected_tokens, expected_logits = backend_of(model).greedy_reference(model, config, input_ids, mask, NEW_TOKENS,
-                                                                         pad_token_id(config))
+    back_end = backend_of(model)
+    if output_name(config) == "logits":
+        tokens, logits = back_end.greedy_reference(model, config, input_ids, mask, NEW_TOKENS, pad_token_id(config))
+        return Reference(input_ids, mask, tokens, logits, "logits")
+    forced = forced_tokens(config)
+    # The whole sequence at once: the prompt, then every forced token but the last (its state is no step's output).
+    sequence = np.concatenate([input_ids, forced[:, :-1]], axis=1)
+    full_mask = np.ones_like(sequence)
+    full_mask[:, : mask.shape[1]] = mask
+    positions = _positions(full_mask) if "position_ids" in config.inputs else None
+    hidden = back_end.hidden_reference(model, config, sequence, full_mask, positions)
+    states = np.stack([hidden[:, mask.shape[1] - 1 + step] for step in range(NEW_TOKENS)])
+    return Reference(input_ids, mask, forced, states, "last_hidden_state")
+
+
+def validate_generation(graph: Union[str, Path], model: Any, config: OnnxConfig, tolerance: Tolerance, label: str = "",
+                        enforce: bool = True) -> dict[str, Any]:
+    """Generate :data:`NEW_TOKENS` tokens through the graph and through ``model``; raise unless they agree."""
+    return check(graph, config, reference(model, config), tolerance, label, enforce)
+
+
+def check(graph: Union[str, Path], config: OnnxConfig, expected: Reference, tolerance: Tolerance, label: str = "",
+          enforce: bool = True) -> dict[str, Any]:
+    """Decode through the graph alone and compare every step with ``expected``; raise unless they agree.
+
+    Returns the figures the report and manifest carry: ``steps`` compared, ``tokens_equal``,
+    ``max_logits_diff`` (the worst over every step and row), the tokens, and ``tie`` (the step
+    where the model ranks two tokens within the tolerance, if the sequences part there); for
+    hidden states, ``teacher_forced`` and ``max_hidden_diff``. ``enforce`` False (lossy variants)
+    reports the same figures without raising.
+    """
     session = open_session(graph, f"{label} graph" if label else "the exported graph")
-    tokens, logits = generate_onnx(session, config, input_ids, mask, NEW_TOKENS)
-    half = any(node.name == "logits" and node.type == "tensor(float16)" for node in session.get_outputs())
-    figures = _compare_steps(tokens, logits, expected_tokens, expected_logits, tolerance,
-                             f"{label}: generation" if label else "generation", half)
+    prefix = f"{label}: generation" if label else "generation"
+    half = any(node.name == expected.output and node.type == "tensor(float16)" for node in session.get_outputs())
+    if expected.output == "logits":
+        tokens, logits = generate_onnx(session, config, expected.input_ids, expected.attention_mask, NEW_TOKENS)
+        figures = _compare_steps(tokens, logits, expected.tokens, expected.outputs, tolerance, prefix, half)
+    else:
+        _, states = generate_onnx(session, config, expected.input_ids, expected.attention_mask, NEW_TOKENS,
+                                  forced=expected.tokens, output=expected.output)
+        figures = _compare_states(states, expected.outputs, tolerance, prefix, half)
     if "failure" in figures and enforce:
-        raise GenerationError(figures["failure"], output="logits", value=figures)
+        raise GenerationError(figures["failure"], output=expected.output, value=figures)
     return figures
+
+
+def _compare_states(states: Any, expected: Any, tolerance: Tolerance, prefix: str, half: bool) -> dict[str, Any]:
+    """Teacher-forced steps: each step's hidden states within the tolerance (or above a lossy variant's cosine floor)."""
+    import numpy as np
+
+    figures: dict[str, Any] = {"batch": len(PROMPT_LENGTHS), "prompt_lengths": list(PROMPT_LENGTHS), "new_tokens": NEW_TOKENS,
+                               "teacher_forced": True, "tokens_equal": None}
+    worst, steps, failure = 0.0, 0, None
+    for step in range(NEW_TOKENS):
+        reference_step, result = expected[step].astype(np.float64), states[step].astype(np.float64)
+        diff = float(np.abs(reference_step - result).max()) if not np.isnan(result).any() else float("inf")
+        worst, steps = max(worst, diff), step + 1
+        if tolerance.min_cosine is not None:  # a lossy variant: its floor, on each step's states
+            cosine = _cosine(reference_step, result)
+            if not cosine >= tolerance.min_cosine:
+                failure = f"{prefix}: step {step}: hidden states' cosine {cosine:.4f}, below {tolerance.min_cosine:g}"
+                break
+        elif not diff <= (allowed := _allowed(tolerance, reference_step, half)):
+            failure = f"{prefix}: step {step}: last_hidden_state differs by {diff:.3g}, beyond {allowed:g}"
+            break
+    figures.update({"steps": steps, "max_hidden_diff": worst})
+    if tolerance.atol is not None:
+        figures["atol"] = tolerance.atol
+    if failure is not None:
+        figures["failure"] = failure
+    return figures
+
+
+def _cosine(a: Any, b: Any) -> float:
+    import numpy as np
+
+    a, b = a.ravel(), b.ravel()
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
 
 
 def _compare_steps(tokens: Any, logits: Any, expected_tokens: Any, expected_logits: Any, tolerance: Tolerance, prefix: str,

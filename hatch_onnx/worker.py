@@ -9,7 +9,8 @@ stderr: the worker keeps stdout for its answers.
 
 Torch or TensorFlow and transformers are imported once, by the first job, and the last model
 loaded is kept: the jobs of one checkpoint that share a head class (``default`` and
-``default-with-past``) share one load. The pool (:mod:`hatch_onnx.pool`) starts, feeds and
+``default-with-past``) share one load. A model large enough for external data is not kept: it is
+freed before its graph is validated (:class:`hatch_onnx.exporting.Loaded`), and reloaded by the next job. The pool (:mod:`hatch_onnx.pool`) starts, feeds and
 restarts workers.
 """
 
@@ -82,6 +83,8 @@ def handle(request: Mapping[str, Any], load: Optional[Callable] = None) -> dict:
             result = export_checkpoint(
                 ExportRequest(**{**fields, "model": Path(fields["model"])}), output, Path(report) if report else None,
                 log=log.append, **({"load": load} if load is not None else {}),
+                # a large model is not kept past its validation (exporting.Loaded)
+                **({"release": load.forget} if isinstance(load, _LastModel) else {}),
             )
         return {"ok": True, "report": result, "log": log}
     except HatchOnnxError as exc:

@@ -29,16 +29,17 @@ def _config(model_type: str, feature: str):
     return REGISTRY[model_type].config_for(feature)(model_config)
 
 
-@pytest.mark.parametrize("model_type, feature, expected", [
-    ("gpt2", "causal-lm-with-past", True), ("llama", "causal-lm-with-past", True),
-    ("bart", "causal-lm-with-past", True),  # BART's decoder alone: a decoder-only graph
-    ("gpt2", "default-with-past", False),  # hidden states: no token to choose
-    ("gpt2", "causal-lm", False), ("t5", "seq2seq-lm-with-past", False),
+@pytest.mark.parametrize("model_type, feature, expected, keyed", [
+    ("gpt2", "causal-lm-with-past", True, True), ("llama", "causal-lm-with-past", True, True),
+    ("bart", "causal-lm-with-past", True, True),  # BART's decoder alone: a decoder-only graph
+    ("gpt2", "default-with-past", True, True),  # hidden states: teacher-forced
+    ("gpt2", "causal-lm", False, False), ("t5", "seq2seq-lm-with-past", False, False),
+    ("t5", "default-with-past", False, True),  # an encoder-decoder's step: generation-checked through its graph set
 ])
-def test_which_graphs_are_validated_by_generation(model_type, feature, expected):
+def test_which_graphs_are_validated_by_generation(model_type, feature, expected, keyed):
     assert generation.applies(_config(model_type, feature)) is expected
-    # the plan keys jobs by the feature name alone: it must agree with the config
-    assert generation.applies_to_feature(feature) is expected
+    # the plan keys jobs by the feature name alone: every graph checked here must be keyed so
+    assert generation.applies_to_feature(feature) is keyed
 
 
 def test_prompts_are_left_padded_and_of_different_lengths():
@@ -152,3 +153,83 @@ def test_decoders_generate_what_the_model_does(model_type, tmp_path):
                                tmp_path, log=lambda line: None)
     figures = report["validation"]["generation"]
     assert figures["tokens_equal"] and figures["steps"] == generation.NEW_TOKENS and figures["max_logits_diff"] <= report["atol"]
+
+
+@pytest.fixture(scope="module")
+def gpt2_hidden_export(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt2-default")
+    report = export_checkpoint(ExportRequest(model=checkpoint("gpt2"), feature="default-with-past"), folder, log=lambda line: None)
+    return folder / "model.onnx", report
+
+
+def _base_model():
+    import transformers
+
+    return transformers.AutoModel.from_pretrained(checkpoint("gpt2"), local_files_only=True).eval()
+
+
+def test_a_graph_of_hidden_states_is_validated_teacher_forced(gpt2_hidden_export):
+    _, report = gpt2_hidden_export
+    figures = report["validation"]["generation"]
+    assert figures["teacher_forced"] is True and figures["tokens_equal"] is None
+    assert figures["steps"] == generation.NEW_TOKENS and 0 < figures["max_hidden_diff"] <= report["atol"]
+    # the manifest's figures are the report's
+    assert _generation_figures(figures)["max_hidden_diff"] == figures["max_hidden_diff"]
+
+
+def test_forced_tokens_are_seeded_and_not_special():
+    config = _config("gpt2", "default-with-past")
+    tokens = generation.forced_tokens(config)
+    assert tokens.shape == (len(generation.PROMPT_LENGTHS), generation.NEW_TOKENS)
+    assert (tokens == generation.forced_tokens(config)).all() and len(np.unique(tokens)) > 4
+
+
+def test_hidden_states_the_model_does_not_compute_fail(gpt2_hidden_export):
+    """A change of one layer's weights by 0.1% moves every step's state beyond atol: the check names the step."""
+    import torch
+
+    model = _base_model()
+    with torch.no_grad():
+        model.h[-1].mlp.c_proj.weight.mul_(1.001)
+    graph, report = gpt2_hidden_export
+    with pytest.raises(GenerationError, match=r"generation: step 0: last_hidden_state differs by"):
+        generation.validate_generation(graph, model, _config("gpt2", "default-with-past"), Tolerance(atol=report["atol"]))
+    # the unchanged model passes the same graph
+    figures = generation.validate_generation(graph, _base_model(), _config("gpt2", "default-with-past"), Tolerance(atol=report["atol"]))
+    assert "failure" not in figures
+
+
+def test_a_cache_the_graph_mishandles_fails_after_the_first_step(gpt2_hidden_export):
+    """Step 0 (the prompt, empty cache) agrees; a graph fed a wrong cache then parts: the check sees the loop, not one step."""
+    graph, report = gpt2_hidden_export
+    config = _config("gpt2", "default-with-past")
+    original = generation.generate_onnx
+
+    def stale_cache(session, config, input_ids, attention_mask, new_tokens, forced=None, output="logits"):
+        # decode each step with a cache from one step earlier: what a graph that drops its newest entry does
+        import numpy as np
+
+        _, first = original(session, config, input_ids, attention_mask, 1, forced=forced, output=output)
+        rest = [first[0]]
+        for step in range(1, new_tokens):
+            ids = np.concatenate([input_ids, forced[:, :step - 1]], axis=1) if step > 1 else input_ids
+            mask = np.ones_like(ids)
+            mask[:, : attention_mask.shape[1]] = attention_mask
+            _, states = original(session, config, ids, mask, 2, forced=forced[:, step - 1:], output=output)
+            rest.append(states[0])  # the state of the wrong position
+        return None, np.stack(rest)
+
+    import pytest as _pytest
+
+    with _pytest.MonkeyPatch.context() as patch:
+        patch.setattr(generation, "generate_onnx", stale_cache)
+        with pytest.raises(GenerationError, match=r"generation: step 1: last_hidden_state differs"):
+            generation.validate_generation(graph, _base_model(), config, Tolerance(atol=report["atol"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["bloom", "gpt-neo", "llama", "qwen2", "phi3"])
+def test_decoders_states_follow_the_model_step_by_step(model_type, tmp_path):
+    report = export_checkpoint(ExportRequest(model=checkpoint(model_type), feature="default-with-past"), tmp_path, log=lambda line: None)
+    figures = report["validation"]["generation"]
+    assert figures["teacher_forced"] and figures["steps"] == generation.NEW_TOKENS and figures["max_hidden_diff"] <= report["atol"]

@@ -44,6 +44,10 @@ class Backend(Protocol):
                          pad_token_id: int) -> tuple[Any, Any]:
         """transformers' greedy ``generate``: (new tokens (batch, new_tokens), raw logits (new_tokens, batch, vocab))."""
 
+    def hidden_reference(self, model: Any, config: "OnnxConfig", input_ids: Any, attention_mask: Any,
+                         position_ids: Optional[Any] = None) -> Any:
+        """The model's ``last_hidden_state`` over a whole sequence in one pass (numpy, batch x sequence x hidden)."""
+
     def weights_reaching_outputs(self, model: Any, config: "OnnxConfig", inputs: Mapping[str, Any],
                                  names: Sequence[str]) -> list[str]:
         """Which of the weights ``names`` influence the graph's outputs."""

@@ -452,6 +452,19 @@ def greedy_reference(model: Any, config: OnnxConfig, input_ids: Any, attention_m
     return tokens, logits
 
 
+def hidden_reference(model: Any, config: OnnxConfig, input_ids: Any, attention_mask: Any,
+                     position_ids: Optional[Any] = None) -> Any:
+    """The TF model's ``last_hidden_state`` over a whole sequence in one pass (see pytorch.hidden_reference)."""
+    import numpy as np
+
+    tf, _ = require_tensorflow()
+    model = apply_values_override(model, config)
+    kwargs = {"input_ids": tf.constant(np.asarray(input_ids)), "attention_mask": tf.constant(np.asarray(attention_mask))}
+    if position_ids is not None:
+        kwargs["position_ids"] = tf.constant(np.asarray(position_ids))
+    return np.asarray(model(**kwargs, return_dict=True, training=False).last_hidden_state, dtype=np.float32)
+
+
 def weight_bytes(model: Any) -> int:
     """The bytes of the model's weights, as the graph would store them."""
     return sum(int(weight.shape.num_elements()) * weight.dtype.size for weight in model.weights)
