@@ -116,7 +116,7 @@ def test_settings_enter_the_key():
         settings("o4", "bert", {}, False, None)
 
 
-@pytest.mark.parametrize("variant", ["o2", "int8", "fp16"])
+@pytest.mark.parametrize("variant", ["o2", "int8", "fp16", "int4"])
 def test_a_variant_of_an_export_with_external_data_has_its_own(tmp_path, variant):
     """A real-size export has external data (protobuf writes no graph of 2 GiB): its variants do
     too, in a data file named for the variant, which the graph refers to and ships beside it."""
