@@ -7,7 +7,8 @@ A layout is a view of the cache: it names and places files when a folder is mate
 ``optimum``        ``<feature>/model.onnx`` (+ ``model.onnx.data``), variants ``model.<variant>.onnx``:
                    Optimum's ``ORTModelFor*.from_pretrained(folder)`` and onnxruntime-genai
 ``transformers.js`` ``<feature>/onnx/model.onnx``, ``onnx/model_quantized.onnx`` (int8),
-                   ``onnx/model_fp16.onnx`` (fp16), other variants ``onnx/model_<variant>.onnx``
+                   ``onnx/model_fp16.onnx`` (fp16), ``onnx/model_q4.onnx`` (int4), other variants
+                   ``onnx/model_<variant>.onnx``
 =================  ===============================================================================
 
 Both put the model's config and preprocessor files at the feature folder's root, once; a
@@ -37,8 +38,8 @@ def role_of_entry_file(name: str) -> str:
         return GRAPH
     return GRAPH_SET_MEMBER if name in GRAPH_SET else GRAPH_DATA
 
-# transformers.js's file name per variant (its ``dtype`` option: q8 -> _quantized, fp16 -> _fp16).
-_TRANSFORMERS_JS_SUFFIX = {"int8": "_quantized", "fp16": "_fp16"}
+# transformers.js's file name per variant (its ``dtype`` option: q8 -> _quantized, fp16 -> _fp16, q4 -> _q4).
+_TRANSFORMERS_JS_SUFFIX = {"int8": "_quantized", "fp16": "_fp16", "int4": "_q4"}
 GENAI_CONFIG_FILE = "genai_config.json"
 
 

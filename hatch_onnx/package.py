@@ -185,6 +185,9 @@ def variant_entry(result: Any, files: Mapping[str, dict]) -> dict:
         "size_ratio": round(size / report["source_size"], 4),
         "validation": report["validation"]["outputs"],
         **({"generation": _generation_figures(report["validation"]["generation"])} if "generation" in report["validation"] else {}),
+        # int4: each output against its fake-quantised reference (hatch_onnx.int4.check_weights)
+        **({"weights": {name: {k: f[k] for k in ("max_abs_diff", "atol")} for name, f in report["validation"]["weights"].items()}}
+           if "weights" in report["validation"] else {}),
         "toolchain": dict(result.entry.inputs.get("versions", {})),
         "cache_key": result.entry.key,
     }

@@ -35,7 +35,7 @@ class Job:
     atol: Optional[float]
     exporter: str
     allow_new_head: bool
-    variants: tuple[str, ...] = ()  # o1, o2, o3, int8, fp16: each its own cache entry
+    variants: tuple[str, ...] = ()  # o1, o2, o3, int8, fp16, int4: each its own cache entry
     min_cosine: tuple[tuple[str, float], ...] = ()  # (variant, floor) for the lossy variants
     fp16_io: bool = False
     dtype: str = "float32"  # the precision the model is loaded, exported and validated in

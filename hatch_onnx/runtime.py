@@ -51,7 +51,7 @@ def model_path(name: str, feature: str = "default", root: Optional[PathLike] = N
     """The path of ``model.onnx`` (or ``model.<variant>.onnx``) for ``name`` and ``feature``.
 
     A graph's external data, if any, lies beside it. ``variant`` is one the build made: ``o1``,
-    ``o2``, ``o3``, ``int8`` or ``fp16`` (see the manifest's ``variants``).
+    ``o2``, ``o3``, ``int8``, ``fp16`` or ``int4`` (see the manifest's ``variants``).
     """
     folder = Path(root) if root is not None else HERE
     shipped = manifest(folder)["models"]

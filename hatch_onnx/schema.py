@@ -46,7 +46,7 @@ class _Strict(BaseModel):
 
 
 # Optimised and quantised graphs made from each export (see hatch_onnx.variants).
-Variant = Literal["o1", "o2", "o3", "int8", "fp16"]
+Variant = Literal["o1", "o2", "o3", "int8", "fp16", "int4"]
 # The precision a graph is exported and validated in (PyTorch checkpoints; see hatch_onnx.exporting).
 Dtype = Literal["float32", "float16"]
 # Who exports a build's misses: this machine's worker pool, or a Ray cluster (hatch_onnx.ray_executor).
@@ -54,8 +54,8 @@ Executor = Literal["local", "ray"]
 # Where a folder's files go for each consumer (see hatch_onnx.layouts); a list carries several.
 LayoutName = Literal["optimum", "transformers.js"]
 Layout = Union[LayoutName, Annotated[list[LayoutName], Field(min_length=1)]]
-# The cosine floors of the lossy variants: {int8: 0.98, fp16: 0.99} unless params.yaml says otherwise.
-MinCosine = dict[Literal["int8", "fp16"], Annotated[float, Field(gt=0, le=1)]]
+# The cosine floors of the lossy variants: {int8: 0.98, fp16: 0.99, int4: 0.95} unless params.yaml says otherwise.
+MinCosine = dict[Literal["int8", "fp16", "int4"], Annotated[float, Field(gt=0, le=1)]]
 
 
 class ModelParams(_Strict):

@@ -9,15 +9,20 @@ int8    dynamic int8 quantisation of the weights of MatMul and Gemm, and of Gath
         embedding tables: without them a BERT-family int8 graph stays above 0.4x its fp32
         size, and above 0.6x for a small-vocabulary-heavy one like MiniLM), per channel
 fp16    o2 converted to float16, inputs and outputs kept float32 unless ``fp16_io``
+int4    weight-only 4-bit quantisation: MatMul weights as onnxruntime's MatMulNBits, embedding
+        tables as GatherBlockQuantized, a tied table stored once (:mod:`hatch_onnx.int4`)
 ======  =====================================================================================
 
 Each is validated on the export's validation inputs (the same seeded draw, at shapes other than
 the export's) against the PyTorch or TensorFlow model, by the validator every graph goes
 through (:mod:`hatch_onnx.validation`): o1-o3 at the export's ``atol``; int8 and fp16 by the
 cosine similarity of each output (floors: 0.98 and 0.99 unless ``min_cosine`` says otherwise),
-with the max abs diff reported beside it. Variants of a graph validated by generation
-(:mod:`hatch_onnx.generation`) generate too: o1-o3 must give the model's tokens, int8 and fp16
-report how far they agree (lossy by design, their tokens part at the first close call). A variant that fails raises
+with the max abs diff reported beside it. int4 has a cosine floor too (0.9), which cannot tell
+a correct int4 graph from one whose weights are 5% off: its weights are checked besides, against
+a fake-quantised reference (:mod:`hatch_onnx.int4`, reported as ``weights``). Variants of a
+graph validated by generation (:mod:`hatch_onnx.generation`) generate too: o1-o3 must give the
+model's tokens, int8, fp16 and int4 report how far they agree (lossy by design, their tokens
+part at the first close call). A variant that fails raises
 :class:`~hatch_onnx.errors.AtolError` (values) or :class:`~hatch_onnx.errors.ShapeError`
 (shapes) with the figures; one onnxruntime will not load is an :class:`~hatch_onnx.errors.ExportError`.
 
@@ -40,8 +45,13 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:  # pragma: no cover
     from hatch_onnx.loading import ModelLoader
 
-VARIANTS = ("o1", "o2", "o3", "int8", "fp16")
-LOSSY = {"int8": 0.98, "fp16": 0.99}  # default cosine floors
+VARIANTS = ("o1", "o2", "o3", "int8", "fp16", "int4")
+# Default cosine floors. int4's is a sanity check of its kernels (a wrong layout or scale falls far
+# below): a correct int4 graph of a tiny random fixture reaches only 0.92-0.99 on its logits (a
+# tiny random decoder's weights are int4's worst case), and 0.9 lets those through; bench/large.py's
+# random Qwen2.5-0.5B reached 0.890 (below it: set its min_cosine). What catches a weight that is
+# off is int4.check_weights.
+LOSSY = {"int8": 0.98, "fp16": 0.99, "int4": 0.9}
 # How make() turns settings into bytes, in every variant's key: bumped when it writes other bytes
 # for the same settings (2: external data for real sizes, tied tables stored once).
 RECIPE = 2
@@ -74,6 +84,10 @@ def settings(variant: str, model_type: str, min_cosine: Mapping[str, float], fp1
         chosen["atol"] = atol  # None: the architecture's own
     if variant == "fp16":
         chosen["fp16_io"] = fp16_io
+    if variant == "int4":
+        from hatch_onnx import int4
+
+        chosen.update(int4.recipe())
     return chosen
 
 
@@ -97,6 +111,11 @@ def make(variant: str, source: Path, target: Path, settings: Mapping[str, Any]) 
 
 
 def _make(variant: str, source: Path, target: Path, settings: Mapping[str, Any], external: bool) -> None:
+    if variant == "int4":
+        from hatch_onnx import int4
+
+        int4.quantize(source, target, external)  # tied tables stored once (see there)
+        return
     if variant == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -154,10 +173,14 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader") -> dict[s
     else:
         tolerance = Tolerance(atol=chosen.get("atol") if chosen.get("atol") is not None else config.atol_for_validation)
     validation = validate_graph(target, config, inputs, reference, tolerance, label=f"variant {variant}")
+    if variant == "int4":  # the cosine floor cannot see a weight 5% off: the weights against int4's own numerics
+        from hatch_onnx import int4
+
+        validation["weights"] = int4.check_weights(Path(request["source"]), target, config, inputs, label=f"variant {variant}")
     timings["validate"] = time.perf_counter() - t0
     if generation.applies(config):
         # Lossless variants (o1-o3) must generate what the model does, as the export; lossy ones
-        # (int8, fp16) legitimately part from it at the first close call, so their generation is
+        # (int8, fp16, int4) legitimately part from it at the first close call, so their generation is
         # reported (how many steps agree) and their verdict stays the cosine floor's.
         t0 = time.perf_counter()
         validation["generation"] = generation.validate_generation(target, model, config, tolerance, label=f"variant {variant}",

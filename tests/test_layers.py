@@ -35,6 +35,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("pool",),
     ("worker",),
     ("exporting", "variants"),
+    ("int4",),  # the int4 variant: MatMulNBits and its fake-quantised reference
     ("graph_sets",),  # an encoder-decoder's graphs for generation: encoder, decoders, merged
     ("generation",),  # validation by generation: with-past graphs decode what the model generates
     ("validation",),  # the one validator: every graph the project ships

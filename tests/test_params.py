@@ -106,3 +106,14 @@ def test_dvc_stages_declare_every_params_key_that_changes_an_output():
         # DVC refuses a declared key the params file lacks: the params files spell out every default
         declared = yaml.safe_load(params_yaml.read_text().replace("__FEATURES__", "[default]"))["onnx"]
         assert {f"onnx.{key}" for key in declared} >= expected, params_yaml
+
+
+def test_every_variant_and_lossy_floor_is_accepted(tmp_path):
+    """The schema names each variant variants.py makes (int4 too), and a floor for each lossy one."""
+    from hatch_onnx.variants import LOSSY, VARIANTS
+
+    data = base(variants=list(VARIANTS), min_cosine={v: 0.5 for v in LOSSY})
+    data["onnx"]["min_cosine"] = {"int4": 0.85}
+    onnx = read_params(write(tmp_path, data)).params.onnx
+    assert onnx.models["bert-tiny"].variants == list(VARIANTS) and "int4" in VARIANTS
+    assert onnx.models["bert-tiny"].min_cosine == {v: 0.5 for v in LOSSY} and onnx.min_cosine == {"int4": 0.85}

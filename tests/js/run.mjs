@@ -1,7 +1,7 @@
 // transformers.js on a folder hatch-onnx wrote, as a user runs it: local files only.
 // Reads one JSON request on stdin, prints one JSON answer on stdout:
-//   {"root": DIR, "model": "name/feature", "kind": "masked-lm" | "image-classification" | "causal-lm" | "seq2seq-lm",
-//    "texts": [...], "pixel_values": {dims, data}, "max_new_tokens": N}
+//   {"root": DIR, "model": "name/feature", "kind": "masked-lm" | "image-classification" | "causal-lm" | "causal-lm-logits" | "seq2seq-lm",
+//    "texts": [...], "pixel_values": {dims, data}, "max_new_tokens": N, "dtype": "fp32" | "q8" | "fp16" | "q4" ...}
 import { env, AutoTokenizer, AutoModelForMaskedLM, AutoModelForImageClassification, AutoModelForCausalLM, AutoModelForSeq2SeqLM, Tensor } from "@huggingface/transformers";
 
 const request = JSON.parse(await new Promise((resolve) => {
@@ -26,6 +26,11 @@ if (request.kind === "image-classification") {
   const tokenizer = await AutoTokenizer.from_pretrained(request.model);
   if (request.kind === "masked-lm") {
     const model = await AutoModelForMaskedLM.from_pretrained(request.model, options);
+    const inputs = tokenizer(request.texts, { padding: true });
+    answer = { logits: plain((await model(inputs)).logits), input_ids: plain(inputs.input_ids) };
+  } else if (request.kind === "causal-lm-logits") {
+    // one forward pass of a decoder with its cache (empty), unpadded: the logits
+    const model = await AutoModelForCausalLM.from_pretrained(request.model, options);
     const inputs = tokenizer(request.texts, { padding: true });
     answer = { logits: plain((await model(inputs)).logits), input_ids: plain(inputs.input_ids) };
   } else if (request.kind === "seq2seq-lm") {
