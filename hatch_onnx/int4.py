@@ -213,11 +213,14 @@ def _run(model: "onnx.ModelProto", config: Any, inputs: Any, what: str) -> dict[
     """``model``'s outputs on ``inputs``, through a file with external data when the proto is too large to serialise."""
     import tempfile
 
+    from hatch_onnx.config import needs_external_data
     from hatch_onnx.validation import _feed, open_session
 
     with tempfile.TemporaryDirectory(prefix="hatch-onnx-int4-") as folder:
         path = Path(folder) / "model.onnx"
-        _save(model, path, external=model.ByteSize() >= 2**31 - 2**20)  # protobuf writes no file of 2 GiB
+        # The project's external-data rule (config.needs_external_data): protobuf refuses to
+        # serialise a message near 2 GiB (a 1.98 GB float graph failed here), well before the limit.
+        _save(model, path, external=needs_external_data(sum(len(t.raw_data) for t in model.graph.initializer)))
         del model
         session = open_session(path, what)
     names = [node.name for node in session.get_outputs()]
