@@ -87,3 +87,29 @@ def test_cli_dtype_fp16(tmp_path):
     assert result.returncode == 0, result.stderr
     assert _initializer_types(tmp_path / "model.onnx") == {onnx.TensorProto.FLOAT16}
     assert "max abs diff" in result.stdout  # validated
+
+
+def test_a_large_float16_graph_is_validated_unoptimised(tmp_path, monkeypatch):
+    """onnxruntime's CPU optimiser would give every float16 weight a float32 copy (2x an 8B model's 16 GB):
+    a float16 graph with external data opens unoptimised, and still validates and generates."""
+    import onnxruntime
+
+    from hatch_onnx import config as config_module
+    from hatch_onnx import validation
+
+    monkeypatch.setattr(config_module, "EXTERNAL_DATA_THRESHOLD", 512)
+    levels = []
+    session_class = onnxruntime.InferenceSession
+
+    def recording(path, options=None, **kwargs):
+        levels.append((path.rsplit("/", 1)[-1], options.graph_optimization_level))
+        return session_class(path, options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
+    for dtype in ("float16", "float32"):
+        report = export_checkpoint(ExportRequest(model=checkpoint("llama"), feature="causal-lm-with-past", dtype=dtype), tmp_path / dtype,
+                                   log=lambda line: None)
+        assert (tmp_path / dtype / "model.onnx.data").is_file() and report["validation"]["generation"]["steps"] > 0
+        assert validation._large_half(tmp_path / dtype / "model.onnx") is (dtype == "float16")
+    unoptimised = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert [level == unoptimised for _, level in levels] == [True, True, False, False]  # the step and the generation, per dtype
