@@ -256,12 +256,16 @@ def fake_quantize(weight: "np.ndarray") -> "np.ndarray":
     padded = np.zeros((blocks * BLOCK_SIZE, n), np.float32)
     padded[:k] = weight
     padded = padded.reshape(blocks, BLOCK_SIZE, n)
-    index = np.abs(padded).argmax(axis=1)[:, None, :]
-    extreme = np.take_along_axis(padded, index, axis=1)  # the largest magnitude, with its sign
+    # The largest magnitude, with its sign; on a tie between +m and -m, -m (onnxruntime keeps the
+    # block's min and max and takes the max only when it is strictly larger).
+    highest, lowest = padded.max(axis=1, keepdims=True), padded.min(axis=1, keepdims=True)
+    extreme = np.where(np.abs(highest) > np.abs(lowest), highest, lowest)
     scale = (extreme / np.float32(-8.0)).astype(np.float32)
-    safe = np.where(scale == 0, np.float32(1.0), scale)
-    q = np.clip(np.rint(padded / safe), -8, 7)
-    q = np.where(scale == 0, 0, q)
+    # onnxruntime's rounding, to the bit: times the float32 reciprocal of the scale, plus 8.5,
+    # truncated (half rounds up). Rounding half to even (np.rint of a division) differs on about
+    # one weight in a million: on a 0.5B model, 5 per matrix, 0.022 on its logits.
+    reciprocal = np.where(scale == 0, np.float32(0.0), np.float32(1.0) / np.where(scale == 0, np.float32(1.0), scale)).astype(np.float32)
+    q = np.clip(np.floor(padded * reciprocal + np.float32(8.5)), 0, 15) - 8
     return (q * scale).astype(np.float32).reshape(blocks * BLOCK_SIZE, n)[:k]
 
 
