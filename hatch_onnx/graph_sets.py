@@ -111,7 +111,7 @@ def applies(model_type: str, feature: str, framework: str) -> bool:
 
 def kind_of(config: Any) -> Kind:
     """The :class:`Kind` of an ONNX config with past (its model type and task)."""
-    return KINDS[(config._config.model_type, f"{config.task}-with-past")]
+    return KINDS[(config._config.model_type.replace("_", "-"), f"{config.task}-with-past")]  # m2m_100 -> m2m-100
 
 
 USE_CACHE_BRANCH = "use_cache_branch"
