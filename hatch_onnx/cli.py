@@ -92,13 +92,14 @@ def _print_export(args: argparse.Namespace, report: dict) -> int:
     for graph, figures in report["validation"].get("graph_set", {}).get("graphs", {}).items():
         print(f"  {graph:<28} max abs diff {figures['max_abs_diff']:.2e} <= atol {report['atol']:g}")
     generated = report["validation"].get("generation")
-    if generated and generated.get("teacher_forced"):
-        print(f"  generation: {generated['steps']} steps at batch {generated['batch']}, teacher-forced, "
-              f"max hidden-state diff {generated['max_hidden_diff']:.2e}")
-    elif generated:
-        tokens = "tokens equal" if generated["tokens_equal"] else f"a tie at step {generated['tie']['step']}"
-        print(f"  generation: {generated['steps']} steps at batch {generated['batch']}, {tokens}, "
-              f"max logits diff {generated['max_logits_diff']:.2e}")
+    if generated:
+        if generated["tokens_equal"] is None:  # hidden states (graph_sets: teacher-forced): no token chosen
+            print(f"  generation: {generated['steps']} steps at batch {generated['batch']}, teacher-forced, "
+                  f"max {generated['output']} diff {generated['max_diff']:.2e}")
+        else:
+            tokens = "tokens equal" if generated["tokens_equal"] else f"a tie at step {generated['tie']['step']}"
+            print(f"  generation: {generated['steps']} steps at batch {generated['batch']}, {tokens}, "
+                  f"max logits diff {generated['max_logits_diff']:.2e}")
     timings = report["timings"]
     also = f", generate {timings['generate']:.2f}s" if "generate" in timings else ""
     print(f"  load {timings['load']:.2f}s, export {timings['export']:.2f}s, validate {timings['validate']:.2f}s{also}")

@@ -22,8 +22,9 @@ A graph that returns hidden states (``default-with-past``) chooses no token: its
 every step's last-position ``last_hidden_state`` is compared, within the export's tolerance, with
 the model's hidden states over the whole sequence at once (the backend's ``hidden_reference``): a
 causal model's state at a position does not depend on what follows it, so one forward pass is
-every step's reference. The figures say ``teacher_forced`` and carry ``max_hidden_diff``;
-``tokens_equal`` is None, there being no choice to compare.
+every step's reference. The figures say ``mode: teacher-forced`` and carry ``max_diff`` of
+``output``; ``tokens_equal`` is None, there being no choice to compare (as an encoder-decoder's
+teacher-forced chain reports, :mod:`hatch_onnx.graph_sets`).
 
 Which graphs: decoder-only features with past (:func:`applies`). Encoder-decoders generate from
 their graph set (:mod:`hatch_onnx.graph_sets`), which uses this module's loop rules.
@@ -209,7 +210,7 @@ def check(graph: Union[str, Path], config: OnnxConfig, expected: Reference, tole
     Returns the figures the report and manifest carry: ``steps`` compared, ``tokens_equal``,
     ``max_logits_diff`` (the worst over every step and row), the tokens, and ``tie`` (the step
     where the model ranks two tokens within the tolerance, if the sequences part there); for
-    hidden states, ``teacher_forced`` and ``max_hidden_diff``. ``enforce`` False (lossy variants)
+    hidden states, ``mode: teacher-forced`` and ``max_diff``. ``enforce`` False (lossy variants)
     reports the same figures without raising.
     """
     session = open_session(graph, f"{label} graph" if label else "the exported graph")
@@ -231,8 +232,11 @@ def _compare_states(states: Any, expected: Any, tolerance: Tolerance, prefix: st
     """Teacher-forced steps: each step's hidden states within the tolerance (or above a lossy variant's cosine floor)."""
     import numpy as np
 
-    figures: dict[str, Any] = {"batch": len(PROMPT_LENGTHS), "prompt_lengths": list(PROMPT_LENGTHS), "new_tokens": NEW_TOKENS,
-                               "teacher_forced": True, "tokens_equal": None}
+    figures: dict[str, Any] = {
+        "batch": len(PROMPT_LENGTHS), "prompt_lengths": list(PROMPT_LENGTHS), "new_tokens": NEW_TOKENS,
+        "mode": "teacher-forced", "output": "last_hidden_state", "tokens_equal": None,
+        "tokens_compared": "n/a: the graph returns hidden states, no token is chosen; a seeded token sequence is fed",
+    }
     worst, steps, failure = 0.0, 0, None
     for step in range(NEW_TOKENS):
         reference_step, result = expected[step].astype(np.float64), states[step].astype(np.float64)
@@ -246,7 +250,7 @@ def _compare_states(states: Any, expected: Any, tolerance: Tolerance, prefix: st
         elif not diff <= (allowed := _allowed(tolerance, reference_step, half)):
             failure = f"{prefix}: step {step}: last_hidden_state differs by {diff:.3g}, beyond {allowed:g}"
             break
-    figures.update({"steps": steps, "max_hidden_diff": worst})
+    figures.update({"steps": steps, "max_diff": worst})
     if tolerance.atol is not None:
         figures["atol"] = tolerance.atol
     if failure is not None:

@@ -1,7 +1,8 @@
 """The folders ``hatch-onnx build --out`` writes, opened by the runtimes users deploy with, with no manual step.
 
 One build writes both layouts (``optimum`` and ``transformers.js``) for an encoder, a vision
-model, the decoders with their cache and two encoder-decoders' graph sets (t5, bart). Then:
+model, the decoders with their cache and the graph sets of two text encoder-decoders (t5, bart),
+Whisper and a vision-encoder-decoder. Then:
 
 - Optimum's ``ORTModelFor*.from_pretrained(folder)`` (the 4.57 line: optimum-onnx needs it);
 - transformers.js under Node (``tests/js``, installed by ``scripts/setup`` from its lock file);
@@ -36,8 +37,12 @@ DECODERS = ["gpt2", "gpt-neo", "gptj", "bloom", "llama", "mistral", "qwen2", "qw
 # Encoder-decoders with past: their graph set (encoder_model, decoder_model, decoder_with_past_model,
 # decoder_model_merged) beside the one-step model.onnx.
 SEQ2SEQ = ["t5", "bart"]
+# Speech and image encoders: generation from seeded features or pixels (batch 2), no preprocessing in the comparison.
+ENCODER_INPUTS = {"whisper": "input_features", "vision-encoder-decoder": "pixel_values"}
+SETS = [*SEQ2SEQ, *ENCODER_INPUTS]
 MODELS = {"bert": "masked-lm", "vit": "image-classification", **dict.fromkeys(DECODERS, "causal-lm-with-past"),
-          **dict.fromkeys(SEQ2SEQ, "seq2seq-lm-with-past")}
+          **dict.fromkeys(SEQ2SEQ, "seq2seq-lm-with-past"), "whisper": "speech2seq-lm-with-past",
+          "vision-encoder-decoder": "vision2seq-lm-with-past"}
 PROMPTS = ["the quick brown fox jumps over", "hello"]  # of different lengths: the second row is padded
 NEW_TOKENS = 20
 JS = ROOT / "tests" / "js"
@@ -166,9 +171,47 @@ def test_optimum_generates_from_the_graph_set_what_pytorch_does(out, name, merge
     assert output.tolist() == _torch_generate(name, PROMPTS)
 
 
+def _encoder_input(name: str) -> np.ndarray:
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(checkpoint(name), local_files_only=True)
+    if name == "whisper":
+        shape = (2, config.num_mel_bins, 2 * config.max_source_positions)
+    else:
+        shape = (2, config.encoder.num_channels, config.encoder.image_size, config.encoder.image_size)
+    return np.random.default_rng(7).standard_normal(shape, dtype=np.float32)
+
+
+def _torch_generate_from(name: str) -> list[list[int]]:
+    """transformers' own ``generate`` (Whisper's, with its generation config) from the seeded input: the last NEW_TOKENS of each row."""
+    import torch
+
+    model = _torch_model(name, "AutoModelForSpeechSeq2Seq" if name == "whisper" else "AutoModelForImageTextToText")
+    with torch.no_grad():
+        output = model.generate(**{ENCODER_INPUTS[name]: torch.from_numpy(_encoder_input(name))}, max_new_tokens=NEW_TOKENS,
+                                min_new_tokens=NEW_TOKENS, do_sample=False)
+    return [row[-NEW_TOKENS:] for row in output.tolist()]
+
+
+@pytest.mark.parametrize("merged", [True, False], ids=["merged", "two-decoders"])
+@pytest.mark.parametrize("name", list(ENCODER_INPUTS))
+def test_optimum_generates_from_speech_and_vision_sets_what_pytorch_does(out, name, merged):
+    """ORTModelForSpeechSeq2Seq / ORTModelForVision2Seq find the set by themselves, and decode what PyTorch does."""
+    onnxruntime = pytest.importorskip("optimum.onnxruntime", reason="optimum-onnx needs transformers < 4.58 (the 4.57 line runs it)")
+    import torch
+
+    cls = onnxruntime.ORTModelForSpeechSeq2Seq if name == "whisper" else onnxruntime.ORTModelForVision2Seq
+    model = cls.from_pretrained(out / name / MODELS[name], use_merged=merged)
+    output = model.generate(**{ENCODER_INPUTS[name]: torch.from_numpy(_encoder_input(name))}, max_new_tokens=NEW_TOKENS,
+                            min_new_tokens=NEW_TOKENS, do_sample=False)
+    expected = _torch_generate_from(name)
+    assert [row[-NEW_TOKENS:] for row in output.tolist()] == expected
+    assert expected[0] != expected[1]  # the input decides: a set that ignored the encoder would not pass
+
+
 def test_graph_sets_are_listed_with_their_role(out):
     manifest = json.loads((out / "manifest.json").read_text())
-    for name in SEQ2SEQ:
+    for name in SETS:
         entry = manifest["models"][name][MODELS[name]]
         roles = {path: data["role"] for path, data in entry["files"].items()}
         for graph in ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx", "decoder_model_merged.onnx"):
@@ -222,6 +265,17 @@ def test_transformers_js_generates_from_the_graph_set_what_pytorch_does(out, nam
     """text2text-generation's files: onnx/encoder_model.onnx and onnx/decoder_model_merged.onnx."""
     answer = _node(out, {"model": f"{name}/{MODELS[name]}", "kind": "seq2seq-lm", "texts": PROMPTS, "max_new_tokens": NEW_TOKENS})
     assert answer["sequences"] == _torch_generate(name, PROMPTS)
+
+
+@pytest.mark.parametrize("name", list(ENCODER_INPUTS))
+def test_transformers_js_generates_from_speech_and_vision_sets_what_pytorch_does(out, name):
+    """automatic-speech-recognition's and image-to-text's models: onnx/encoder_model.onnx and onnx/decoder_model_merged.onnx."""
+    given = _encoder_input(name)
+    kind = "speech2seq-lm" if name == "whisper" else "vision2seq-lm"
+    answer = _node(out, {"model": f"{name}/{MODELS[name]}", "kind": kind, "max_new_tokens": NEW_TOKENS,
+                         ENCODER_INPUTS[name]: {"dims": list(given.shape), "data": given.ravel().tolist()}})
+    assert answer["sessions"] == ["model", "decoder_model_merged"]
+    assert [row[-NEW_TOKENS:] for row in answer["sequences"]] == _torch_generate_from(name)
 
 
 def test_transformers_js_only_layout_loads(tmp_path, out):

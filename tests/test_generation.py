@@ -171,10 +171,10 @@ def _base_model():
 def test_a_graph_of_hidden_states_is_validated_teacher_forced(gpt2_hidden_export):
     _, report = gpt2_hidden_export
     figures = report["validation"]["generation"]
-    assert figures["teacher_forced"] is True and figures["tokens_equal"] is None
-    assert figures["steps"] == generation.NEW_TOKENS and 0 < figures["max_hidden_diff"] <= report["atol"]
+    assert figures["mode"] == "teacher-forced" and figures["tokens_equal"] is None
+    assert figures["steps"] == generation.NEW_TOKENS and 0 < figures["max_diff"] <= report["atol"]
     # the manifest's figures are the report's
-    assert _generation_figures(figures)["max_hidden_diff"] == figures["max_hidden_diff"]
+    assert _generation_figures(figures)["max_diff"] == figures["max_diff"]
 
 
 def test_forced_tokens_are_seeded_and_not_special():
@@ -232,4 +232,4 @@ def test_a_cache_the_graph_mishandles_fails_after_the_first_step(gpt2_hidden_exp
 def test_decoders_states_follow_the_model_step_by_step(model_type, tmp_path):
     report = export_checkpoint(ExportRequest(model=checkpoint(model_type), feature="default-with-past"), tmp_path, log=lambda line: None)
     figures = report["validation"]["generation"]
-    assert figures["teacher_forced"] and figures["steps"] == generation.NEW_TOKENS and figures["max_hidden_diff"] <= report["atol"]
+    assert figures["mode"] == "teacher-forced" and figures["steps"] == generation.NEW_TOKENS and figures["max_diff"] <= report["atol"]

@@ -409,7 +409,7 @@ def test_tf_export_and_validate(model_type, feature, tf_runs):
         assert figures["tokens_equal"] and figures["steps"] == generation.NEW_TOKENS and figures["max_logits_diff"] <= report["atol"]
     elif generation.applies(config):  # hidden states, teacher-forced, against TF's forward over the whole sequence
         figures = report["validation"]["generation"]
-        assert figures["teacher_forced"] and figures["steps"] == generation.NEW_TOKENS and figures["max_hidden_diff"] <= report["atol"]
+        assert figures["mode"] == "teacher-forced" and figures["steps"] == generation.NEW_TOKENS and figures["max_diff"] <= report["atol"]
     else:
         assert "generation" not in report["validation"]
 

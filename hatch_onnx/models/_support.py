@@ -41,7 +41,7 @@ FEATURE_TO_TF_AUTOMODEL: Mapping[str, str] = {
 # The newest opset each exporter writes (torch 2.13's TorchScript and dynamo exporters, tf2onnx 1.17).
 MAX_OPSET: Mapping[str, int] = {"torchscript": 20, "dynamo": 23, "tf2onnx": 18}
 # Features whose model has no cache: "-with-past" is offered only for these tasks.
-PAST_TASKS = frozenset({"default", "causal-lm", "seq2seq-lm", "speech2seq-lm"})
+PAST_TASKS = frozenset({"default", "causal-lm", "seq2seq-lm", "speech2seq-lm", "vision2seq-lm"})
 
 
 def feature_to_task(feature: str) -> str:

@@ -1,8 +1,10 @@
 // transformers.js on a folder hatch-onnx wrote, as a user runs it: local files only.
 // Reads one JSON request on stdin, prints one JSON answer on stdout:
-//   {"root": DIR, "model": "name/feature", "kind": "masked-lm" | "image-classification" | "causal-lm" | "causal-lm-logits" | "seq2seq-lm",
-//    "texts": [...], "pixel_values": {dims, data}, "max_new_tokens": N, "dtype": "fp32" | "q8" | "fp16" | "q4" ...}
-import { env, AutoTokenizer, AutoModelForMaskedLM, AutoModelForImageClassification, AutoModelForCausalLM, AutoModelForSeq2SeqLM, Tensor } from "@huggingface/transformers";
+//   {"root": DIR, "model": "name/feature", "kind": "masked-lm" | "image-classification" | "causal-lm" | "causal-lm-logits"
+//    | "seq2seq-lm" | "speech2seq-lm" | "vision2seq-lm", "texts": [...], "pixel_values" | "input_features": {dims, data},
+//    "max_new_tokens": N, "dtype": "fp32" | "q8" | "fp16" | "q4" ...}
+import { env, AutoTokenizer, AutoModelForMaskedLM, AutoModelForImageClassification, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+  AutoModelForSpeechSeq2Seq, AutoModelForVision2Seq, Tensor } from "@huggingface/transformers";
 
 const request = JSON.parse(await new Promise((resolve) => {
   let text = "";
@@ -18,7 +20,23 @@ function plain(tensor) {
 }
 
 let answer;
-if (request.kind === "image-classification") {
+if (request.kind === "speech2seq-lm" || request.kind === "vision2seq-lm") {
+  // automatic-speech-recognition / image-to-text's models: onnx/encoder_model.onnx + onnx/decoder_model_merged.onnx,
+  // generating from the features or pixels given (no preprocessing in the comparison)
+  const speech = request.kind === "speech2seq-lm";
+  const cls = speech ? AutoModelForSpeechSeq2Seq : AutoModelForVision2Seq;
+  const model = await cls.from_pretrained(request.model, options);
+  const given = speech ? request.input_features : request.pixel_values;
+  const inputs = new Tensor("float32", Float32Array.from(given.data), given.dims);
+  const settings = { inputs, max_new_tokens: request.max_new_tokens, min_new_tokens: request.max_new_tokens, do_sample: false };
+  if (speech) {  // Whisper's prompt tokens are one list for the whole batch: give each row its start token
+    const batch = given.dims[0];
+    const start = Number(model.generation_config?.decoder_start_token_id ?? model.config.decoder_start_token_id);
+    settings.decoder_input_ids = Array.from({ length: batch }, () => [start]);
+  }
+  const output = await model.generate(settings);
+  answer = { sequences: output.tolist().map((row) => row.map(Number)), sessions: Object.keys(model.sessions) };
+} else if (request.kind === "image-classification") {
   const model = await AutoModelForImageClassification.from_pretrained(request.model, options);
   const pixels = new Tensor("float32", Float32Array.from(request.pixel_values.data), request.pixel_values.dims);
   answer = { logits: plain((await model({ pixel_values: pixels })).logits) };
