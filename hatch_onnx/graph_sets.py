@@ -46,8 +46,9 @@ VERSION = 1
 
 
 def applies(model_type: str, feature: str, framework: str) -> bool:
-    """Whether an export of ``feature`` also writes the graph set (PyTorch; the families above)."""
-    return feature == FEATURE and framework == "pt" and model_type in FAMILIES
+    """Whether an export of ``feature`` also writes the graph set (the families above, from either framework:
+    each back-end's ``export_graph_set``; TensorFlow's are those of them with TF classes)."""
+    return feature == FEATURE and framework in ("pt", "tf") and model_type in FAMILIES
 USE_CACHE_BRANCH = "use_cache_branch"
 # Export shapes, and validation's: every dynamic axis at another size.
 EXPORT_SHAPES = {"batch": 2, "encoder": 8, "decoder": 3, "past": 4}
@@ -237,6 +238,7 @@ def merge_decoders(first: Path, with_past: Path, target: Path) -> None:
             copy.name = f"{branch}/{node.name}"
             copy.input[:] = [rename(name) for name in node.input]
             copy.output[:] = [rename(name) for name in node.output]
+            _rename_in_bodies(copy, rename)
             nodes.append(copy)
         produced = {value.name: value for value in model.graph.output}
         outputs = []
@@ -266,6 +268,19 @@ def merge_decoders(first: Path, with_past: Path, target: Path) -> None:
     onnx.save_model(merged, str(target))
 
 
+def _rename_in_bodies(node: Any, rename: Any) -> None:
+    """The same renaming inside a node's subgraphs (tf2onnx's If and Loop), which read the branch's names."""
+    from hatch_onnx.graph_passes import _bodies
+
+    for body in _bodies(node):
+        for inner in body.node:
+            inner.input[:] = [rename(name) for name in inner.input]
+            inner.output[:] = [rename(name) for name in inner.output]
+            _rename_in_bodies(inner, rename)
+        for value in [*body.input, *body.output, *body.value_info, *body.initializer]:
+            value.name = rename(value.name)
+
+
 def reference_outputs(model: Any, config: Any, graph: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """The PyTorch module a graph was traced from, run on ``inputs``: named numpy outputs."""
     import torch
@@ -285,6 +300,7 @@ def validate_set(folder: Path, model: Any, config: Any, atol: float, timings: Op
     """Each graph on its own (at other shapes than the export's), then the chain by generation (its seconds in ``timings``)."""
     import numpy as np
 
+    from hatch_onnx.frameworks import backend_of
     from hatch_onnx.validation import Tolerance, compare_output, describe, open_session
 
     report: dict[str, Any] = {"atol": atol, "graphs": {}}
@@ -298,7 +314,7 @@ def validate_set(folder: Path, model: Any, config: Any, atol: float, timings: Op
             checks = [(dummy_inputs(config, DECODER, VALIDATION_SHAPES, seed), DECODER), checks[0]]
         figures: dict[str, Any] = {}
         for feed, traced in checks:
-            reference = reference_outputs(model, config, traced, feed)
+            reference = backend_of(model).graph_set_reference(model, config, traced, feed)
             run_feed = dict(feed)
             if graph == DECODER_MERGED:
                 run_feed = merged_feed(config, feed, use_cache=traced == DECODER_WITH_PAST)

@@ -44,6 +44,12 @@ class Backend(Protocol):
                          pad_token_id: int) -> tuple[Any, Any]:
         """transformers' greedy ``generate``: (new tokens (batch, new_tokens), raw logits (new_tokens, batch, vocab))."""
 
+    def export_graph_set(self, model: Any, config: "OnnxConfig", opset: int, folder: Path) -> dict[str, list[str]]:
+        """Write an encoder-decoder's graph set (:mod:`hatch_onnx.graph_sets`) into ``folder``; each graph's output names."""
+
+    def graph_set_reference(self, model: Any, config: "OnnxConfig", graph: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """The model code a member of the set was traced from, run on ``inputs``: named numpy outputs."""
+
     def weights_reaching_outputs(self, model: Any, config: "OnnxConfig", inputs: Mapping[str, Any],
                                  names: Sequence[str]) -> list[str]:
         """Which of the weights ``names`` influence the graph's outputs."""

@@ -226,10 +226,11 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _signature(tf: Any, config: OnnxConfig, dummy: Mapping[str, Any]) -> list:
+def _signature(tf: Any, axes: Mapping[str, Mapping[int, str]], dummy: Mapping[str, Any]) -> list:
+    """One ``tf.TensorSpec`` per input of ``dummy``: its dtype, ``None`` on the axes ``axes`` names dynamic."""
     specs = []
     for name, array in dummy.items():
-        dynamic = config.inputs[name]
+        dynamic = axes[name]
         shape = [None if axis in dynamic else size for axis, size in enumerate(array.shape)]
         specs.append(tf.TensorSpec(shape, tf.as_dtype(array.dtype), name=name))
     return specs
@@ -252,17 +253,26 @@ def export(preprocessor: Any, model: Any, config: OnnxConfig, opset: int, output
     """
     if exporter not in (None, *EXPORTER_NAMES):
         raise ExportError(f"exporter {exporter!r} does not export TensorFlow models; TensorFlow exports use tf2onnx")
-    tf, tf2onnx = require_tensorflow()
-    register_op_handlers()
-    output = Path(output)
+    tf, _ = require_tensorflow()
     apply_values_override(model, config)
     dummy = config.generate_dummy_inputs(preprocessor, framework=None)
     input_names, output_names = list(dummy), list(config.outputs)
-    signature = _signature(tf, config, dummy)
-    external = needs_external_data(weight_bytes(model))
+    write_graph(model, flat_call(model, input_names, output_names), _signature(tf, config.inputs, dummy), output_names,
+                {**config.inputs, **config.outputs}, opset, Path(output), needs_external_data(weight_bytes(model)))
+    return input_names, output_names
+
+
+def write_graph(model: Any, call: Callable[..., tuple], signature: list, output_names: Sequence[str],
+                axes: Mapping[str, Mapping[int, str]], opset: int, output: Path, external: bool) -> None:
+    """Trace ``call`` at ``signature``, convert it with tf2onnx, name it (inputs as the signature's
+    specs, outputs ``output_names``, dynamic axes ``axes``), refuse what onnxruntime cannot load,
+    and write ``output`` (and ``output.data`` when ``external``). Nothing is left behind on failure."""
+    tf, tf2onnx = require_tensorflow()
+    register_op_handlers()
+    input_names = [spec.name for spec in signature]
     try:
         with _quiet(), _unjitted_grouped_convolutions(model):
-            function = _trace(tf, flat_call(model, input_names, output_names), signature)
+            function = _trace(tf, call, signature)
             proto, storage = _convert(tf2onnx, function, signature, opset, external)
     except Exception as exc:  # tf2onnx and TF tracing raise many types; one error for the caller
         raise ExportError(f"tf2onnx failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
@@ -271,7 +281,7 @@ def export(preprocessor: Any, model: Any, config: OnnxConfig, opset: int, output
     _captures_as_initializers(proto, function, signature, input_names)
     graph_passes.fold_constant_ifs(proto.graph)
     graph_passes.standard_ranges(proto, opset)
-    graph_passes.name_graph(proto, {**config.inputs, **config.outputs}, input_names, output_names)
+    graph_passes.name_graph(proto, axes, input_names, output_names)
     graph_passes.check_ops_supported(proto)
     data = output.with_name(output.name + ".data")
     try:
@@ -290,7 +300,6 @@ def export(preprocessor: Any, model: Any, config: OnnxConfig, opset: int, output
         output.unlink(missing_ok=True)
         data.unlink(missing_ok=True)
         raise
-    return input_names, output_names
 
 
 def _trace(tf: Any, call: Callable[..., tuple], signature: list) -> Any:
@@ -479,3 +488,22 @@ def weights_reaching_outputs(model: Any, config: OnnxConfig, inputs: Mapping[str
         total = tf.add_n([tf.reduce_sum(o) for o in outputs])
     grads = dict(zip((id(v) for v in watched), tape.gradient(total, watched)))
     return [name for name, variables in candidates.items() if any(grads.get(id(v)) is not None for v in variables)]
+
+
+# --- graph sets (hatch_onnx.graph_sets; the TF tracing in .tensorflow_sets) -------------------
+
+
+def export_graph_set(model: Any, config: OnnxConfig, opset: int, folder: Path) -> dict[str, list[str]]:
+    """Write an encoder-decoder's graph set into ``folder`` (see :func:`hatch_onnx.graph_sets.export_set`)."""
+    from hatch_onnx import graph_sets
+    from hatch_onnx.frameworks import tensorflow_sets
+
+    return tensorflow_sets.export_set(model, config, opset, Path(folder), graph_sets.interfaces(config))
+
+
+def graph_set_reference(model: Any, config: OnnxConfig, graph: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """What the TF callable a member of the set was traced from gives on ``inputs`` (numpy, named)."""
+    from hatch_onnx import graph_sets
+    from hatch_onnx.frameworks import tensorflow_sets
+
+    return tensorflow_sets.reference_outputs(model, config, graph, inputs, graph_sets.interfaces(config))
