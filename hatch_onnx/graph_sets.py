@@ -19,11 +19,13 @@ look for:
                                the same outputs
 =============================  =========================================================================
 
-Each graph is validated on its own against the PyTorch model at other shapes than the export's,
+Each graph is validated on its own against the model at other shapes than the export's,
 and the chain (encoder, then the merged decoder, and the two decoders apart) by a greedy
 generation through onnxruntime alone (:func:`validate_chain`, by :mod:`hatch_onnx.generation`'s rules).
 
-PyTorch only (the TorchScript exporter, named explicitly); heavy imports inside functions.
+PyTorch's graphs are traced here (the TorchScript exporter, named explicitly); TensorFlow's by its back-end
+(``export_graph_set``, ``graph_set_reference`` in :mod:`hatch_onnx.frameworks.tensorflow`, tf2onnx) from the same
+interfaces and export inputs; the merge, validation and chain are the same. Heavy imports inside functions.
 """
 
 from __future__ import annotations
@@ -143,6 +145,12 @@ def dummy_inputs(config: Any, graph: str, shapes: Mapping[str, int], seed: int) 
 
 def export_set(model: Any, config: Any, opset: int, folder: Path) -> dict[str, list[str]]:
     """Write the four graphs into ``folder``; returns each graph's output names."""
+    tracer = _tracing_backend(model)
+    if tracer is not None:
+        dummies = {graph: dummy_inputs(config, graph, EXPORT_SHAPES, config.DUMMY_SEED) for graph in interfaces(config)}
+        written = tracer.export_graph_set(model, config, opset, folder, interfaces(config), dummies)
+        merge_decoders(folder / DECODER, folder / DECODER_WITH_PAST, folder / DECODER_MERGED)
+        return {**written, DECODER_MERGED: written[DECODER]}
     import torch
 
     from hatch_onnx.frameworks.pytorch import _export_torchscript, patched, prepare_model, torch_patches, transformers_patches
@@ -165,6 +173,15 @@ def export_set(model: Any, config: Any, opset: int, folder: Path) -> dict[str, l
     merge_decoders(folder / DECODER, folder / DECODER_WITH_PAST, folder / DECODER_MERGED)
     written[DECODER_MERGED] = written[DECODER]
     return written
+
+
+def _tracing_backend(model: Any) -> Optional[Any]:
+    """The back-end that traces ``model``'s set from the interfaces above (TensorFlow's), or None: PyTorch's
+    modules are this module's."""
+    from hatch_onnx.frameworks import backend_of
+
+    backend = backend_of(model)
+    return None if backend.FRAMEWORK == "pt" else backend
 
 
 def _fix_cache_axes(path: Path, config: Any) -> None:
@@ -282,7 +299,11 @@ def _rename_in_bodies(node: Any, rename: Any) -> None:
 
 
 def reference_outputs(model: Any, config: Any, graph: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """The PyTorch module a graph was traced from, run on ``inputs``: named numpy outputs."""
+    """The PyTorch module (or the back-end's code) a graph was traced from, run on ``inputs``: named numpy outputs."""
+    tracer = _tracing_backend(model)
+    if tracer is not None:
+        names_out = interfaces(config)[DECODER if graph == DECODER_MERGED else graph][1]
+        return tracer.graph_set_reference(model, config, graph, inputs, list(names_out))
     import torch
 
     from hatch_onnx.frameworks.pytorch import prepare_model
@@ -300,7 +321,6 @@ def validate_set(folder: Path, model: Any, config: Any, atol: float, timings: Op
     """Each graph on its own (at other shapes than the export's), then the chain by generation (its seconds in ``timings``)."""
     import numpy as np
 
-    from hatch_onnx.frameworks import backend_of
     from hatch_onnx.validation import Tolerance, compare_output, describe, open_session
 
     report: dict[str, Any] = {"atol": atol, "graphs": {}}
@@ -314,7 +334,7 @@ def validate_set(folder: Path, model: Any, config: Any, atol: float, timings: Op
             checks = [(dummy_inputs(config, DECODER, VALIDATION_SHAPES, seed), DECODER), checks[0]]
         figures: dict[str, Any] = {}
         for feed, traced in checks:
-            reference = backend_of(model).graph_set_reference(model, config, traced, feed)
+            reference = reference_outputs(model, config, traced, feed)
             run_feed = dict(feed)
             if graph == DECODER_MERGED:
                 run_feed = merged_feed(config, feed, use_cache=traced == DECODER_WITH_PAST)

@@ -19,7 +19,12 @@ if TYPE_CHECKING:  # pragma: no cover
 FRAMEWORKS = ("pt", "tf")
 
 class Backend(Protocol):
-    """What :mod:`.pytorch` and :mod:`.tensorflow` each provide, as module-level functions."""
+    """What :mod:`.pytorch` and :mod:`.tensorflow` each provide, as module-level functions.
+
+    :mod:`.tensorflow` also traces encoder-decoder graph sets (``export_graph_set``,
+    ``graph_set_reference``, given the interfaces by :mod:`hatch_onnx.graph_sets`, which traces
+    PyTorch's sets itself).
+    """
 
     FRAMEWORK: str
     EXPORTER_NAMES: tuple[str, ...]
@@ -43,12 +48,6 @@ class Backend(Protocol):
     def greedy_reference(self, model: Any, config: "OnnxConfig", input_ids: Any, attention_mask: Any, new_tokens: int,
                          pad_token_id: int) -> tuple[Any, Any]:
         """transformers' greedy ``generate``: (new tokens (batch, new_tokens), raw logits (new_tokens, batch, vocab))."""
-
-    def export_graph_set(self, model: Any, config: "OnnxConfig", opset: int, folder: Path) -> dict[str, list[str]]:
-        """Write an encoder-decoder's graph set (:mod:`hatch_onnx.graph_sets`) into ``folder``; each graph's output names."""
-
-    def graph_set_reference(self, model: Any, config: "OnnxConfig", graph: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        """The model code a member of the set was traced from, run on ``inputs``: named numpy outputs."""
 
     def weights_reaching_outputs(self, model: Any, config: "OnnxConfig", inputs: Mapping[str, Any],
                                  names: Sequence[str]) -> list[str]:

@@ -518,16 +518,3 @@ def weights_reaching_outputs(model: torch.nn.Module, config: OnnxConfig, inputs:
             params[name].requires_grad_(flag)
     return [name for name, grad in zip(candidates, grads) if grad is not None]
 
-
-def export_graph_set(model: torch.nn.Module, config: OnnxConfig, opset: int, folder: Path) -> dict[str, list[str]]:
-    """Write an encoder-decoder's graph set into ``folder`` (the tracing is :mod:`hatch_onnx.graph_sets`')."""
-    from hatch_onnx import graph_sets
-
-    return graph_sets.export_set(model, config, opset, folder)
-
-
-def graph_set_reference(model: torch.nn.Module, config: OnnxConfig, graph: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """What the module a member of the set was traced from gives on ``inputs`` (numpy, named)."""
-    from hatch_onnx import graph_sets
-
-    return graph_sets.reference_outputs(model, config, graph, inputs)

@@ -490,20 +490,76 @@ def weights_reaching_outputs(model: Any, config: OnnxConfig, inputs: Mapping[str
     return [name for name, variables in candidates.items() if any(grads.get(id(v)) is not None for v in variables)]
 
 
-# --- graph sets (hatch_onnx.graph_sets; the TF tracing in .tensorflow_sets) -------------------
+
+# --- an encoder-decoder's graph set (hatch_onnx.graph_sets: names, interfaces, merge, validation) ---
+#
+# graph_sets says which graphs (their inputs, outputs and dynamic axes, and export inputs); this
+# back-end traces each from the TF model, as a flat callable in the interface's order:
+#   encoder_model.onnx: model.get_encoder() on input_ids, attention_mask;
+#   decoder_model.onnx: the model with encoder_outputs given (the encoder does not run), the TF
+#     tuple cache it returns flattened to present.*;
+#   decoder_with_past_model.onnx: the flat past as its tuple cache, NaN encoder states of the cross
+#     cache's length (never read: the cross cache replaces them, as in the one-step export).
+# A decoder's first output is ``logits`` (seq2seq-lm-with-past) or ``last_hidden_state``
+# (default-with-past, whose model has no LM head). The merged decoder is graph_sets' to make.
+
+SET_HEADS = ("logits", "last_hidden_state")
 
 
-def export_graph_set(model: Any, config: OnnxConfig, opset: int, folder: Path) -> dict[str, list[str]]:
-    """Write an encoder-decoder's graph set into ``folder`` (see :func:`hatch_onnx.graph_sets.export_set`)."""
-    from hatch_onnx import graph_sets
-    from hatch_onnx.frameworks import tensorflow_sets
+def _set_call(model: Any, graph: str, input_names: Sequence[str], output_names: Sequence[str]) -> Callable[..., tuple]:
+    """The flat TF callable member ``graph`` of the set is traced from."""
+    import tensorflow as tf
+    from transformers.modeling_tf_outputs import TFBaseModelOutput
 
-    return tensorflow_sets.export_set(model, config, opset, Path(folder), graph_sets.interfaces(config))
+    from hatch_onnx.layouts import GRAPH_SET
+
+    if graph == GRAPH_SET[0]:  # the encoder
+        def encoder(input_ids: Any, attention_mask: Any) -> tuple:
+            out = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, training=False)
+            return (out.last_hidden_state,)
+
+        return encoder
+    input_names, output_names = list(input_names), list(output_names)
+    if output_names[0] not in SET_HEADS:
+        raise ExportError(f"{graph}: a decoder's first output is one of {', '.join(SET_HEADS)}, not {output_names[0]!r}")
+    first_argument = next(iter(inspect.signature(model.call).parameters))
+
+    def decoder(*tensors: Any) -> tuple:
+        named = dict(zip(input_names, tensors))
+        kwargs: dict[str, Any] = {"decoder_input_ids": named["input_ids"], "attention_mask": named["encoder_attention_mask"],
+                                  "use_cache": True, "return_dict": True, "training": False}
+        cache = _cache_from_flat(tf, model, named)
+        if cache is None:
+            kwargs["encoder_outputs"] = TFBaseModelOutput(last_hidden_state=named["encoder_hidden_states"])
+        else:
+            kwargs["past_key_values"] = cache
+            kwargs["encoder_outputs"] = _encoder_placeholder(tf, model, named)
+        kwargs.setdefault(first_argument, None)  # Keras insists that the first argument be passed
+        out = model(**kwargs)
+        return (out[output_names[0]], *(_present(model, out.past_key_values, name) for name in output_names[1:]))
+
+    return decoder
 
 
-def graph_set_reference(model: Any, config: OnnxConfig, graph: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """What the TF callable a member of the set was traced from gives on ``inputs`` (numpy, named)."""
-    from hatch_onnx import graph_sets
-    from hatch_onnx.frameworks import tensorflow_sets
+def export_graph_set(model: Any, config: OnnxConfig, opset: int, folder: Path,
+                     interfaces: Mapping[str, tuple[Mapping[str, Mapping[int, str]], Mapping[str, Mapping[int, str]]]],
+                     dummies: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Write each member of ``interfaces`` (graph -> (inputs, outputs) with their axes) into ``folder``, traced at
+    ``dummies[graph]`` (numpy); returns each graph's output names. Inline weights, as the PyTorch set's."""
+    tf, _ = require_tensorflow()
+    model = apply_values_override(model, config)
+    written = {}
+    for graph, (inputs, outputs) in interfaces.items():
+        call = _set_call(model, graph, list(inputs), list(outputs))
+        write_graph(model, call, _signature(tf, inputs, dummies[graph]), list(outputs), {**inputs, **outputs}, opset,
+                    Path(folder) / graph, external=False)
+        written[graph] = list(outputs)
+    return written
 
-    return tensorflow_sets.reference_outputs(model, config, graph, inputs, graph_sets.interfaces(config))
+
+def graph_set_reference(model: Any, config: OnnxConfig, graph: str, inputs: Mapping[str, Any],
+                        output_names: Sequence[str]) -> dict[str, Any]:
+    """The TF callable member ``graph`` was traced from, run eagerly on ``inputs``: named numpy outputs."""
+    tf, _ = require_tensorflow()
+    call = _set_call(apply_values_override(model, config), graph, list(inputs), list(output_names))
+    return {name: value.numpy() for name, value in zip(output_names, call(*(tf.constant(value) for value in inputs.values())))}
