@@ -191,8 +191,10 @@ def reference(model: Any, config: OnnxConfig) -> Reference:
     sequence = np.concatenate([input_ids, forced[:, :-1]], axis=1)
     full_mask = np.ones_like(sequence)
     full_mask[:, : mask.shape[1]] = mask
-    positions = _positions(full_mask) if "position_ids" in config.inputs else None
-    hidden = back_end.hidden_reference(model, config, sequence, full_mask, positions)
+    named = {"input_ids": sequence, "attention_mask": full_mask}
+    if "position_ids" in config.inputs:  # as the loop feeds them; a graph without them counts from 0, as the model does
+        named["position_ids"] = _positions(full_mask)
+    hidden = back_end.hidden_reference(model, config, named)
     states = np.stack([hidden[:, mask.shape[1] - 1 + step] for step in range(NEW_TOKENS)])
     return Reference(input_ids, mask, forced, states, "last_hidden_state")
 

@@ -21,44 +21,10 @@ and image-to-text look for:
 
 What differs between families is a :class:`Kind` (one per family and feature, :data:`KINDS`):
 
-=====================================  ==================  ====  ==================  ==========  ===========
-families, feature                      encoder inputs      mask  head output         cache       chain check
-=====================================  ==================  ====  ==================  ==========  ===========
-text (t5 ... bigbird-pegasus),         ``input_ids``,      yes   ``logits``          cross       generate
-``seq2seq-lm-with-past``               ``attention_mask``
-text, ``default-with-past``            same                yes   ``last_hidden_state``  cross    teacher-forced
-whisper, ``speech2seq-lm-with-past``   ``input_features``  no    ``logits``          cross       greedy loop
-whisper, ``default-with-past``         ``input_features``  no    ``last_hidden_state``  cross    teacher-forced
-vision-encoder-decoder,                ``pixel_values``    no    ``logits``          self only   greedy loop
-``vision2seq-lm-with-past``
-=====================================  ==================  ====  ==================  ==========  ===========
-
-"mask": the decoders take ``encoder_attention_mask`` (Whisper's and the image encoder's outputs
-have no padding; Optimum's exports of those take none). "cache": ``cross`` is
-``past_key_values.{i}.decoder|encoder.key|value`` (the encoder's keys and values computed at
-the first step, then carried); ``self only`` is the decoder-only naming of the decoder's own
-cache, ``past_key_values.{i}.key|value``, as Optimum and transformers.js expect of a
-vision-encoder-decoder with a GPT-2 decoder: every step takes ``encoder_hidden_states`` and
-recomputes cross-attention from it.
-
-Each graph is validated on its own against the PyTorch model at other shapes than the export's,
-and the chain (encoder, then the merged decoder, and the two decoders apart) through onnxruntime
-alone (:func:`validate_chain`, by :mod:`hatch_onnx.generation`'s steps and rules):
-
-- *generate*: the text families' prompts (batch 2, left-padded), compared with transformers'
-  ``generate(do_sample=False)`` step by step (logits within atol, tokens equal);
-- *greedy loop*: seeded audio features or pixels (batch 2), compared with a plain PyTorch greedy
-  loop (:func:`torch_greedy`). Not ``generate``: Whisper's overrides it with forced language and
-  task tokens, suppressed tokens and timestamp rules, which are generation policy, not what the
-  graphs compute; the loop runs the whole prefix through the model without a cache at every
-  step, so it also checks the cache path independently;
-- *teacher-forced*: a ``default-with-past`` graph returns hidden states, from which no token can
-  be chosen: a seeded token sequence is fed step by step (the first step with
-  ``use_cache_branch`` False, then True) and every step's last hidden state is compared with one
-  PyTorch forward over the whole sequence. ``tokens_equal`` is None there, and
-  ``tokens_compared`` says why.
-
-PyTorch only (the TorchScript exporter, named explicitly); heavy imports inside functions.
+=====================================  ==================  ====  ==================  ==========  ====
+PyTorch's graphs are traced here (the TorchScript exporter, named explicitly); TensorFlow's by its back-end
+(``export_graph_set``, ``graph_set_reference`` in :mod:`hatch_onnx.frameworks.tensorflow`, tf2onnx) from the same
+interfaces and export inputs; the merge, validation and chain are the same. Heavy imports inside functions.
 """
 
 from __future__ import annotations
@@ -105,8 +71,11 @@ VERSION = 2
 
 
 def applies(model_type: str, feature: str, framework: str) -> bool:
-    """Whether an export of ``feature`` also writes the graph set (PyTorch; the pairs of :data:`KINDS`)."""
-    return framework == "pt" and (model_type, feature) in KINDS
+    """Whether an export of ``feature`` also writes the graph set: the pairs of :data:`KINDS` from PyTorch; from
+    TensorFlow, the text families' (traced by its back-end's ``export_graph_set``; TF's classes take no
+    audio or image encoder input here)."""
+    kind = KINDS.get((model_type, feature))
+    return kind is not None and (framework == "pt" or (framework == "tf" and kind.encoder_inputs == _TEXT))
 
 
 def kind_of(config: Any) -> Kind:
@@ -271,6 +240,12 @@ def dummy_inputs(config: Any, graph: str, shapes: Mapping[str, int], seed: int) 
 
 def export_set(model: Any, config: Any, opset: int, folder: Path) -> dict[str, list[str]]:
     """Write the four graphs into ``folder``; returns each graph's output names."""
+    tracer = _tracing_backend(model)
+    if tracer is not None:
+        dummies = {graph: dummy_inputs(config, graph, EXPORT_SHAPES, config.DUMMY_SEED) for graph in interfaces(config)}
+        written = tracer.export_graph_set(model, config, opset, folder, interfaces(config), dummies)
+        merge_decoders(folder / DECODER, folder / DECODER_WITH_PAST, folder / DECODER_MERGED)
+        return {**written, DECODER_MERGED: written[DECODER]}
     import warnings
 
     import torch
@@ -292,6 +267,15 @@ def export_set(model: Any, config: Any, opset: int, folder: Path) -> dict[str, l
     merge_decoders(folder / DECODER, folder / DECODER_WITH_PAST, folder / DECODER_MERGED)
     written[DECODER_MERGED] = written[DECODER]
     return written
+
+
+def _tracing_backend(model: Any) -> Optional[Any]:
+    """The back-end that traces ``model``'s set from the interfaces above (TensorFlow's), or None: PyTorch's
+    modules are this module's."""
+    from hatch_onnx.frameworks import backend_of
+
+    backend = backend_of(model)
+    return None if backend.FRAMEWORK == "pt" else backend
 
 
 def _fix_cache_axes(path: Path, config: Any) -> None:
@@ -365,6 +349,7 @@ def merge_decoders(first: Path, with_past: Path, target: Path) -> None:
             copy.name = f"{branch}/{node.name}"
             copy.input[:] = [rename(name) for name in node.input]
             copy.output[:] = [rename(name) for name in node.output]
+            _rename_in_bodies(copy, rename)
             nodes.append(copy)
         produced = {value.name: value for value in model.graph.output}
         outputs = []
@@ -394,8 +379,25 @@ def merge_decoders(first: Path, with_past: Path, target: Path) -> None:
     onnx.save_model(merged, str(target))
 
 
+def _rename_in_bodies(node: Any, rename: Any) -> None:
+    """The same renaming inside a node's subgraphs (tf2onnx's If and Loop), which read the branch's names."""
+    from hatch_onnx.graph_passes import _bodies
+
+    for body in _bodies(node):
+        for inner in body.node:
+            inner.input[:] = [rename(name) for name in inner.input]
+            inner.output[:] = [rename(name) for name in inner.output]
+            _rename_in_bodies(inner, rename)
+        for value in [*body.input, *body.output, *body.value_info, *body.initializer]:
+            value.name = rename(value.name)
+
+
 def reference_outputs(model: Any, config: Any, graph: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """The PyTorch module a graph was traced from, run on ``inputs``: named numpy outputs."""
+    """The PyTorch module (or the back-end's code) a graph was traced from, run on ``inputs``: named numpy outputs."""
+    tracer = _tracing_backend(model)
+    if tracer is not None:
+        names_out = interfaces(config)[DECODER if graph == DECODER_MERGED else graph][1]
+        return tracer.graph_set_reference(model, config, graph, inputs, list(names_out))
     import torch
 
     from hatch_onnx.frameworks.pytorch import prepare_model
@@ -595,22 +597,17 @@ def validate_chain(folder: Path, model: Any, config: Any, tolerance: Any) -> dic
 
 def _validate_teacher_forced(sessions: Mapping[str, Any], model: Any, config: Any, feed: Mapping[str, Any], start: int,
                              tolerance: Any) -> dict[str, Any]:
-    """Hidden states step by step (a seeded token sequence fed), against one PyTorch forward over the whole sequence."""
+    """Hidden states step by step (a seeded token sequence fed), against one forward of the model over the whole sequence."""
     import numpy as np
-    import torch
 
     from hatch_onnx.errors import GenerationError
-    from hatch_onnx.frameworks.pytorch import prepare_model
-    from hatch_onnx.generation import GENERATION_SEED_OFFSET, NEW_TOKENS, PROMPT_LENGTHS
+    from hatch_onnx.frameworks import backend_of
+    from hatch_onnx.generation import NEW_TOKENS, PROMPT_LENGTHS, forced_tokens
 
     batch = len(PROMPT_LENGTHS)
-    forced = config._random_token_ids(np.random.default_rng(config.DUMMY_SEED + GENERATION_SEED_OFFSET + 1), (batch, NEW_TOKENS))
+    forced = forced_tokens(config)  # the decoder-only check's tokens (hatch_onnx.generation)
     sequence = np.concatenate([np.full((batch, 1), start, dtype=np.int64), forced[:, :-1]], axis=1)
-    model = prepare_model(model, config)
-    with torch.no_grad():
-        tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in feed.items()}
-        expected = model(**tensors, decoder_input_ids=torch.from_numpy(sequence), use_cache=False, return_dict=True)
-    expected = expected.last_hidden_state.float().numpy()  # (batch, steps, hidden)
+    expected = backend_of(model).hidden_reference(model, config, {**feed, "decoder_input_ids": sequence})  # (batch, steps, hidden)
     _, merged = generate_onnx(sessions[ENCODER], sessions[DECODER_MERGED], config, feed, NEW_TOKENS, start, forced=forced)
     _, apart = generate_onnx(sessions[ENCODER], sessions[DECODER], config, feed, NEW_TOKENS, start,
                              with_past=sessions[DECODER_WITH_PAST], forced=forced)

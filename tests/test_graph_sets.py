@@ -124,3 +124,35 @@ def test_merged_graph_branches_agree_with_the_separate_decoders(exported):
         alone = open_session(folder / source).run([head], feed)[0]
         together = merged.run([head], graph_sets.merged_feed(config, feed, use_cache))[0]
         np.testing.assert_array_equal(alone, together)
+
+
+def test_merge_renames_inside_control_flow_bodies(tmp_path):
+    """tf2onnx's decoders hold If nodes whose branches read the enclosing graph's values (BART's causal mask):
+    the merged graph renames those reads with the values, and each branch still computes its own decoder."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from hatch_onnx.validation import open_session
+
+    def decoder(path, op):  # logits = op(x) if x has more than one element else |op(x)|, through an If
+        then_branch = helper.make_graph([helper.make_node("Identity", ["t"], ["kept"], name="keep")], "then", [],
+                                        [helper.make_tensor_value_info("kept", TensorProto.FLOAT, None)])
+        else_branch = helper.make_graph([helper.make_node("Abs", ["t"], ["absolute"], name="abs")], "else", [],
+                                        [helper.make_tensor_value_info("absolute", TensorProto.FLOAT, None)])
+        nodes = [helper.make_node(op, ["x"], ["t"], name="op"), helper.make_node("Size", ["x"], ["size"], name="size"),
+                 helper.make_node("Greater", ["size", "one"], ["long"], name="greater"),
+                 helper.make_node("If", ["long"], ["logits"], name="if", then_branch=then_branch, else_branch=else_branch)]
+        graph = helper.make_graph(nodes, "decoder", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n"])],
+                                  initializer=[helper.make_tensor("one", TensorProto.INT64, [], [1])])
+        onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
+
+    decoder(tmp_path / "first.onnx", "Neg")
+    decoder(tmp_path / "past.onnx", "Sin")
+    graph_sets.merge_decoders(tmp_path / "first.onnx", tmp_path / "past.onnx", tmp_path / "merged.onnx")
+    merged = open_session(tmp_path / "merged.onnx")
+    for x in (np.array([0.5, -2.0, 1.0], dtype=np.float32), np.array([0.7], dtype=np.float32)):
+        for alone, use_cache in (("first.onnx", False), ("past.onnx", True)):
+            expected = open_session(tmp_path / alone).run(["logits"], {"x": x})[0]
+            got = merged.run(["logits"], {"x": x, graph_sets.USE_CACHE_BRANCH: np.array([use_cache])})[0]
+            np.testing.assert_array_equal(got, expected)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
-from hatch_onnx import generation
+from hatch_onnx import generation, graph_sets
 from hatch_onnx.models import FEATURE_TO_TF_AUTOMODEL, REGISTRY, feature_to_task, tf_features, tf_model_types
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,12 +195,37 @@ def _check_new_head(out: Path) -> dict:
     return {"error": None}
 
 
+def _check_changed_model_fails_the_set(out: Path) -> dict:
+    """T5's TF graph set, then one decoder weight of the model scaled by 1.01: the chain's generation check must fail."""
+    from hatch_onnx.errors import GenerationError
+    from hatch_onnx.loading import load_model
+    from hatch_onnx.validation import Tolerance
+
+    feature = graph_sets.FEATURE
+    model, _ = load_model(feature, str(tf_checkpoint("t5")), "tf")
+    support = REGISTRY["t5"]
+    config = support.config_for(feature)(model.config)
+    folder = out / "set-changed-model"
+    folder.mkdir()
+    graph_sets.export_set(model, config, support.opset(None, "tf2onnx"), folder)
+    tolerance = Tolerance(atol=config.atol_for_validation)
+    before = graph_sets.validate_chain(folder, model, config, tolerance)
+    variable = next(v for v in model.weights if "/decoder/" in v.name and len(v.shape) == 2)
+    variable.assign(variable * 1.01)
+    try:
+        graph_sets.validate_chain(folder, model, config, tolerance)
+    except GenerationError as exc:
+        return {"before": before["tokens_equal"], "error": str(exc), "variable": variable.name}
+    return {"before": before["tokens_equal"], "error": None, "variable": variable.name}
+
+
 CHECKS: dict[str, Callable[[Path], dict]] = {
     "table": _check_table,
     "without-erfc-handler": _check_without_erfc_handler,
     "large-model": _check_large_model,
     "determinism": _check_determinism,
     "new-head": _check_new_head,
+    "set-changed-model": _check_changed_model_fails_the_set,
 }
 
 
@@ -235,7 +260,11 @@ COST = {
     "longformer": 12.0, "mobilevit": 10.0, "swin": 8.0, "deberta": 8.0, "blenderbot": 7.5, "groupvit": 7.0,
     "clip": 5.0, "bart": 4.5, "mbart": 4.0, "deberta-v2": 3.5, "marian": 3.5, "blenderbot-small": 3.5,
     "whisper": 3.0, "segformer": 3.0, "convbert": 2.5, "roformer": 2.5, "gptj": 2.5, "t5": 2.0, "mt5": 2.0,
+    # checks that export graph sets (each set: three tf2onnx exports, a merge, a generation)
+    "set-changed-model": 10.0,
 }
+# An encoder-decoder's with-past job also exports its graph set: about 8 s more.
+GRAPH_SET_COST = 8.0
 SHARDS = max(1, min(2, os.cpu_count() or 1))
 
 
@@ -246,10 +275,14 @@ def shard_jobs(jobs: list[str], shards: int) -> list[list[str]]:
         groups.setdefault(job.split(":")[1], []).append(job)
     out: list[list[str]] = [[] for _ in range(shards)]
     loads = [0.0] * shards
-    for name, group in sorted(groups.items(), key=lambda item: (-COST.get(item[0], 1.5) * len(item[1]), item[0])):
+    def cost(name: str, group: list[str]) -> float:
+        return COST.get(name, 1.5) * len(group) + GRAPH_SET_COST * sum(
+            1 for job in group if job.startswith("pair:") and graph_sets.applies(*job.split(":")[1:], "tf"))
+
+    for name, group in sorted(groups.items(), key=lambda item: (-cost(*item), item[0])):
         k = loads.index(min(loads))
         out[k].extend(group)
-        loads[k] += COST.get(name, 1.5) * len(group)
+        loads[k] += cost(name, group)
     return out
 
 
@@ -383,7 +416,9 @@ def test_tf_export_and_validate(model_type, feature, tf_runs):
     result = tf_runs.get(f"pair:{model_type}:{feature}")
     report = result["report"]
     assert (report["framework"], report["exporter"]) == ("tf", "tf2onnx")
-    assert result["files"] == ["model.onnx"]
+    # an encoder-decoder with past ships its graph set beside the one-step graph, as from PyTorch
+    makes_set = graph_sets.applies(model_type, feature, "tf")
+    assert result["files"] == sorted(["model.onnx", *(graph_sets.GRAPHS if makes_set else ())])
     assert not result["torch_imported"]
     config = onnx_config(model_type, feature, tf_checkpoint(model_type))
     assert list(report["validation"]["outputs"]) == list(config.outputs)
@@ -403,15 +438,24 @@ def test_tf_export_and_validate(model_type, feature, tf_runs):
     expected = (task in NEW_HEAD_TASKS and task != feature_to_task(own)) or (model_type, feature) in NEW_HEAD_PAIRS
     assert bool(report["new_head_weights"]) == expected, report["new_head_weights"]
     assert_pytorch_interface(f"{model_type}:{feature}", report["validation"]["graph"], {**config.inputs, **config.outputs})
-    # decoders with past also generate, against TF's own generate (hatch_onnx.generation)
-    if generation.applies(config) and generation.output_name(config) == "logits":
-        figures = report["validation"]["generation"]
-        assert figures["tokens_equal"] and figures["steps"] == generation.NEW_TOKENS and figures["max_logits_diff"] <= report["atol"]
-    elif generation.applies(config):  # hidden states, teacher-forced, against TF's forward over the whole sequence
+    # decoders with past also generate, against TF's own generate (hatch_onnx.generation); graph sets by their chain;
+    # graphs of hidden states (default-with-past) teacher-forced, against TF's forward over the whole sequence
+    hidden = feature == "default-with-past" and (makes_set or generation.applies(config))
+    if hidden:
         figures = report["validation"]["generation"]
         assert figures["mode"] == "teacher-forced" and figures["steps"] == generation.NEW_TOKENS and figures["max_diff"] <= report["atol"]
+    elif generation.applies(config) or makes_set:
+        figures = report["validation"]["generation"]
+        assert figures["tokens_equal"] and figures["steps"] == generation.NEW_TOKENS and figures["max_logits_diff"] <= report["atol"]
     else:
         assert "generation" not in report["validation"]
+    if makes_set:  # each member validated against TF, with the interface the PyTorch set pinned (exactly)
+        members = report["validation"]["graph_set"]["graphs"]
+        assert set(members) == set(graph_sets.GRAPHS)
+        pinned = json.loads(INTERFACES.read_text())
+        for graph, figures in members.items():
+            assert figures["max_abs_diff"] <= config.atol_for_validation, graph
+            assert {"inputs": figures["inputs"], "outputs": figures["outputs"]} == pinned[f"{model_type}:{feature}:{graph}"], graph
 
 
 def assert_pytorch_interface(pair: str, graph: dict, named_axes: dict) -> None:
@@ -478,6 +522,13 @@ def test_new_head_refused_unless_allowed(tf_runs):
     assert "classifier" in result["missing"] and "--allow-new-head" in result["error"]
 
 
+@pytest.mark.slow
+def test_tf_graph_set_chain_fails_when_the_model_generates_otherwise(tf_runs):
+    result = tf_runs.get("check:set-changed-model")
+    assert result["before"] is True  # the same set passed against the unchanged model
+    assert result["error"] is not None and "generation" in result["error"], result
+
+
 # --- parity: the same weights through PyTorch and TensorFlow give the same graphs' outputs ----
 
 
@@ -514,6 +565,17 @@ def test_parity_with_pytorch(model_type, tf_runs, tmp_path):
         assert from_pt[name].shape == from_tf[name].shape, name
         diff = float(np.max(np.abs(from_pt[name].astype(np.float64) - from_tf[name])))
         assert diff <= config.atol_for_validation, f"{name}: {diff:.3g} > {config.atol_for_validation}"
+    if graph_sets.applies(model_type, feature, "tf"):  # the graph sets' members, on the same seeded inputs
+        for graph in graph_sets.GRAPHS:
+            source = graph_sets.DECODER_WITH_PAST if graph == graph_sets.DECODER_MERGED else graph
+            feed = graph_sets.dummy_inputs(config, source, graph_sets.VALIDATION_SHAPES, 7)
+            if graph == graph_sets.DECODER_MERGED:
+                feed = graph_sets.merged_feed(config, feed, use_cache=True)
+            from_pt, from_tf = _run_onnx(tmp_path / graph, feed), _run_onnx(tf_runs.out / model_type / feature / graph, feed)
+            assert list(from_pt) == list(from_tf)
+            for name in from_pt:
+                diff = float(np.max(np.abs(from_pt[name].astype(np.float64) - from_tf[name])))
+                assert diff <= config.atol_for_validation, f"{graph}: {name}: {diff:.3g} > {config.atol_for_validation}"
 
 
 # --- isolation: a job imports its own framework only; without the tf extra only TF jobs fail --

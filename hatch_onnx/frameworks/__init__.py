@@ -19,7 +19,12 @@ if TYPE_CHECKING:  # pragma: no cover
 FRAMEWORKS = ("pt", "tf")
 
 class Backend(Protocol):
-    """What :mod:`.pytorch` and :mod:`.tensorflow` each provide, as module-level functions."""
+    """What :mod:`.pytorch` and :mod:`.tensorflow` each provide, as module-level functions.
+
+    :mod:`.tensorflow` also traces encoder-decoder graph sets (``export_graph_set``,
+    ``graph_set_reference``, given the interfaces by :mod:`hatch_onnx.graph_sets`, which traces
+    PyTorch's sets itself).
+    """
 
     FRAMEWORK: str
     EXPORTER_NAMES: tuple[str, ...]
@@ -44,9 +49,8 @@ class Backend(Protocol):
                          pad_token_id: int) -> tuple[Any, Any]:
         """transformers' greedy ``generate``: (new tokens (batch, new_tokens), raw logits (new_tokens, batch, vocab))."""
 
-    def hidden_reference(self, model: Any, config: "OnnxConfig", input_ids: Any, attention_mask: Any,
-                         position_ids: Optional[Any] = None) -> Any:
-        """The model's ``last_hidden_state`` over a whole sequence in one pass (numpy, batch x sequence x hidden)."""
+    def hidden_reference(self, model: Any, config: "OnnxConfig", inputs: Mapping[str, Any]) -> Any:
+        """The model's ``last_hidden_state`` on named ``inputs``, in one pass without a cache (numpy, batch x sequence x hidden)."""
 
     def weights_reaching_outputs(self, model: Any, config: "OnnxConfig", inputs: Mapping[str, Any],
                                  names: Sequence[str]) -> list[str]:

@@ -493,21 +493,18 @@ def greedy_reference(model: torch.nn.Module, config: OnnxConfig, input_ids: Any,
     return tokens, logits
 
 
-def hidden_reference(model: torch.nn.Module, config: OnnxConfig, input_ids: Any, attention_mask: Any,
-                     position_ids: Optional[Any] = None) -> Any:
-    """The model's ``last_hidden_state`` over a whole (left-padded) sequence in one pass, as numpy (batch, sequence, hidden).
+def hidden_reference(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[str, Any]) -> Any:
+    """The model's ``last_hidden_state`` on named ``inputs`` (numpy) in one pass without a cache: (batch, sequence, hidden).
 
-    ``position_ids`` as ``generate`` would count them, for graphs that take them; None lets the
-    model count from 0, as a graph without them does.
+    A teacher-forced check's reference (:mod:`hatch_onnx.generation`, :mod:`hatch_onnx.graph_sets`):
+    the whole sequence at once, every step's state in one forward.
     """
     import numpy as np
 
     model = prepare_model(model, config)
-    kwargs = {"input_ids": torch.from_numpy(np.asarray(input_ids)), "attention_mask": torch.from_numpy(np.asarray(attention_mask))}
-    if position_ids is not None:
-        kwargs["position_ids"] = torch.from_numpy(np.asarray(position_ids))
     with torch.no_grad():
-        return model(**kwargs, return_dict=True).last_hidden_state.float().numpy()
+        out = model(**{name: torch.from_numpy(np.asarray(value)) for name, value in inputs.items()}, use_cache=False, return_dict=True)
+    return out.last_hidden_state.float().numpy()
 
 
 def weights_reaching_outputs(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[str, Any], names: Sequence[str]) -> list[str]:
@@ -534,3 +531,4 @@ def weights_reaching_outputs(model: torch.nn.Module, config: OnnxConfig, inputs:
         for name, flag in saved.items():
             params[name].requires_grad_(flag)
     return [name for name, grad in zip(candidates, grads) if grad is not None]
+

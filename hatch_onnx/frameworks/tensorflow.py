@@ -226,10 +226,11 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _signature(tf: Any, config: OnnxConfig, dummy: Mapping[str, Any]) -> list:
+def _signature(tf: Any, axes: Mapping[str, Mapping[int, str]], dummy: Mapping[str, Any]) -> list:
+    """One ``tf.TensorSpec`` per input of ``dummy``: its dtype, ``None`` on the axes ``axes`` names dynamic."""
     specs = []
     for name, array in dummy.items():
-        dynamic = config.inputs[name]
+        dynamic = axes[name]
         shape = [None if axis in dynamic else size for axis, size in enumerate(array.shape)]
         specs.append(tf.TensorSpec(shape, tf.as_dtype(array.dtype), name=name))
     return specs
@@ -252,17 +253,26 @@ def export(preprocessor: Any, model: Any, config: OnnxConfig, opset: int, output
     """
     if exporter not in (None, *EXPORTER_NAMES):
         raise ExportError(f"exporter {exporter!r} does not export TensorFlow models; TensorFlow exports use tf2onnx")
-    tf, tf2onnx = require_tensorflow()
-    register_op_handlers()
-    output = Path(output)
+    tf, _ = require_tensorflow()
     apply_values_override(model, config)
     dummy = config.generate_dummy_inputs(preprocessor, framework=None)
     input_names, output_names = list(dummy), list(config.outputs)
-    signature = _signature(tf, config, dummy)
-    external = needs_external_data(weight_bytes(model))
+    write_graph(model, flat_call(model, input_names, output_names), _signature(tf, config.inputs, dummy), output_names,
+                {**config.inputs, **config.outputs}, opset, Path(output), needs_external_data(weight_bytes(model)))
+    return input_names, output_names
+
+
+def write_graph(model: Any, call: Callable[..., tuple], signature: list, output_names: Sequence[str],
+                axes: Mapping[str, Mapping[int, str]], opset: int, output: Path, external: bool) -> None:
+    """Trace ``call`` at ``signature``, convert it with tf2onnx, name it (inputs as the signature's
+    specs, outputs ``output_names``, dynamic axes ``axes``), refuse what onnxruntime cannot load,
+    and write ``output`` (and ``output.data`` when ``external``). Nothing is left behind on failure."""
+    tf, tf2onnx = require_tensorflow()
+    register_op_handlers()
+    input_names = [spec.name for spec in signature]
     try:
         with _quiet(), _unjitted_grouped_convolutions(model):
-            function = _trace(tf, flat_call(model, input_names, output_names), signature)
+            function = _trace(tf, call, signature)
             proto, storage = _convert(tf2onnx, function, signature, opset, external)
     except Exception as exc:  # tf2onnx and TF tracing raise many types; one error for the caller
         raise ExportError(f"tf2onnx failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
@@ -271,7 +281,7 @@ def export(preprocessor: Any, model: Any, config: OnnxConfig, opset: int, output
     _captures_as_initializers(proto, function, signature, input_names)
     graph_passes.fold_constant_ifs(proto.graph)
     graph_passes.standard_ranges(proto, opset)
-    graph_passes.name_graph(proto, {**config.inputs, **config.outputs}, input_names, output_names)
+    graph_passes.name_graph(proto, axes, input_names, output_names)
     graph_passes.check_ops_supported(proto)
     data = output.with_name(output.name + ".data")
     try:
@@ -290,7 +300,6 @@ def export(preprocessor: Any, model: Any, config: OnnxConfig, opset: int, output
         output.unlink(missing_ok=True)
         data.unlink(missing_ok=True)
         raise
-    return input_names, output_names
 
 
 def _trace(tf: Any, call: Callable[..., tuple], signature: list) -> Any:
@@ -452,17 +461,14 @@ def greedy_reference(model: Any, config: OnnxConfig, input_ids: Any, attention_m
     return tokens, logits
 
 
-def hidden_reference(model: Any, config: OnnxConfig, input_ids: Any, attention_mask: Any,
-                     position_ids: Optional[Any] = None) -> Any:
-    """The TF model's ``last_hidden_state`` over a whole sequence in one pass (see pytorch.hidden_reference)."""
+def hidden_reference(model: Any, config: OnnxConfig, inputs: Mapping[str, Any]) -> Any:
+    """The TF model's ``last_hidden_state`` on named ``inputs`` in one pass without a cache (see pytorch.hidden_reference)."""
     import numpy as np
 
     tf, _ = require_tensorflow()
     model = apply_values_override(model, config)
-    kwargs = {"input_ids": tf.constant(np.asarray(input_ids)), "attention_mask": tf.constant(np.asarray(attention_mask))}
-    if position_ids is not None:
-        kwargs["position_ids"] = tf.constant(np.asarray(position_ids))
-    return np.asarray(model(**kwargs, return_dict=True, training=False).last_hidden_state, dtype=np.float32)
+    tensors = {name: tf.constant(np.asarray(value)) for name, value in inputs.items()}
+    return np.asarray(model(**tensors, use_cache=False, return_dict=True, training=False).last_hidden_state, dtype=np.float32)
 
 
 def weight_bytes(model: Any) -> int:
@@ -492,3 +498,78 @@ def weights_reaching_outputs(model: Any, config: OnnxConfig, inputs: Mapping[str
         total = tf.add_n([tf.reduce_sum(o) for o in outputs])
     grads = dict(zip((id(v) for v in watched), tape.gradient(total, watched)))
     return [name for name, variables in candidates.items() if any(grads.get(id(v)) is not None for v in variables)]
+
+
+
+# --- an encoder-decoder's graph set (hatch_onnx.graph_sets: names, interfaces, merge, validation) ---
+#
+# graph_sets says which graphs (their inputs, outputs and dynamic axes, and export inputs); this
+# back-end traces each from the TF model, as a flat callable in the interface's order:
+#   encoder_model.onnx: model.get_encoder() on input_ids, attention_mask;
+#   decoder_model.onnx: the model with encoder_outputs given (the encoder does not run), the TF
+#     tuple cache it returns flattened to present.*;
+#   decoder_with_past_model.onnx: the flat past as its tuple cache, NaN encoder states of the cross
+#     cache's length (never read: the cross cache replaces them, as in the one-step export).
+# A decoder's first output is ``logits`` (seq2seq-lm-with-past) or ``last_hidden_state``
+# (default-with-past, whose model has no LM head). The merged decoder is graph_sets' to make.
+
+SET_HEADS = ("logits", "last_hidden_state")
+
+
+def _set_call(model: Any, graph: str, input_names: Sequence[str], output_names: Sequence[str]) -> Callable[..., tuple]:
+    """The flat TF callable member ``graph`` of the set is traced from."""
+    import tensorflow as tf
+    from transformers.modeling_tf_outputs import TFBaseModelOutput
+
+    from hatch_onnx.layouts import GRAPH_SET
+
+    if graph == GRAPH_SET[0]:  # the encoder
+        def encoder(input_ids: Any, attention_mask: Any) -> tuple:
+            out = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, training=False)
+            return (out.last_hidden_state,)
+
+        return encoder
+    input_names, output_names = list(input_names), list(output_names)
+    if output_names[0] not in SET_HEADS:
+        raise ExportError(f"{graph}: a decoder's first output is one of {', '.join(SET_HEADS)}, not {output_names[0]!r}")
+    first_argument = next(iter(inspect.signature(model.call).parameters))
+
+    def decoder(*tensors: Any) -> tuple:
+        named = dict(zip(input_names, tensors))
+        kwargs: dict[str, Any] = {"decoder_input_ids": named["input_ids"], "attention_mask": named["encoder_attention_mask"],
+                                  "use_cache": True, "return_dict": True, "training": False}
+        cache = _cache_from_flat(tf, model, named)
+        if cache is None:
+            kwargs["encoder_outputs"] = TFBaseModelOutput(last_hidden_state=named["encoder_hidden_states"])
+        else:
+            kwargs["past_key_values"] = cache
+            kwargs["encoder_outputs"] = _encoder_placeholder(tf, model, named)
+        kwargs.setdefault(first_argument, None)  # Keras insists that the first argument be passed
+        out = model(**kwargs)
+        return (out[output_names[0]], *(_present(model, out.past_key_values, name) for name in output_names[1:]))
+
+    return decoder
+
+
+def export_graph_set(model: Any, config: OnnxConfig, opset: int, folder: Path,
+                     interfaces: Mapping[str, tuple[Mapping[str, Mapping[int, str]], Mapping[str, Mapping[int, str]]]],
+                     dummies: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Write each member of ``interfaces`` (graph -> (inputs, outputs) with their axes) into ``folder``, traced at
+    ``dummies[graph]`` (numpy); returns each graph's output names. Inline weights, as the PyTorch set's."""
+    tf, _ = require_tensorflow()
+    model = apply_values_override(model, config)
+    written = {}
+    for graph, (inputs, outputs) in interfaces.items():
+        call = _set_call(model, graph, list(inputs), list(outputs))
+        write_graph(model, call, _signature(tf, inputs, dummies[graph]), list(outputs), {**inputs, **outputs}, opset,
+                    Path(folder) / graph, external=False)
+        written[graph] = list(outputs)
+    return written
+
+
+def graph_set_reference(model: Any, config: OnnxConfig, graph: str, inputs: Mapping[str, Any],
+                        output_names: Sequence[str]) -> dict[str, Any]:
+    """The TF callable member ``graph`` was traced from, run eagerly on ``inputs``: named numpy outputs."""
+    tf, _ = require_tensorflow()
+    call = _set_call(apply_values_override(model, config), graph, list(inputs), list(output_names))
+    return {name: value.numpy() for name, value in zip(output_names, call(*(tf.constant(value) for value in inputs.values())))}
