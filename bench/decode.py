@@ -1,13 +1,19 @@
 """Decoder graphs at run time: session creation, prefill and per-token decode in plain onnxruntime.
 
     python bench/decode.py GRAPH [GRAPH ...]
-    python bench/decode.py --checkpoint DIR [--variants o2 ...] [--genai-python PYTHON]
+    python bench/decode.py --checkpoint DIR [--variants o2 ...] [--genai-python PYTHON] [--exporter genai]
 
 With graphs, each is measured as it is. With ``--checkpoint`` (a causal LM, e.g.
 ``bench/large.py``'s random Qwen2.5-0.5B), the checkpoint is first exported by ``hatch-onnx
 build`` (``causal-lm-with-past`` and the ``--variants``, into ``bench/.work/decode/``), and, when
 onnxruntime-genai's model builder runs in ``--genai-python`` (default: this interpreter; it needs
 transformers 5), built by it in fp32 and int4 for CPU: the baseline of the same run.
+``--exporter genai`` exports with hatch-onnx's ``exporter: genai`` (the same builder, then our
+validation and generation check): its row's build seconds are the whole export (builder +
+validation), with the export's peak memory (``wait4``) against the weights on disk. The
+builder loads a tokenizer: a checkpoint without one (bench/large.py's random ones) is seen
+through a folder of links to its files plus the tiny Qwen2 fixture's tokenizer (its ids are
+never used: the graphs take token ids).
 
 Every graph is measured in a fresh process (one at a time, so that they do not compete for the
 cores), through the same loop: the decoder interface of Optimum, transformers.js, genai and
@@ -126,7 +132,22 @@ def measure(graph: Path, prompt: int, steps: int) -> dict | None:
 
 # --- graphs of a checkpoint --------------------------------------------------------------------
 
-def hatch_onnx_graphs(checkpoint: Path, variants: list[str]) -> list[tuple[str, Path, float]]:
+def with_tokenizer(checkpoint: Path) -> Path:
+    """``checkpoint``, or a folder of links to its files plus a fixture tokenizer when it has none (genai's builder loads one)."""
+    if (checkpoint / "tokenizer.json").is_file() or (checkpoint / "tokenizer_config.json").is_file():
+        return checkpoint
+    view = WORK / f"{checkpoint.name}-with-tokenizer"
+    shutil.rmtree(view, ignore_errors=True)
+    view.mkdir(parents=True)
+    for path in checkpoint.iterdir():
+        (view / path.name).symlink_to(path.resolve())
+    fixture = HERE.parent / "fixtures" / "checkpoints" / "qwen2-tiny"
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(fixture / name, view / name)
+    return view
+
+
+def hatch_onnx_graphs(checkpoint: Path, variants: list[str], exporter: str = "torchscript") -> list[tuple[str, Path, float]]:
     """Export with ``hatch-onnx build`` (cold cache); (label, graph, wall seconds including validation) per graph."""
     import yaml
 
@@ -135,13 +156,25 @@ def hatch_onnx_graphs(checkpoint: Path, variants: list[str]) -> list[tuple[str, 
     work.mkdir(parents=True)
     params = work / "params.yaml"
     params.write_text(yaml.safe_dump({"onnx": {"cache": str(work / "cache"), "models": {"decoder": {
-        "checkpoint": str(checkpoint), "features": ["causal-lm-with-past"], "variants": variants}}}}))
+        "checkpoint": str(checkpoint), "features": ["causal-lm-with-past"], "variants": variants, "exporter": exporter}}}}))
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hatch_onnx", "build", "--params", str(params), "--out", str(work / "out")], check=True,
-                   env={**os.environ, "USE_TF": "0"})
+    process = subprocess.Popen([sys.executable, "-m", "hatch_onnx", "build", "--params", str(params), "--out", str(work / "out")],
+                               env={**os.environ, "USE_TF": "0"})
+    _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
+    weights = sum(p.stat().st_size for p in checkpoint.glob("*.safetensors"))
+    peak = usage.ru_maxrss * 1024
+    print(f"hatch-onnx build (exporter {exporter}, variants {variants or 'none'}): {wall:.1f} s, exit "
+          f"{os.waitstatus_to_exitcode(status)}, peak {peak / 2**30:.2f} GiB = {peak / weights:.2f}x the weights ({weights / 2**30:.2f} GiB)")
     folder = work / "out" / "decoder" / "causal-lm-with-past"
-    return [("hatch-onnx fp32", folder / "model.onnx", wall),
+    report = folder.parents[1] / "manifest.json"
+    if report.is_file():
+        entry = json.loads(report.read_text())["models"]["decoder"]["causal-lm-with-past"]
+        print(f"  validation: {json.dumps(entry['validation'])[:600]}")
+        for name, variant in entry.get("variants", {}).items():
+            print(f"  variant {name}: {json.dumps(variant['validation'])[:300]} generation {json.dumps(variant.get('generation'))[:300]}")
+    label = "hatch-onnx genai" if exporter == "genai" else "hatch-onnx fp32"
+    return [(label, folder / "model.onnx", wall),
             *((f"hatch-onnx {v}", folder / f"model.{v}.onnx", float("nan")) for v in variants)]
 
 
@@ -169,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, help="export this causal LM (and build it with genai) first")
     parser.add_argument("--variants", nargs="*", default=["o2"], help="hatch-onnx variants to measure with --checkpoint")
     parser.add_argument("--genai-python", default=sys.executable, help="interpreter with onnxruntime-genai and transformers 5")
+    parser.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo", "genai"),
+                        help="hatch-onnx's exporter for --checkpoint (genai: onnxruntime-genai's builder, validated by us)")
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
@@ -178,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     graphs = [(str(g), g, float("nan")) for g in args.graphs]
     if args.checkpoint:
-        graphs += hatch_onnx_graphs(args.checkpoint.resolve(), args.variants) + genai_graphs(args.checkpoint.resolve(), args.genai_python)
+        checkpoint = with_tokenizer(args.checkpoint.resolve())
+        graphs += hatch_onnx_graphs(checkpoint, args.variants, args.exporter) + genai_graphs(checkpoint, args.genai_python)
     if not graphs:
         parser.error("give graphs, or --checkpoint")
     rows = [(label, wall, r) for label, graph, wall in graphs if (r := measure(graph, args.prompt, args.steps)) is not None]

@@ -25,7 +25,8 @@ def _export_parser(sub) -> None:
                    help="preprocessor for the export's dummy inputs (auto: made from the model config)")
     p.add_argument("--cache_dir", "--cache-dir", dest="cache_dir", help="accepted for compatibility; checkpoints are local")
     p.add_argument("--export_with_transformers", action="store_true", help="accepted for compatibility; no effect")
-    p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript", help="torch.onnx exporter (default: %(default)s)")
+    p.add_argument("--exporter", choices=("torchscript", "dynamo", "genai"), default="torchscript",
+                   help="torch.onnx's exporter, or genai: onnxruntime-genai's model builder (default: %(default)s)")
     p.add_argument("--dtype", type=_dtype, default="float32", metavar="{float32,float16}",
                    help="precision to load, export and validate in (PyTorch; fp32/fp16 accepted; default: %(default)s)")
     p.add_argument("--report", type=Path, help="write a JSON validation report here")
@@ -93,12 +94,13 @@ def _print_export(args: argparse.Namespace, report: dict) -> int:
         print(f"  {graph:<28} max abs diff {figures['max_abs_diff']:.2e} <= atol {report['atol']:g}")
     generated = report["validation"].get("generation")
     if generated:
-        if generated["tokens_equal"] is None:  # hidden states (graph_sets: teacher-forced): no token chosen
+        if generated["tokens_equal"] is None:  # hidden states (teacher-forced): no token chosen
             print(f"  generation: {generated['steps']} steps at batch {generated['batch']}, teacher-forced, "
                   f"max {generated['output']} diff {generated['max_diff']:.2e}")
         else:
             tokens = "tokens equal" if generated["tokens_equal"] else f"a tie at step {generated['tie']['step']}"
-            print(f"  generation: {generated['steps']} steps at batch {generated['batch']}, {tokens}, "
+            padded = f" ({generated['padding']}-padded)" if "padding" in generated else ""
+            print(f"  generation: {generated['steps']} steps at batch {generated['batch']}{padded}, {tokens}, "
                   f"max logits diff {generated['max_logits_diff']:.2e}")
     timings = report["timings"]
     also = f", generate {timings['generate']:.2f}s" if "generate" in timings else ""

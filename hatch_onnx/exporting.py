@@ -28,6 +28,7 @@ from hatch_onnx.checkpoints import determine_framework, read_model_type
 from hatch_onnx.errors import BadInputError, MissingHeadWeightsError
 from hatch_onnx.frameworks.exporters import exporter_name
 from hatch_onnx.frameworks.env import isolate
+from hatch_onnx import genai_builder
 from hatch_onnx.layouts import as_layouts
 from hatch_onnx.loading import DTYPES, ModelLoader, load_model, load_preprocessor
 from hatch_onnx.models import ModelSupport, support_for
@@ -74,6 +75,8 @@ def check_request(request: ExportRequest, output: Path) -> CheckedRequest:
     framework = determine_framework(str(model_dir), request.framework)
     support.check(request.feature, framework, where=str(model_dir), transformers_major=transformers_major() or 5)
     exporter = exporter_name(framework, request.exporter)
+    if genai_builder.applies(exporter):  # onnxruntime-genai's builder: what it makes, on the line it runs on
+        genai_builder.check(model_dir, support.model_type, request.feature, framework, request.dtype, transformers_major())
     opset = support.opset(request.opset, exporter)
     _check_output(Path(output))
     if request.atol is not None and not 0 < request.atol < float("inf"):  # NaN fails both
@@ -131,7 +134,8 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
         "feature": request.feature,
         "framework": checked.framework,
         "exporter": checked.exporter,
-        "opset": checked.opset,
+        # the builder writes its own opset (hatch_onnx.genai_builder): the report says the graph's
+        "opset": genai_builder.graph_opset(target) if genai_builder.applies(checked.exporter) else checked.opset,
         "dtype": request.dtype,
         "atol": atol,
         "files": files,
@@ -174,7 +178,10 @@ def _load(checked: CheckedRequest, load: ModelLoader, log: Callable[[str], Any])
     """The model, its ONNX config, the config values the export sets, preprocessor, new head weights."""
     request = checked.request
     model, missing = load(request.feature, str(checked.model_dir), checked.framework, request.cache_dir, request.dtype)
-    onnx_config = checked.support.config_for(request.feature)(model.config)
+    if genai_builder.applies(checked.exporter):  # the builder's graph has its own interface
+        onnx_config = genai_builder.interface_config(checked.support, model.config)
+    else:
+        onnx_config = checked.support.config_for(request.feature)(model.config)
     overrides = dict(onnx_config.values_override or {})  # before anything sets them on the model
     preprocessor = load_preprocessor(request.preprocessor, checked.model_dir)
     new_head = _new_head_weights(model, onnx_config, missing, checked.framework)
@@ -201,18 +208,35 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
     generation); a large model is then released (:class:`Loaded`) before onnxruntime opens a graph.
     """
     from hatch_onnx import generation, graph_sets
+    from hatch_onnx.config import needs_external_data
     from hatch_onnx.frameworks import backend
     from hatch_onnx.validation import Tolerance, reference_outputs, validate_graph, validation_inputs
 
     exporter, onnx_config = backend(checked.framework), loaded.onnx_config
+    genai = genai_builder.applies(checked.exporter)
     with staging_folder(target.parent, ".hatch-onnx-staging-") as staging:
         staged = staging / target.name
-        t0 = time.perf_counter()
-        _, onnx_outputs = exporter.export(loaded.preprocessor, loaded.model, onnx_config, checked.opset, staged, exporter=checked.exporter)
-        timings["export"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        inputs, reference = reference_outputs(loaded.model, onnx_config, validation_inputs(onnx_config))
-        timings["validate"] = time.perf_counter() - t0
+        if genai:
+            # The builder loads the checkpoint itself, in its own process: everything validation
+            # needs of our model is computed first, and a large model freed before the builder runs.
+            t0 = time.perf_counter()
+            inputs, reference = reference_outputs(loaded.model, onnx_config, validation_inputs(onnx_config))
+            timings["validate"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            expected_generation = generation.reference(loaded.model, onnx_config)
+            timings["generate"] = time.perf_counter() - t0
+            if needs_external_data(_weight_bytes(loaded.model)):
+                loaded.release(release)
+            t0 = time.perf_counter()
+            _, onnx_outputs = genai_builder.build(checked.model_dir, staged, checked.request.dtype)
+            timings["export"] = time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            _, onnx_outputs = exporter.export(loaded.preprocessor, loaded.model, onnx_config, checked.opset, staged, exporter=checked.exporter)
+            timings["export"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            inputs, reference = reference_outputs(loaded.model, onnx_config, validation_inputs(onnx_config))
+            timings["validate"] = time.perf_counter() - t0
         validation: dict[str, Any] = {}
         if graph_sets.applies(checked.support.model_type, checked.request.feature, checked.framework) and target.name == "model.onnx":
             # The one-step graph is the legacy interface; generation needs the set beside it.
@@ -223,13 +247,14 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
             validation["graph_set"] = graph_sets.validate_set(staging, loaded.model, onnx_config, atol, timings)
             validation["generation"] = validation["graph_set"].pop("generation")
             timings["validate_set"] = time.perf_counter() - t0 - timings["generate"]
-        expected_generation = None
-        if generation.applies(onnx_config):
-            t0 = time.perf_counter()
-            expected_generation = generation.reference(loaded.model, onnx_config)
-            timings["generate"] = time.perf_counter() - t0
-        if (staging / f"{staged.name}.data").exists():  # a large model: onnxruntime will hold the weights from here on
-            loaded.release(release)
+        if not genai:
+            expected_generation = None
+            if generation.applies(onnx_config):
+                t0 = time.perf_counter()
+                expected_generation = generation.reference(loaded.model, onnx_config)
+                timings["generate"] = time.perf_counter() - t0
+            if (staging / f"{staged.name}.data").exists():  # a large model: onnxruntime will hold the weights from here on
+                loaded.release(release)
         t0 = time.perf_counter()
         validation = {**validate_graph(staged, onnx_config, inputs, reference, Tolerance(atol=atol), named_outputs=onnx_outputs),
                       **validation}
@@ -248,6 +273,10 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
     return files, validation
 
 
+def _weight_bytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def _complete_folder(staging: Path, checked: CheckedRequest, validation: dict[str, Any]) -> None:
     """Make the staged graph a model folder: placed for each layout, with the checkpoint's side files and genai config."""
     import shutil
@@ -257,6 +286,10 @@ def _complete_folder(staging: Path, checked: CheckedRequest, validation: dict[st
     from hatch_onnx.layouts import GENAI_CONFIG_FILE, graph_path, placed, primary
 
     layouts = as_layouts(checked.request.layouts)
+    builder_genai = staging / GENAI_CONFIG_FILE  # onnxruntime-genai's builder wrote the graph and this config
+    builder_config = builder_genai.read_text(encoding="utf-8") if builder_genai.is_file() else None
+    if builder_config is not None:
+        builder_genai.unlink()
     graph_files = sorted(p.name for p in staging.iterdir())
     for layout in layouts:
         for name in graph_files:
@@ -269,8 +302,11 @@ def _complete_folder(staging: Path, checked: CheckedRequest, validation: dict[st
             (staging / name).unlink()
     for side in side_files(checked.model_dir):
         shutil.copyfile(side, staging / side.name)
-    genai = genai_config_text(checked.model_dir, checked.support.model_type, checked.request.feature, validation["graph"],
-                              graph_path(primary(layouts)))
+    if builder_config is not None:
+        genai = genai_builder.placed_config_text(builder_config, graph_path(primary(layouts)))
+    else:
+        genai = genai_config_text(checked.model_dir, checked.support.model_type, checked.request.feature, validation["graph"],
+                                  graph_path(primary(layouts)))
     if genai is not None:
         (staging / GENAI_CONFIG_FILE).write_text(genai, encoding="utf-8")
 

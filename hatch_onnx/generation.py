@@ -26,6 +26,13 @@ every step's reference. The figures say ``mode: teacher-forced`` and carry ``max
 ``output``; ``tokens_equal`` is None, there being no choice to compare (as an encoder-decoder's
 teacher-forced chain reports, :mod:`hatch_onnx.graph_sets`).
 
+A graph whose contract is right padding (``PADDING_SIDE = "right"`` on its config: onnxruntime-genai's
+builder's graphs, whose GroupQueryAttention counts a row's tokens from index 0 and takes only
+lengths from the mask: :mod:`hatch_onnx.genai_builder`) is fed the same prompts padded on the
+right, and each row's prefill logits are read at its last real token; then every step is as
+above (the mask grows by one column, its sum is each row's length). The model's side is the
+same left-padded ``generate``; the figures say ``padding: right``.
+
 Which graphs: decoder-only features with past (:func:`applies`). Encoder-decoders generate from
 their graph set (:mod:`hatch_onnx.graph_sets`), which uses this module's loop rules.
 Light at import: numpy, onnxruntime and the back-ends are imported by the functions that use them.
@@ -110,6 +117,24 @@ def pad_token_id(config: OnnxConfig) -> int:
     return 0
 
 
+def padding_side(config: OnnxConfig) -> str:
+    """Where the graph's contract puts a shorter prompt's padding: ``left`` (ours) or ``right`` (genai's builder)."""
+    return getattr(config, "PADDING_SIDE", "left")
+
+
+def _right_padded(input_ids: Any, attention_mask: Any) -> tuple[Any, Any]:
+    """The same prompts with their padding moved to the right (the pad ids kept)."""
+    import numpy as np
+
+    ids, mask = np.array(input_ids), np.zeros_like(attention_mask)
+    for row in range(ids.shape[0]):
+        real = np.asarray(attention_mask[row]) == 1
+        count = int(real.sum())
+        ids[row] = np.concatenate([input_ids[row][real], input_ids[row][~real]])
+        mask[row, :count] = 1
+    return ids, mask
+
+
 def _positions(mask: Any) -> Any:
     """What ``generate`` computes: positions count the tokens attended to; padding gets 1."""
     import numpy as np
@@ -139,6 +164,10 @@ def generate_onnx(session: Any, config: OnnxConfig, input_ids: Any, attention_ma
     declared = {node.name: node.type for node in session.get_inputs()}
     names = [node.name for node in session.get_outputs()]
     batch = input_ids.shape[0]
+    right = padding_side(config) == "right"
+    if right:
+        input_ids, attention_mask = _right_padded(input_ids, attention_mask)
+    lengths = attention_mask.sum(axis=1)
     past = _empty_cache(config, batch)
     mask, step_ids = attention_mask, input_ids
     tokens, logits = [], []
@@ -150,7 +179,9 @@ def generate_onnx(session: Any, config: OnnxConfig, input_ids: Any, attention_ma
             if value.dtype.kind == "f" and declared.get(name) in _FLOAT_TYPES:
                 feed[name] = value.astype(_FLOAT_TYPES[declared[name]])
         outputs = dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in declared})))
-        last = np.asarray(outputs[output])[:, -1].astype(np.float32)
+        values = np.asarray(outputs[output])
+        # right padding: a row's prompt ends at its length, not at the last column
+        last = (values[np.arange(batch), lengths - 1] if right and step == 0 else values[:, -1]).astype(np.float32)
         chosen = last.argmax(-1).astype(np.int64) if forced is None else np.asarray(forced)[:, step]
         tokens.append(chosen)
         logits.append(last)
@@ -225,6 +256,8 @@ def check(graph: Union[str, Path], config: OnnxConfig, expected: Reference, tole
         _, states = generate_onnx(session, config, expected.input_ids, expected.attention_mask, NEW_TOKENS,
                                   forced=expected.tokens, output=expected.output)
         figures = _compare_states(states, expected.outputs, tolerance, prefix, half)
+    if padding_side(config) != "left":  # said only where it differs: every other export's figures stay as they were
+        figures["padding"] = padding_side(config)
     if "failure" in figures and enforce:
         raise GenerationError(figures["failure"], output=expected.output, value=figures)
     return figures

@@ -98,7 +98,7 @@ def placements(result: Any, variants: Iterable[Any] = ()) -> list[Placement]:
     out = []
     for layout in layouts:
         for name in sorted(result.entry.files):
-            if name != "report.json":
+            if name not in ("report.json", GENAI_CONFIG_FILE):
                 out.append(Placement(placed(layout, name), role_of_entry_file(name), result.entry.path / name, layout=layout))
         for variant in variants:
             for name in sorted(variant.entry.files):  # its graph, and external data named for the variant
@@ -106,8 +106,14 @@ def placements(result: Any, variants: Iterable[Any] = ()) -> list[Placement]:
                     out.append(Placement(placed(layout, name, variant.variant), VARIANT if name == "model.onnx" else GRAPH_DATA,
                                          variant.entry.path / name, layout=layout, variant=variant.variant))
     out.extend(Placement(side.name, role_of_checkpoint_file(side.name), side) for side in side_files(result.job.checkpoint))
-    genai = genai_config_text(result.job.checkpoint, result.job.model_type, result.job.feature, result.report["validation"]["graph"],
-                              graph_path(primary(layouts)))
+    if GENAI_CONFIG_FILE in result.entry.files:  # exporter genai: the builder's own config for its own graph
+        from hatch_onnx.genai_builder import placed_config_text
+
+        builder_config = (result.entry.path / GENAI_CONFIG_FILE).read_text(encoding="utf-8")
+        genai: Optional[str] = placed_config_text(builder_config, graph_path(primary(layouts)))
+    else:
+        genai = genai_config_text(result.job.checkpoint, result.job.model_type, result.job.feature,
+                                  result.report["validation"]["graph"], graph_path(primary(layouts)))
     if genai is not None:
         out.append(Placement(GENAI_CONFIG_FILE, GENAI_CONFIG, text=genai))
     return out

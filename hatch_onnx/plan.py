@@ -153,6 +153,14 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
                 support.check(feature, framework, where=str(checkpoint))
             except BadInputError as exc:
                 raise ParamsError(f"{source.file}: {key}: {exc}", key=key) from None
+            if model.exporter == "genai":  # what onnxruntime-genai's builder makes; its line is the worker's to check
+                from hatch_onnx import genai_builder
+
+                try:
+                    genai_builder.check(checkpoint, support.model_type, feature, framework, dtype, None, check_installed=False)
+                except BadInputError as exc:
+                    exporter_key = f"onnx.models.{name}.exporter"
+                    raise ParamsError(f"{source.file}: {exporter_key}: {exc}", key=exporter_key) from None
             jobs.append(Job(
                 name=name, feature=feature, checkpoint=checkpoint, model_type=support.model_type, framework=framework,
                 # a default, not a demand: the architecture's minimum wins when higher

@@ -27,7 +27,7 @@ FRAMEWORK_PACKAGES: Mapping[str, tuple[str, ...]] = {
     "pt": ("torch", "transformers", "onnx", "onnxruntime"),
     "tf": ("tensorflow", "tf-keras", "tf2onnx", "transformers", "onnx", "onnxruntime"),
 }
-EXPORTER_PACKAGES: Mapping[str, tuple[str, ...]] = {"dynamo": ("onnxscript",)}
+EXPORTER_PACKAGES: Mapping[str, tuple[str, ...]] = {"dynamo": ("onnxscript",), "genai": ("onnxruntime-genai",)}
 PACKAGES = tuple(sorted({name for names in (*FRAMEWORK_PACKAGES.values(), *EXPORTER_PACKAGES.values()) for name in names}))
 
 Versions = Mapping[str, Optional[str]]

@@ -67,8 +67,12 @@ class Tolerance:
 def validation_spec(config: OnnxConfig) -> DummySpec:
     """The validation draw's parameters for ``config`` (see the module's docstring)."""
     with_past = isinstance(config, OnnxConfigWithPast)
+    # A graph whose attention takes a sequence over a past for one row only declares the batch it
+    # takes (onnxruntime's CPU GroupQueryAttention: hatch_onnx.genai_builder); its batched prefill and
+    # steps are validated by generation.
+    batch = getattr(config, "PAST_CONTINUATION_BATCH", None) if with_past else None
     return DummySpec(
-        batch_size=config.default_batch_size + VALIDATION_BATCH_DELTA,
+        batch_size=batch or config.default_batch_size + VALIDATION_BATCH_DELTA,
         seq_length=config.default_sequence_length + VALIDATION_SEQUENCE_DELTA,
         num_choices=config.default_num_choices + 1,
         seed=config.DUMMY_SEED + VALIDATION_SEED_OFFSET,

@@ -145,7 +145,7 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader") -> dict[s
     one every graph gets (:func:`hatch_onnx.validation.validate_graph`), at the variant's
     :class:`~hatch_onnx.validation.Tolerance`.
     """
-    from hatch_onnx import generation
+    from hatch_onnx import generation, genai_builder
     from hatch_onnx.errors import ExportError
     from hatch_onnx.models import support_for
     from hatch_onnx.validation import Tolerance, reference_outputs, validate_graph, validation_inputs
@@ -155,7 +155,11 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader") -> dict[s
     target = Path(request["output"]) / GRAPH
     t0 = time.perf_counter()
     model, _ = load(request["feature"], request["model"], request["framework"], None, "float32")  # variants start from float32
-    config = support_for(model.config.model_type).config_for(request["feature"])(model.config)
+    support = support_for(model.config.model_type)
+    if genai_builder.applies(request.get("exporter")):  # a variant of onnxruntime-genai's graph keeps its interface
+        config = genai_builder.interface_config(support, model.config)
+    else:
+        config = support.config_for(request["feature"])(model.config)
     inputs, reference = reference_outputs(model, config, validation_inputs(config))  # the export's validation draw
     timings["load"] = time.perf_counter() - t0
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 # The exporters of each framework, the default first: PyTorch's are torch.onnx's two, named
-# explicitly (--exporter); TensorFlow's is tf2onnx, whatever was asked for PyTorch.
-EXPORTERS = {"pt": ("torchscript", "dynamo"), "tf": ("tf2onnx",)}
+# explicitly (--exporter), and onnxruntime-genai's model builder (``genai``: it builds from the
+# checkpoint's PyTorch weights; hatch_onnx.genai_builder); TensorFlow's is tf2onnx, whatever was
+# asked for PyTorch.
+TORCH_ONNX = ("torchscript", "dynamo")
+EXPORTERS = {"pt": (*TORCH_ONNX, "genai"), "tf": ("tf2onnx",)}
 
 
 def exporter_name(framework: str, requested: "str | None" = None) -> str:

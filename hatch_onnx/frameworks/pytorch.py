@@ -19,10 +19,10 @@ import torch
 
 from hatch_onnx.config import PAST, PRESENT, OnnxConfig, decoder_start_token_id, PatchingSpec, apply_values_override, check_input_names, needs_external_data
 from hatch_onnx.errors import ExportError
-from hatch_onnx.frameworks.exporters import EXPORTERS
+from hatch_onnx.frameworks.exporters import TORCH_ONNX
 
 FRAMEWORK = "pt"
-EXPORTER_NAMES = EXPORTERS["pt"]
+EXPORTER_NAMES = TORCH_ONNX  # torch.onnx's; ``genai`` runs onnxruntime-genai's builder (hatch_onnx.genai_builder)
 
 
 def _cache_from_flat(flat: Mapping[str, torch.Tensor]) -> Any:
