@@ -1,6 +1,7 @@
 """A real-size export: a random checkpoint with a real decoder's config, its wall time and peak memory.
 
     python bench/large.py [--model qwen2.5-0.5b|qwen2.5-3b|llama-3.1-8b] [--feature causal-lm-with-past] [--dtype float32]
+                          [--exporter torchscript|dynamo|genai] [--genai-builder]
 
 The checkpoints (seeded random weights, no download; generated under bench/.work/ on first use by
 ``fixtures/generate.py``; delete them after, they are large):
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature", default="causal-lm-with-past")
     parser.add_argument("--dtype", choices=("float32", "float16"), help="default: the checkpoint's own")
     parser.add_argument("--no-floor", action="store_true", help="skip the load + forward baseline (it costs a load)")
+    parser.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo", "genai"))
+    parser.add_argument("--genai-builder", action="store_true",
+                        help="also time onnxruntime-genai's builder alone (fp32/fp16, no validation): the baseline of issue 24")
     args = parser.parse_args(argv)
     args.dtype = args.dtype or MODELS[args.model]
     checkpoint = generate(args.model)
@@ -84,15 +88,27 @@ def main(argv: list[str] | None = None) -> None:
         "m(input_ids=torch.ones(2, 8, dtype=torch.long))"
     )
     base_wall, base_peak, _ = (None, None, None) if args.no_floor else measure([sys.executable, "-c", floor])
+    builder = None
+    if args.genai_builder:  # the same checkpoint through the builder alone (it loads a tokenizer: bench/decode.py lends one)
+        sys.path.insert(0, str(HERE))
+        from decode import with_tokenizer
+
+        checkpoint = with_tokenizer(checkpoint)
+        shutil.rmtree(WORK / "out-builder", ignore_errors=True)
+        builder = measure([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(WORK / "out-builder"),
+                           "-p", {"float32": "fp32", "float16": "fp16"}[args.dtype], "-e", "cpu", "-c", str(WORK / "builder-cache")])
+        shutil.rmtree(WORK / "out-builder", ignore_errors=True)
     wall, peak, output = measure([sys.executable, "-m", "hatch_onnx", "export", "--model", str(checkpoint), "--feature", args.feature,
-                                  "--dtype", args.dtype, str(out)])
+                                  "--dtype", args.dtype, "--exporter", args.exporter, str(out)])
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
     gib = 1024 ** 3
     print(f"checkpoint: {weights / gib:.2f} GiB of {MODELS[args.model]} weights ({checkpoint.name}), feature {args.feature}, dtype {args.dtype}")
     print(f"{'command':<22}{'wall':>9}{'peak RSS':>12}{'x weights':>11}")
     if base_wall is not None:
         print(f"{'load + forward':<22}{base_wall:>8.1f}s{base_peak / gib:>9.2f} GiB{base_peak / weights:>10.2f}x")
-    print(f"{'hatch-onnx export':<22}{wall:>8.1f}s{peak / gib:>9.2f} GiB{peak / weights:>10.2f}x   (goal: <= 1.5x)")
+    if builder is not None:
+        print(f"{'genai builder alone':<22}{builder[0]:>8.1f}s{builder[1] / gib:>9.2f} GiB{builder[1] / weights:>10.2f}x   (validates nothing)")
+    print(f"{'hatch-onnx export':<22}{wall:>8.1f}s{peak / gib:>9.2f} GiB{peak / weights:>10.2f}x   (exporter {args.exporter}; goal: <= 1.5x)")
     print("export's own report: " + " | ".join(line.strip() for line in output.splitlines() if line.strip().startswith(("generation:", "load "))))
     print("files: " + ", ".join(f"{name} {size / gib:.2f} GiB" for name, size in files.items()))
 

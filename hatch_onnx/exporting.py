@@ -213,30 +213,17 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
     from hatch_onnx.validation import Tolerance, reference_outputs, validate_graph, validation_inputs
 
     exporter, onnx_config = backend(checked.framework), loaded.onnx_config
+    # onnxruntime-genai's builder loads the checkpoint itself, in its own process, after our model is done with
     genai = genai_builder.applies(checked.exporter)
     with staging_folder(target.parent, ".hatch-onnx-staging-") as staging:
         staged = staging / target.name
-        if genai:
-            # The builder loads the checkpoint itself, in its own process: everything validation
-            # needs of our model is computed first, and a large model freed before the builder runs.
-            t0 = time.perf_counter()
-            inputs, reference = reference_outputs(loaded.model, onnx_config, validation_inputs(onnx_config))
-            timings["validate"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            expected_generation = generation.reference(loaded.model, onnx_config)
-            timings["generate"] = time.perf_counter() - t0
-            if needs_external_data(_weight_bytes(loaded.model)):
-                loaded.release(release)
-            t0 = time.perf_counter()
-            _, onnx_outputs = genai_builder.build(checked.model_dir, staged, checked.request.dtype)
-            timings["export"] = time.perf_counter() - t0
-        else:
+        if not genai:
             t0 = time.perf_counter()
             _, onnx_outputs = exporter.export(loaded.preprocessor, loaded.model, onnx_config, checked.opset, staged, exporter=checked.exporter)
             timings["export"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            inputs, reference = reference_outputs(loaded.model, onnx_config, validation_inputs(onnx_config))
-            timings["validate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        inputs, reference = reference_outputs(loaded.model, onnx_config, validation_inputs(onnx_config))
+        timings["validate"] = time.perf_counter() - t0
         validation: dict[str, Any] = {}
         if graph_sets.applies(checked.support.model_type, checked.request.feature, checked.framework) and target.name == "model.onnx":
             # The one-step graph is the legacy interface; generation needs the set beside it.
@@ -247,14 +234,17 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
             validation["graph_set"] = graph_sets.validate_set(staging, loaded.model, onnx_config, atol, timings)
             validation["generation"] = validation["graph_set"].pop("generation")
             timings["validate_set"] = time.perf_counter() - t0 - timings["generate"]
-        if not genai:
-            expected_generation = None
-            if generation.applies(onnx_config):
-                t0 = time.perf_counter()
-                expected_generation = generation.reference(loaded.model, onnx_config)
-                timings["generate"] = time.perf_counter() - t0
-            if (staging / f"{staged.name}.data").exists():  # a large model: onnxruntime will hold the weights from here on
-                loaded.release(release)
+        expected_generation = None
+        if generation.applies(onnx_config):
+            t0 = time.perf_counter()
+            expected_generation = generation.reference(loaded.model, onnx_config)
+            timings["generate"] = time.perf_counter() - t0
+        if needs_external_data(exporter.weight_bytes(loaded.model)):  # from here on onnxruntime (or the builder) holds the weights
+            loaded.release(release)
+        if genai:
+            t0 = time.perf_counter()
+            _, onnx_outputs = genai_builder.build(checked.model_dir, staged, checked.request.dtype)
+            timings["export"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         validation = {**validate_graph(staged, onnx_config, inputs, reference, Tolerance(atol=atol), named_outputs=onnx_outputs),
                       **validation}
@@ -271,10 +261,6 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
             (target.parent / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).replace(target.parent / name)
     return files, validation
-
-
-def _weight_bytes(model: Any) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _complete_folder(staging: Path, checked: CheckedRequest, validation: dict[str, Any]) -> None:

@@ -52,6 +52,9 @@ class Backend(Protocol):
     def hidden_reference(self, model: Any, config: "OnnxConfig", inputs: Mapping[str, Any]) -> Any:
         """The model's ``last_hidden_state`` on named ``inputs``, in one pass without a cache (numpy, batch x sequence x hidden)."""
 
+    def weight_bytes(self, model: Any) -> int:
+        """The bytes of the model's weights (what decides external data: :func:`hatch_onnx.config.needs_external_data`)."""
+
     def weights_reaching_outputs(self, model: Any, config: "OnnxConfig", inputs: Mapping[str, Any],
                                  names: Sequence[str]) -> list[str]:
         """Which of the weights ``names`` influence the graph's outputs."""

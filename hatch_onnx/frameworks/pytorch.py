@@ -276,7 +276,7 @@ def export_pytorch(
                 _export_torchscript(flat, args, output, input_names, output_names, dynamic_axes, opset, external_data)
             else:
                 if external_data is None:
-                    external_data = needs_external_data(sum(p.numel() * p.element_size() for p in model.parameters()))
+                    external_data = needs_external_data(weight_bytes(model))
                 program = torch.onnx.export(
                     flat, args, input_names=input_names, output_names=output_names,
                     dynamic_shapes=_dynamic_shapes(config, dummy_inputs), opset_version=opset, dynamo=True,
@@ -491,6 +491,11 @@ def greedy_reference(model: torch.nn.Module, config: OnnxConfig, input_ids: Any,
     tokens = out.sequences[:, (1 if model.config.is_encoder_decoder else np.asarray(input_ids).shape[1]):].numpy()
     logits = np.stack([step.float().numpy() for step in out.logits])
     return tokens, logits
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """The bytes of the model's weights, as the graph would store them (a tied weight once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def hidden_reference(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[str, Any]) -> Any:
