@@ -72,10 +72,14 @@ VERSION = 2
 
 def applies(model_type: str, feature: str, framework: str) -> bool:
     """Whether an export of ``feature`` also writes the graph set: the pairs of :data:`KINDS` from PyTorch; from
-    TensorFlow, the text families' (traced by its back-end's ``export_graph_set``; TF's classes take no
-    audio or image encoder input here)."""
+    TensorFlow, the text families' and Whisper's (traced by its back-end's ``export_graph_set``; the
+    vision-encoder-decoder's TF class has no feature with past)."""
     kind = KINDS.get((model_type, feature))
-    return kind is not None and (framework == "pt" or (framework == "tf" and kind.encoder_inputs == _TEXT))
+    return kind is not None and (framework == "pt" or (framework == "tf" and kind.encoder_inputs in _TF_ENCODER_INPUTS))
+
+
+# The encoder inputs TensorFlow's back-end traces a set's encoder from.
+_TF_ENCODER_INPUTS = frozenset({_TEXT, ("input_features",)})
 
 
 def kind_of(config: Any) -> Kind:
@@ -510,30 +514,7 @@ def generate_onnx(encoder: Any, decoder: Any, config: Any, encoder_feed: Mapping
     return np.stack(tokens, axis=1), np.stack(heads)
 
 
-def torch_greedy(model: Any, config: Any, encoder_feed: Mapping[str, Any], new_tokens: int, start: int) -> tuple[Any, Any]:
-    """Plain greedy decoding in PyTorch: the encoder once, then the whole prefix through the model, no cache, at every step.
-
-    The reference of the speech and vision chains: what the graphs compute, without any
-    generation policy (Whisper's ``generate`` forces language, task and timestamp tokens and
-    suppresses others). Returns (tokens (batch, n), last-position logits (n, batch, vocab)).
-    """
-    import numpy as np
-    import torch
-
-    from hatch_onnx.frameworks.pytorch import prepare_model
-
-    model = prepare_model(model, config)
-    tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in encoder_feed.items()}
-    with torch.no_grad():
-        encoded = model.get_encoder()(**tensors, return_dict=True)
-        batch = encoded.last_hidden_state.shape[0]
-        ids = torch.full((batch, 1), start, dtype=torch.long)
-        logits = []
-        for _ in range(new_tokens):
-            last = model(encoder_outputs=encoded, decoder_input_ids=ids, use_cache=False, return_dict=True).logits[:, -1].float()
-            logits.append(last.numpy())
-            ids = torch.cat([ids, last.argmax(-1, keepdim=True)], dim=1)
-    return ids[:, 1:].numpy(), np.stack(logits)
+_FRAMEWORK_NAMES = {"pt": "PyTorch", "tf": "TensorFlow"}
 
 
 def _chain_inputs(config: Any) -> dict[str, Any]:
@@ -553,8 +534,8 @@ def validate_chain(folder: Path, model: Any, config: Any, tolerance: Any) -> dic
     """The set decodes what the model does: through encoder + merged decoder, and encoder + the two decoders.
 
     By the kind's check (the module's docstring): ``generate`` against transformers' greedy
-    ``generate``, ``greedy-loop`` against :func:`torch_greedy`, ``teacher-forced`` hidden states
-    against one PyTorch forward. Same steps and rules as :func:`hatch_onnx.generation.validate_generation`;
+    ``generate``, ``greedy-loop`` against the back-end's ``greedy_loop_reference`` (a plain greedy loop,
+    no cache), ``teacher-forced`` hidden states against one forward of the model. Same steps and rules as :func:`hatch_onnx.generation.validate_generation`;
     the figures are the merged chain's, and the two-decoder chain must agree with it.
     """
     import numpy as np
@@ -571,20 +552,21 @@ def validate_chain(folder: Path, model: Any, config: Any, tolerance: Any) -> dic
     sessions = {name: open_session(folder / name, name) for name in (ENCODER, DECODER, DECODER_WITH_PAST, DECODER_MERGED)}
     if kind.chain == "teacher-forced":
         return _validate_teacher_forced(sessions, model, config, feed, start, tolerance)
-    if kind.chain == "generate":
-        from hatch_onnx.frameworks import backend_of
+    from hatch_onnx.frameworks import backend_of
 
-        expected_tokens, expected_logits = backend_of(model).greedy_reference(
+    backend = backend_of(model)
+    if kind.chain == "generate":
+        expected_tokens, expected_logits = backend.greedy_reference(
             model, config, feed["input_ids"], feed["attention_mask"], NEW_TOKENS, pad_token_id(config))
     else:
-        expected_tokens, expected_logits = torch_greedy(model, config, feed, NEW_TOKENS, start)
+        expected_tokens, expected_logits = backend.greedy_loop_reference(model, config, feed, NEW_TOKENS, start)
     tokens, logits = generate_onnx(sessions[ENCODER], sessions[DECODER_MERGED], config, feed, NEW_TOKENS, start)
     figures = _compare_steps(tokens, logits, expected_tokens, expected_logits, tolerance, "generation (encoder + merged decoder)", False)
     figures["mode"] = kind.chain
     if kind.chain != "generate":  # no prompts: the encoder's input instead
         figures.pop("prompt_lengths", None)
         figures["encoder_input"] = {name: list(value.shape) for name, value in feed.items()}
-        figures["reference"] = "greedy loop (PyTorch, no cache)"
+        figures["reference"] = f"greedy loop ({_FRAMEWORK_NAMES[backend.FRAMEWORK]}, no cache)"
     apart, _ = generate_onnx(sessions[ENCODER], sessions[DECODER], config, feed, NEW_TOKENS, start, with_past=sessions[DECODER_WITH_PAST])
     steps = figures["steps"]
     if "failure" not in figures and not np.array_equal(apart[:, :steps], tokens[:, :steps]):

@@ -36,13 +36,20 @@ def exported(request, tmp_path_factory):
 
 
 def test_every_pair_with_a_kind_is_a_registered_feature():
-    from hatch_onnx.models import support_for
+    from hatch_onnx.models import support_for, tf_features, tf_model_types
 
-    for (model_type, feature), kind in graph_sets.KINDS.items():
+    for model_type, feature in graph_sets.KINDS:
         assert feature in support_for(model_type).features
         assert graph_sets.applies(model_type, feature, "pt")
-        # TensorFlow's sets: the text families' (its back-end traces text encoders only)
-        assert graph_sets.applies(model_type, feature, "tf") is (kind.encoder_inputs == ("input_ids", "attention_mask"))
+        # TensorFlow's sets: the text families' and Whisper's, each a feature the TF registry exports; the
+        # vision-encoder-decoder's TF class has no feature with past
+        from_tf = graph_sets.applies(model_type, feature, "tf")
+        assert from_tf is (model_type in graph_sets.TEXT_FAMILIES | {"whisper"}), (model_type, feature)
+        if from_tf and model_type in tf_model_types():
+            assert feature in tf_features(model_type)
+    assert graph_sets.applies("whisper", "speech2seq-lm-with-past", "tf") and graph_sets.applies("whisper", "default-with-past", "tf")
+    assert not graph_sets.applies("vision-encoder-decoder", "vision2seq-lm-with-past", "tf")
+    assert not graph_sets.applies("whisper", "speech2seq-lm", "tf")  # no past: the one graph
 
 
 def test_the_set_has_the_names_and_inputs_consumers_expect(exported):
@@ -93,6 +100,7 @@ def test_each_graph_and_the_chain_are_validated(exported):
     assert figures["tokens_equal"] and figures["distinct_tokens"] >= 4  # the fixtures' greedy output varies
     if model_type in ("whisper", "vision-encoder-decoder"):  # the encoder's input decides: the two rows decode differently
         assert figures["tokens"][0] != figures["tokens"][1]
+        assert figures["mode"] == "greedy-loop" and figures["reference"] == "greedy loop (PyTorch, no cache)"
 
 
 def test_a_chain_that_decodes_otherwise_fails(exported):

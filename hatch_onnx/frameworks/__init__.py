@@ -49,6 +49,11 @@ class Backend(Protocol):
                          pad_token_id: int) -> tuple[Any, Any]:
         """transformers' greedy ``generate``: (new tokens (batch, new_tokens), raw logits (new_tokens, batch, vocab))."""
 
+    def greedy_loop_reference(self, model: Any, config: "OnnxConfig", encoder_inputs: Mapping[str, Any], new_tokens: int,
+                              start: int) -> tuple[Any, Any]:
+        """Plain greedy decoding of an encoder-decoder: the encoder once, then the whole prefix each step without a cache,
+        starting from token ``start``: (new tokens (batch, new_tokens), last-position logits (new_tokens, batch, vocab))."""
+
     def hidden_reference(self, model: Any, config: "OnnxConfig", inputs: Mapping[str, Any]) -> Any:
         """The model's ``last_hidden_state`` on named ``inputs``, in one pass without a cache (numpy, batch x sequence x hidden)."""
 

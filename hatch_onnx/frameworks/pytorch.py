@@ -493,6 +493,30 @@ def greedy_reference(model: torch.nn.Module, config: OnnxConfig, input_ids: Any,
     return tokens, logits
 
 
+def greedy_loop_reference(model: torch.nn.Module, config: OnnxConfig, encoder_inputs: Mapping[str, Any], new_tokens: int,
+                          start: int) -> tuple[Any, Any]:
+    """Plain greedy decoding: the encoder once on ``encoder_inputs``, then the whole prefix through the model, no cache, at every step.
+
+    The reference of the speech and vision graph sets' chains (:mod:`hatch_onnx.graph_sets`): what
+    the graphs compute, without any generation policy (Whisper's ``generate`` forces language,
+    task and timestamp tokens and suppresses others). Returns numpy (tokens (batch, new_tokens),
+    last-position logits (new_tokens, batch, vocab)).
+    """
+    import numpy as np
+
+    model = prepare_model(model, config)
+    tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in encoder_inputs.items()}
+    with torch.no_grad():
+        encoded = model.get_encoder()(**tensors, return_dict=True)
+        ids = torch.full((encoded.last_hidden_state.shape[0], 1), start, dtype=torch.long)
+        logits = []
+        for _ in range(new_tokens):
+            last = model(encoder_outputs=encoded, decoder_input_ids=ids, use_cache=False, return_dict=True).logits[:, -1].float()
+            logits.append(last.numpy())
+            ids = torch.cat([ids, last.argmax(-1, keepdim=True)], dim=1)
+    return ids[:, 1:].numpy(), np.stack(logits)
+
+
 def weight_bytes(model: torch.nn.Module) -> int:
     """The bytes of the model's weights, as the graph would store them (a tied weight once)."""
     return sum(p.numel() * p.element_size() for p in model.parameters())

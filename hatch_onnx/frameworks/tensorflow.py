@@ -461,6 +461,28 @@ def greedy_reference(model: Any, config: OnnxConfig, input_ids: Any, attention_m
     return tokens, logits
 
 
+def greedy_loop_reference(model: Any, config: OnnxConfig, encoder_inputs: Mapping[str, Any], new_tokens: int,
+                          start: int) -> tuple[Any, Any]:
+    """Plain greedy decoding in TensorFlow: the encoder once, then the whole prefix, no cache, at every step
+    (see pytorch.greedy_loop_reference): numpy (tokens (batch, new_tokens), last-position logits (new_tokens, batch, vocab))."""
+    import numpy as np
+
+    tf, _ = require_tensorflow()
+    model = apply_values_override(model, config)
+    first_argument = next(iter(inspect.signature(model.call).parameters))
+    tensors = {name: tf.constant(np.asarray(value)) for name, value in encoder_inputs.items()}
+    encoded = model.get_encoder()(**tensors, return_dict=True, training=False)
+    ids = np.full((int(encoded.last_hidden_state.shape[0]), 1), start, dtype=np.int64)
+    logits = []
+    for _ in range(new_tokens):
+        out = model(**{first_argument: None}, encoder_outputs=encoded, decoder_input_ids=tf.constant(ids), use_cache=False,
+                    return_dict=True, training=False)
+        last = np.asarray(out.logits[:, -1], dtype=np.float32)
+        logits.append(last)
+        ids = np.concatenate([ids, last.argmax(-1)[:, None].astype(np.int64)], axis=1)
+    return ids[:, 1:], np.stack(logits)
+
+
 def hidden_reference(model: Any, config: OnnxConfig, inputs: Mapping[str, Any]) -> Any:
     """The TF model's ``last_hidden_state`` on named ``inputs`` in one pass without a cache (see pytorch.hidden_reference)."""
     import numpy as np
@@ -505,13 +527,14 @@ def weights_reaching_outputs(model: Any, config: OnnxConfig, inputs: Mapping[str
 #
 # graph_sets says which graphs (their inputs, outputs and dynamic axes, and export inputs); this
 # back-end traces each from the TF model, as a flat callable in the interface's order:
-#   encoder_model.onnx: model.get_encoder() on input_ids, attention_mask;
+#   encoder_model.onnx: model.get_encoder() on the kind's encoder inputs (input_ids, attention_mask;
+#     Whisper's input_features);
 #   decoder_model.onnx: the model with encoder_outputs given (the encoder does not run), the TF
-#     tuple cache it returns flattened to present.*;
+#     tuple cache it returns flattened to present.*; encoder_attention_mask where the kind has one;
 #   decoder_with_past_model.onnx: the flat past as its tuple cache, NaN encoder states of the cross
 #     cache's length (never read: the cross cache replaces them, as in the one-step export).
-# A decoder's first output is ``logits`` (seq2seq-lm-with-past) or ``last_hidden_state``
-# (default-with-past, whose model has no LM head). The merged decoder is graph_sets' to make.
+# A decoder's first output is ``logits`` (seq2seq-lm-with-past, speech2seq-lm-with-past) or
+# ``last_hidden_state`` (default-with-past, whose model has no LM head). The merged decoder is graph_sets' to make.
 
 SET_HEADS = ("logits", "last_hidden_state")
 
@@ -523,21 +546,22 @@ def _set_call(model: Any, graph: str, input_names: Sequence[str], output_names: 
 
     from hatch_onnx.layouts import GRAPH_SET
 
-    if graph == GRAPH_SET[0]:  # the encoder
-        def encoder(input_ids: Any, attention_mask: Any) -> tuple:
-            out = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, training=False)
-            return (out.last_hidden_state,)
+    input_names, output_names = list(input_names), list(output_names)
+    if graph == GRAPH_SET[0]:  # the encoder, on its inputs by name
+        def encoder(*tensors: Any) -> tuple:
+            named = dict(zip(input_names, tensors))
+            return (model.get_encoder()(**named, return_dict=True, training=False).last_hidden_state,)
 
         return encoder
-    input_names, output_names = list(input_names), list(output_names)
     if output_names[0] not in SET_HEADS:
         raise ExportError(f"{graph}: a decoder's first output is one of {', '.join(SET_HEADS)}, not {output_names[0]!r}")
     first_argument = next(iter(inspect.signature(model.call).parameters))
 
     def decoder(*tensors: Any) -> tuple:
         named = dict(zip(input_names, tensors))
-        kwargs: dict[str, Any] = {"decoder_input_ids": named["input_ids"], "attention_mask": named["encoder_attention_mask"],
-                                  "use_cache": True, "return_dict": True, "training": False}
+        kwargs: dict[str, Any] = {"decoder_input_ids": named["input_ids"], "use_cache": True, "return_dict": True, "training": False}
+        if "encoder_attention_mask" in named:  # Whisper's encoder takes no padding mask
+            kwargs["attention_mask"] = named["encoder_attention_mask"]
         cache = _cache_from_flat(tf, model, named)
         if cache is None:
             kwargs["encoder_outputs"] = TFBaseModelOutput(last_hidden_state=named["encoder_hidden_states"])
