@@ -21,7 +21,43 @@ and image-to-text look for:
 
 What differs between families is a :class:`Kind` (one per family and feature, :data:`KINDS`):
 
-=====================================  ==================  ====  ==================  ==========  ====
+=====================================  ==================  ====  ==================  ==========  ===========
+families, feature                      encoder inputs      mask  head output         cache       chain check
+=====================================  ==================  ====  ==================  ==========  ===========
+text (t5 ... bigbird-pegasus),         ``input_ids``,      yes   ``logits``          cross       generate
+``seq2seq-lm-with-past``               ``attention_mask``
+text, ``default-with-past``            same                yes   ``last_hidden_state``  cross    teacher-forced
+whisper, ``speech2seq-lm-with-past``   ``input_features``  no    ``logits``          cross       greedy loop
+whisper, ``default-with-past``         ``input_features``  no    ``last_hidden_state``  cross    teacher-forced
+vision-encoder-decoder,                ``pixel_values``    no    ``logits``          self only   greedy loop
+``vision2seq-lm-with-past``
+=====================================  ==================  ====  ==================  ==========  ===========
+
+"mask": the decoders take ``encoder_attention_mask`` (Whisper's and the image encoder's outputs
+have no padding; Optimum's exports of those take none). "cache": ``cross`` is
+``past_key_values.{i}.decoder|encoder.key|value`` (the encoder's keys and values computed at
+the first step, then carried); ``self only`` is the decoder-only naming of the decoder's own
+cache, ``past_key_values.{i}.key|value``, as Optimum and transformers.js expect of a
+vision-encoder-decoder with a GPT-2 decoder: every step takes ``encoder_hidden_states`` and
+recomputes cross-attention from it.
+
+Each graph is validated on its own against the model at other shapes than the export's,
+and the chain (encoder, then the merged decoder, and the two decoders apart) through onnxruntime
+alone (:func:`validate_chain`, by :mod:`hatch_onnx.generation`'s steps and rules):
+
+- *generate*: the text families' prompts (batch 2, left-padded), compared with transformers'
+  ``generate(do_sample=False)`` step by step (logits within atol, tokens equal);
+- *greedy loop*: seeded audio features or pixels (batch 2), compared with a plain greedy loop on
+  the model (each back-end's ``greedy_loop_reference``). Not ``generate``: Whisper's overrides it
+  with forced language and task tokens, suppressed tokens and timestamp rules, which are
+  generation policy, not what the graphs compute; the loop runs the whole prefix through the
+  model without a cache at every step, so it also checks the cache path independently;
+- *teacher-forced*: a ``default-with-past`` graph returns hidden states, from which no token can
+  be chosen: a seeded token sequence is fed step by step (the first step with
+  ``use_cache_branch`` False, then True) and every step's last hidden state is compared with one
+  forward of the model over the whole sequence (each back-end's ``hidden_reference``).
+  ``tokens_equal`` is None there, and ``tokens_compared`` says why.
+
 PyTorch's graphs are traced here (the TorchScript exporter, named explicitly); TensorFlow's by its back-end
 (``export_graph_set``, ``graph_set_reference`` in :mod:`hatch_onnx.frameworks.tensorflow`, tf2onnx) from the same
 interfaces and export inputs; the merge, validation and chain are the same. Heavy imports inside functions.
