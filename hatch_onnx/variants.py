@@ -38,7 +38,7 @@ Light at import: onnxruntime is imported by the functions that use it (the plan 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -138,15 +138,21 @@ def _make(variant: str, source: Path, target: Path, settings: Mapping[str, Any],
     model.save_model_to_file(str(target), use_external_data_format=external, all_tensors_to_one_file=True)
 
 
-def make_and_validate(request: Mapping[str, Any], load: "ModelLoader") -> dict[str, Any]:
+def make_and_validate(request: Mapping[str, Any], load: "ModelLoader", release: Callable[[], Any] = lambda: None) -> dict[str, Any]:
     """The worker's side of a variant job: make it from ``request["source"]``, validate, report.
 
     The reference is the float32 model on the export's validation draw; the comparison is the
     one every graph gets (:func:`hatch_onnx.validation.validate_graph`), at the variant's
-    :class:`~hatch_onnx.validation.Tolerance`.
+    :class:`~hatch_onnx.validation.Tolerance`. As for an export, everything needed of the model
+    is computed first; a model large enough for external data is then let go of (``release``:
+    the loader's) before onnxruntime opens a graph (:class:`hatch_onnx.exporting.Loaded`).
     """
+    import gc
+
     from hatch_onnx import generation, genai_builder
+    from hatch_onnx.config import needs_external_data
     from hatch_onnx.errors import ExportError
+    from hatch_onnx.frameworks import backend_of
     from hatch_onnx.models import support_for
     from hatch_onnx.validation import Tolerance, reference_outputs, validate_graph, validation_inputs
 
@@ -161,7 +167,12 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader") -> dict[s
     else:
         config = support.config_for(request["feature"])(model.config)
     inputs, reference = reference_outputs(model, config, validation_inputs(config))  # the export's validation draw
+    expected_generation = generation.reference(model, config) if generation.applies(config) else None
     timings["load"] = time.perf_counter() - t0
+    if needs_external_data(backend_of(model).weight_bytes(model)):
+        model = None
+        release()
+        gc.collect()
 
     t0 = time.perf_counter()
     try:
@@ -181,13 +192,13 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader") -> dict[s
 
         validation["weights"] = int4.check_weights(Path(request["source"]), target, config, inputs, label=f"variant {variant}")
     timings["validate"] = time.perf_counter() - t0
-    if generation.applies(config):
+    if expected_generation is not None:
         # Lossless variants (o1-o3) must generate what the model does, as the export; lossy ones
         # (int8, fp16, int4) legitimately part from it at the first close call, so their generation is
         # reported (how many steps agree) and their verdict stays the cosine floor's.
         t0 = time.perf_counter()
-        validation["generation"] = generation.validate_generation(target, model, config, tolerance, label=f"variant {variant}",
-                                                                  enforce=variant not in LOSSY)
+        validation["generation"] = generation.check(target, config, expected_generation, tolerance, label=f"variant {variant}",
+                                                    enforce=variant not in LOSSY)
         timings["generate"] = time.perf_counter() - t0
     return {
         "variant": variant,

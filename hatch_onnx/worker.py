@@ -76,7 +76,8 @@ def handle(request: Mapping[str, Any], load: Optional[Callable] = None) -> dict:
             from hatch_onnx.loading import load_model
             from hatch_onnx.variants import make_and_validate
 
-            result = make_and_validate({**fields, "output": str(output)}, load or load_model)
+            result = make_and_validate({**fields, "output": str(output)}, load or load_model,
+                                       **({"release": load.forget} if isinstance(load, _LastModel) else {}))
             if report:
                 write_json(report, result)
         else:
