@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from hatch_onnx.config import PAST, PRESENT, OnnxConfig, decoder_start_token_id, PatchingSpec, apply_values_override, check_input_names, needs_external_data
+from hatch_onnx.config import PAST, PRESENT, OnnxConfig, greedy_generation, PatchingSpec, apply_values_override, check_input_names, needs_external_data
 from hatch_onnx.errors import ExportError
 from hatch_onnx.frameworks.exporters import TORCH_ONNX
 
@@ -469,25 +469,15 @@ def greedy_reference(model: torch.nn.Module, config: OnnxConfig, input_ids: Any,
     The checkpoint's own generation settings (no_repeat_ngram_size, forced tokens, an eos that
     stops a row early) would make ``generate`` something other than plain greedy decoding, which
     is what a graph's logits decide; ``generate`` merges them into any config it is given, so the
-    model's generation config is swapped for a bare one for the call. Returns numpy arrays of
-    shapes (batch, new_tokens) and (new_tokens, batch, vocab).
+    model's generation config is swapped for a bare one for the call (:func:`greedy_generation`).
+    Returns numpy arrays of shapes (batch, new_tokens) and (new_tokens, batch, vocab).
     """
     import numpy as np
-    from transformers import GenerationConfig
 
     model = prepare_model(model, config)
-    settings = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_token_id,
-                                output_logits=True, return_dict_in_generate=True, use_cache=True)
-    if model.config.is_encoder_decoder:  # generate's sequences then start with the decoder's start token
-        settings.decoder_start_token_id = decoder_start_token_id(model.config)
-    saved = model.generation_config
-    model.generation_config = GenerationConfig()
-    try:
-        with torch.no_grad():
-            out = model.generate(input_ids=torch.from_numpy(np.asarray(input_ids)), attention_mask=torch.from_numpy(np.asarray(attention_mask)),
-                                 generation_config=settings)
-    finally:
-        model.generation_config = saved
+    with greedy_generation(model, new_tokens, pad_token_id, output_logits=True) as settings, torch.no_grad():
+        out = model.generate(input_ids=torch.from_numpy(np.asarray(input_ids)), attention_mask=torch.from_numpy(np.asarray(attention_mask)),
+                             generation_config=settings)
     tokens = out.sequences[:, (1 if model.config.is_encoder_decoder else np.asarray(input_ids).shape[1]):].numpy()
     logits = np.stack([step.float().numpy() for step in out.logits])
     return tokens, logits

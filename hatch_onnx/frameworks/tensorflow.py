@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from hatch_onnx import graph_passes
-from hatch_onnx.config import PAST, PRESENT, OnnxConfig, decoder_start_token_id, apply_values_override, needs_external_data
+from hatch_onnx.config import PAST, PRESENT, OnnxConfig, apply_values_override, greedy_generation, needs_external_data
 from hatch_onnx.errors import ExportError, FrameworkError
 from hatch_onnx.frameworks.exporters import EXPORTERS
 from hatch_onnx.frameworks.env import isolate
@@ -440,22 +440,13 @@ def greedy_reference(model: Any, config: OnnxConfig, input_ids: Any, attention_m
     runs, so they are the raw logits.
     """
     import numpy as np
-    from transformers import GenerationConfig
 
     tf, _ = require_tensorflow()
     model = apply_values_override(model, config)
-    settings = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_token_id,
-                                output_scores=True, return_dict_in_generate=True, use_cache=True)
-    if model.config.is_encoder_decoder:  # generate's sequences then start with the decoder's start token
-        settings.decoder_start_token_id = decoder_start_token_id(model.config)
-    saved = model.generation_config
-    model.generation_config = GenerationConfig()
-    try:
+    with greedy_generation(model, new_tokens, pad_token_id, output_scores=True) as settings:
         # int32, as TF's tokenizers give: TF's generate appends int32 ones to the mask
         out = model.generate(input_ids=tf.constant(np.asarray(input_ids, dtype=np.int32)),
                              attention_mask=tf.constant(np.asarray(attention_mask, dtype=np.int32)), generation_config=settings)
-    finally:
-        model.generation_config = saved
     tokens = out.sequences.numpy()[:, (1 if model.config.is_encoder_decoder else np.asarray(input_ids).shape[1]):]
     logits = np.stack([np.asarray(step, dtype=np.float32) for step in out.scores])
     return tokens, logits
