@@ -167,11 +167,18 @@ def params(tmp_path: Path, models: dict, remote: str | None = f"s3://{BUCKET}/cl
     return path
 
 
+def _default_sigint() -> None:
+    """A shell starts background jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt
+    handler: the driver of a test run that way would never see the Ctrl-C under test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def build(params_file: Path, env: dict, cache: Path, *args: str, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
     command = [sys.executable, "-m", "hatch_onnx", "build", "--params", str(params_file), *args]
     full_env = {**env, "HATCH_ONNX_CACHE": str(cache)}
-    if popen:
-        return subprocess.Popen(command, env=full_env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if popen:  # a driver Ctrl-C reaches: started as from a terminal even when the tests run as a background job
+        return subprocess.Popen(command, env=full_env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=_default_sigint)
     return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=600)
 
 
