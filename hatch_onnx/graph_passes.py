@@ -365,12 +365,19 @@ def tie_transposed_copies(graph: Any) -> list[str]:
                     copies[copy.name] = original.name
     if not copies:
         return []
-    kept = [t for t in graph.initializer if t.name not in copies]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    inputs = [i for i in graph.input if i.name not in copies]  # IR < 4 lists initializers as inputs too
-    del graph.input[:]
-    graph.input.extend(inputs)
+    drop_initializers(graph, set(copies))
     for index, (copy, original) in enumerate(sorted(copies.items())):
         graph.node.insert(index, helper.make_node("Transpose", [original], [copy], name=f"{copy}/tied", perm=[1, 0]))
     return sorted(copies)
+
+
+def drop_initializers(graph: Any, names: "set[str]") -> None:
+    """Remove the initializers ``names`` from ``graph`` (and from its inputs: IR < 4 lists initializers there too)."""
+    kept = [t for t in graph.initializer if t.name not in names]
+    if len(kept) == len(graph.initializer):
+        return
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    inputs = [i for i in graph.input if i.name not in names]
+    del graph.input[:]
+    graph.input.extend(inputs)

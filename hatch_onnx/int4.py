@@ -346,17 +346,10 @@ def _drop_repeated_initializers(graph: Any) -> None:
 
 
 def _drop_unused_initializers(graph: Any) -> None:
-    from hatch_onnx.graph_passes import all_nodes
+    from hatch_onnx.graph_passes import all_nodes, drop_initializers
 
     used = {name for node in all_nodes(graph) for name in node.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    if len(kept) != len(graph.initializer):
-        dropped = {t.name for t in graph.initializer} - {t.name for t in kept}
-        inputs = [i for i in graph.input if i.name not in dropped]  # IR < 4 lists initializers as inputs too
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-        del graph.input[:]
-        graph.input.extend(inputs)
+    drop_initializers(graph, {t.name for t in graph.initializer if t.name not in used})
 
 
 def _save(model: "onnx.ModelProto", target: Path, external: bool) -> None:
