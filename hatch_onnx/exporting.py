@@ -178,10 +178,7 @@ def _load(checked: CheckedRequest, load: ModelLoader, log: Callable[[str], Any])
     """The model, its ONNX config, the config values the export sets, preprocessor, new head weights."""
     request = checked.request
     model, missing = load(request.feature, str(checked.model_dir), checked.framework, request.cache_dir, request.dtype)
-    if genai_builder.applies(checked.exporter):  # the builder's graph has its own interface
-        onnx_config = genai_builder.interface_config(checked.support, model.config)
-    else:
-        onnx_config = checked.support.config_for(request.feature)(model.config)
+    onnx_config = genai_builder.onnx_config_for(checked.support, request.feature, checked.exporter, model.config)
     overrides = dict(onnx_config.values_override or {})  # before anything sets them on the model
     preprocessor = load_preprocessor(request.preprocessor, checked.model_dir)
     new_head = _new_head_weights(model, onnx_config, missing, checked.framework)

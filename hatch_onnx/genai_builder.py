@@ -120,6 +120,14 @@ def check(model_dir: Path, model_type: str, feature: str, framework: str, dtype:
             raise BadInputError(f"{where}: {DISTRIBUTION} is not installed (pip install 'hatch-onnx[genai]')") from None
 
 
+def onnx_config_for(support: Any, feature: str, exporter: Optional[str], model_config: Any) -> Any:
+    """The ONNX config an export of ``feature`` (and its variants) is validated with: the builder's
+    interface (:func:`interface_config`) for ``exporter: genai``, else the feature's own."""
+    if applies(exporter):
+        return interface_config(support, model_config)
+    return support.config_for(feature)(model_config)
+
+
 def interface_config(support: Any, model_config: Any) -> Any:
     """The ONNX config that describes the builder's graph: the model type's config with genai's interface.
 

@@ -513,7 +513,6 @@ def weights_reaching_outputs(model: Any, config: OnnxConfig, inputs: Mapping[str
     return [name for name, variables in candidates.items() if any(grads.get(id(v)) is not None for v in variables)]
 
 
-
 # --- an encoder-decoder's graph set (hatch_onnx.graph_sets: names, interfaces, merge, validation) ---
 #
 # graph_sets says which graphs (their inputs, outputs and dynamic axes, and export inputs); this
