@@ -28,7 +28,7 @@ from hatch_onnx.checkpoints import determine_framework, read_model_type
 from hatch_onnx.errors import BadInputError, MissingHeadWeightsError
 from hatch_onnx.frameworks.exporters import exporter_name
 from hatch_onnx.frameworks.env import isolate
-from hatch_onnx import genai_builder
+from hatch_onnx import fused, genai_builder
 from hatch_onnx.layouts import as_layouts
 from hatch_onnx.loading import DTYPES, ModelLoader, load_model, load_preprocessor
 from hatch_onnx.models import ModelSupport, support_for
@@ -77,6 +77,8 @@ def check_request(request: ExportRequest, output: Path) -> CheckedRequest:
     exporter = exporter_name(framework, request.exporter)
     if genai_builder.applies(exporter):  # onnxruntime-genai's builder: what it makes, on the line it runs on
         genai_builder.check(model_dir, support.model_type, request.feature, framework, request.dtype, transformers_major())
+    if fused.applies(exporter):
+        fused.check(model_dir, support.model_type, request.feature, framework, request.dtype)
     opset = support.opset(request.opset, exporter)
     _check_output(Path(output))
     if request.atol is not None and not 0 < request.atol < float("inf"):  # NaN fails both
@@ -134,8 +136,8 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
         "feature": request.feature,
         "framework": checked.framework,
         "exporter": checked.exporter,
-        # the builder writes its own opset (hatch_onnx.genai_builder): the report says the graph's
-        "opset": genai_builder.graph_opset(target) if genai_builder.applies(checked.exporter) else checked.opset,
+        # the builders write their own opset (hatch_onnx.genai_builder, hatch_onnx.fused): the report says the graph's
+        "opset": genai_builder.graph_opset(target) if _builds_own_graph(checked.exporter) else checked.opset,
         "dtype": request.dtype,
         "atol": atol,
         "files": files,
@@ -148,6 +150,11 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
     if report_path is not None:
         write_json(report_path, report)
     return report
+
+
+def _builds_own_graph(exporter: str) -> bool:
+    """Whether the exporter writes the graph itself, at its own opset, rather than torch.onnx tracing it at the job's."""
+    return genai_builder.applies(exporter) or fused.applies(exporter)
 
 
 @dataclasses.dataclass
@@ -214,7 +221,11 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
     genai = genai_builder.applies(checked.exporter)
     with staging_folder(target.parent, ".hatch-onnx-staging-") as staging:
         staged = staging / target.name
-        if not genai:
+        if fused.applies(checked.exporter):
+            t0 = time.perf_counter()
+            onnx_outputs = fused.build(loaded.model, onnx_config, staged, external=needs_external_data(exporter.weight_bytes(loaded.model)))
+            timings["export"] = time.perf_counter() - t0
+        elif not genai:
             t0 = time.perf_counter()
             _, onnx_outputs = exporter.export(loaded.preprocessor, loaded.model, onnx_config, checked.opset, staged, exporter=checked.exporter)
             timings["export"] = time.perf_counter() - t0

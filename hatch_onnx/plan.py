@@ -153,11 +153,14 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
                 support.check(feature, framework, where=str(checkpoint))
             except BadInputError as exc:
                 raise ParamsError(f"{source.file}: {key}: {exc}", key=key) from None
-            if model.exporter == "genai":  # what onnxruntime-genai's builder makes; its line is the worker's to check
-                from hatch_onnx import genai_builder
+            if model.exporter in ("genai", "fused"):  # what the builders make (genai's line is the worker's to check)
+                from hatch_onnx import fused, genai_builder
 
                 try:
-                    genai_builder.check(checkpoint, support.model_type, feature, framework, dtype, None, check_installed=False)
+                    if model.exporter == "genai":
+                        genai_builder.check(checkpoint, support.model_type, feature, framework, dtype, None, check_installed=False)
+                    else:
+                        fused.check(checkpoint, support.model_type, feature, framework, dtype)
                 except BadInputError as exc:
                     exporter_key = f"onnx.models.{name}.exporter"
                     raise ParamsError(f"{source.file}: {exporter_key}: {exc}", key=exporter_key) from None

@@ -64,7 +64,7 @@ class ModelParams(_Strict):
     framework: Literal["auto", "pt", "tf"] = "auto"
     atol: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
     opset: Optional[int] = Field(default=None, ge=7, le=MAX_OPSET_ANY)
-    exporter: Literal["torchscript", "dynamo", "genai"] = "torchscript"
+    exporter: Literal["torchscript", "dynamo", "genai", "fused"] = "torchscript"
     allow_new_head: bool = False
     variants: Optional[list[Variant]] = None  # default: onnx.variants
     min_cosine: Optional[MinCosine] = None  # per variant, over onnx.min_cosine

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 # The exporters of each framework, the default first: PyTorch's are torch.onnx's two, named
 # explicitly (--exporter), and onnxruntime-genai's model builder (``genai``: it builds from the
-# checkpoint's PyTorch weights; hatch_onnx.genai_builder); TensorFlow's is tf2onnx, whatever was
-# asked for PyTorch.
+# checkpoint's PyTorch weights; hatch_onnx.genai_builder) and this project's fused decoder graph
+# (``fused``: written from the loaded model's weights; hatch_onnx.fused); TensorFlow's is
+# tf2onnx, whatever was asked for PyTorch.
 TORCH_ONNX = ("torchscript", "dynamo")
-EXPORTERS = {"pt": (*TORCH_ONNX, "genai"), "tf": ("tf2onnx",)}
+EXPORTERS = {"pt": (*TORCH_ONNX, "genai", "fused"), "tf": ("tf2onnx",)}
 
 
 def exporter_name(framework: str, requested: "str | None" = None) -> str:

@@ -1,0 +1,334 @@
+"""``exporter: fused``: a rotary decoder's graph written op by op from its weights, with fused ops, behind the pinned interface.
+
+torch.onnx traces a decoder into some 270 nodes a layer (shape arithmetic, the rotation and the
+attention spelt out in primitives): onnxruntime then spends more time between kernels than in
+them (1.13x onnxruntime-genai's fp32 graph per decoded token on a 0.5B, 1.74x in int4).
+onnxruntime-genai's builder writes a dozen fused nodes a layer, but behind its own interface
+(right padding, no ``position_ids``: :mod:`hatch_onnx.genai_builder`). This module writes the
+fused graph behind the pinned one, the interface the default exporter's graph has (left
+padding, ``position_ids``, the config's names, order and axes), so Optimum, transformers.js
+and onnxruntime-genai run it as they run the traced graph. It is validated against the PyTorch
+model like every export (the one-step draw and the generation check).
+
+Why not onnxruntime-genai's builder or onnxruntime's optimizer: the builder's graph cannot take a
+left-padded batch (its ``GroupQueryAttention`` places rows by their lengths), and onnxruntime's
+Python optimizer does not recognise today's traced attention (and needed 8.3x the weights in
+memory on the 0.5B). The graph below is small enough to write directly; what makes it fast is
+onnxruntime's kernels, not this code.
+
+================  =====================================================================================
+once              ``Gather`` of the embedding; the attention bias (``Where`` of a bool mask: causal over
+                  cache positions, the attention mask's padding, and Mistral's sliding window), shape
+                  (batch, 1, sequence, past + sequence), built once and read by every layer
+each layer        ``SkipSimplifiedLayerNormalization`` (the residual add and RMS norm in one; layer 0's
+                  is ``SimplifiedLayerNormalization``); one ``MatMul`` for q, k and v packed (+ their
+                  bias), ``Split``; Qwen3's per-head ``RMSNormalization`` of q and k; ``RotaryEmbedding``
+                  of q and k at ``position_ids``; ``Attention`` (opset 23: grouped heads, the cache
+                  concatenated inside, present out); the output projection; the post-attention
+                  ``SkipSimplifiedLayerNormalization``; one ``MatMul`` for gate and up packed,
+                  ``Split``, SiLU (``Sigmoid``, ``Mul``), ``Mul``, the down projection
+head              ``SkipSimplifiedLayerNormalization`` (the final norm), ``MatMul`` by the LM head's
+                  weight; a head tied to the embedding reads it through a ``Transpose`` (stored once,
+                  as :mod:`hatch_onnx.int4` expects)
+opset             :data:`OPSET` (``Attention``, ``RotaryEmbedding``, ``RMSNormalization``), plus
+                  onnxruntime's ``com.microsoft`` norms; not the job's ``opset``: the report says the
+                  graph's
+positions         the rotation's tables cover ``max_position_embeddings`` positions (computed by the
+                  model's own rotary module, with its scaling); a position past them is an error in
+                  onnxruntime, where the traced graph would compute on
+weights           written as they are read, one matrix in memory at a time; to ``<graph>.data`` when the
+                  graph needs external data (:func:`hatch_onnx.config.needs_external_data`)
+================  =====================================================================================
+
+Which exports (:func:`check`, config.json only, before any model loads; exit 2 otherwise):
+PyTorch ``causal-lm-with-past`` of the :data:`FAMILIES` (Llama, Mistral, Qwen2, Qwen3), with
+SiLU MLPs without bias, rotary tables fixed at build time (not ``dynamic`` or ``longrope``),
+all layers with the same attention span, in float32 or float16.
+
+Light at import: the checks read config.json; numpy, onnx and torch are imported by :func:`build`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from hatch_onnx.errors import BadInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+EXPORTER = "fused"
+FEATURE = "causal-lm-with-past"
+# Attention (grouped heads, a cache, an additive mask), RotaryEmbedding with position ids and
+# RMSNormalization are ONNX ops from opset 23.
+OPSET = 23
+CONTRIB = "com.microsoft"
+DTYPES = ("float32", "float16")
+# Rotary tables that do not depend on the sequence: the model's rotary module computes them once.
+STATIC_ROPE = (None, "default", "linear", "llama3", "yarn")
+# Tensors are placed at offsets that are multiples of this in the external-data file, so that
+# onnxruntime can map them rather than copy them.
+ALIGNMENT = 4096
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a model type's decoder layers add to the common Llama layer."""
+
+    model_type: str
+    qk_norm: bool = False  # an RMS norm of each query and key head before the rotation (Qwen3)
+    sliding_window: bool = False  # every layer attends within config.sliding_window positions (Mistral)
+    # the config key that turns a sliding window on for some layers (refused: one span for all layers here)
+    sliding_switch: Optional[str] = None
+
+
+FAMILIES: Mapping[str, Family] = {f.model_type: f for f in (
+    Family("llama"),
+    Family("mistral", sliding_window=True),
+    Family("qwen2", sliding_switch="use_sliding_window"),
+    Family("qwen3", qk_norm=True, sliding_switch="use_sliding_window"),
+)}
+
+
+def applies(exporter: Optional[str]) -> bool:
+    return exporter == EXPORTER
+
+
+def _rope_type(config: Mapping[str, Any]) -> Optional[str]:
+    # transformers 5 writes rope_parameters, 4.x rope_scaling; either may be absent
+    for key in ("rope_parameters", "rope_scaling"):
+        value = config.get(key)
+        if isinstance(value, Mapping):
+            return value.get("rope_type") or value.get("type")
+    return None
+
+
+def check(model_dir: Path, model_type: str, feature: str, framework: str, dtype: str) -> None:
+    """Refuse (:class:`BadInputError`, exit 2) what this exporter does not write, reading config.json only."""
+    where = f"{model_dir}: exporter fused"
+    if framework != "pt":
+        raise BadInputError(f"{where} builds from PyTorch checkpoints only; this one is {framework}")
+    if feature != FEATURE:
+        raise BadInputError(f"{where} exports {FEATURE} only, not feature {feature!r}")
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise BadInputError(f"{where}: model type {model_type!r} is not one it writes (it writes: {', '.join(FAMILIES)})")
+    if dtype not in DTYPES:
+        raise BadInputError(f"{where}: dtype {dtype}: choose {' or '.join(DTYPES)}")
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    act = config.get("hidden_act", "silu")
+    if act != "silu":
+        raise BadInputError(f"{where}: hidden_act {act!r}: it writes SiLU MLPs only")
+    if config.get("mlp_bias"):
+        raise BadInputError(f"{where}: mlp_bias: it writes MLPs without bias only")
+    rope = _rope_type(config)
+    if rope not in STATIC_ROPE:
+        raise BadInputError(f"{where}: rope type {rope!r} changes with the sequence; it writes fixed rotary tables "
+                            f"({', '.join(t for t in STATIC_ROPE if t)})")
+    if family.sliding_switch and config.get(family.sliding_switch):
+        raise BadInputError(f"{where}: {family.sliding_switch}: it writes layers that attend over the whole cache only")
+    layer_types = set(config.get("layer_types") or ())
+    if len(layer_types) > 1:
+        raise BadInputError(f"{where}: layer_types {sorted(layer_types)}: it writes one attention span for all layers")
+
+
+class _Initializers:
+    """A graph's initializers, each written as it comes: inline, or appended to an external-data file.
+
+    onnx's own external-data conversion serialises a whole in-memory proto first; this keeps one
+    weight matrix in memory at a time, which is what lets an 8B export fit beside its model.
+    """
+
+    def __init__(self, data_path: Optional[Path]):
+        self.tensors: list[Any] = []
+        self.data_path = data_path
+        self._file = open(data_path, "wb") if data_path is not None else None
+
+    def add(self, name: str, array: "np.ndarray") -> str:
+        import numpy as np
+        from onnx import TensorProto, helper, numpy_helper
+
+        array = np.ascontiguousarray(array)
+        if self._file is None:
+            self.tensors.append(numpy_helper.from_array(array, name))
+            return name
+        offset = -self._file.tell() % ALIGNMENT
+        self._file.write(b"\0" * offset)
+        offset = self._file.tell()
+        self._file.write(array.tobytes())
+        tensor = TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.data_path.name), ("offset", str(offset)), ("length", str(array.nbytes))):
+            tensor.external_data.add(key=key, value=value)
+        self.tensors.append(tensor)
+        return name
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class _Nodes:
+    """Nodes in order, each output named after the node (``<scope>/<op>_<k>``)."""
+
+    def __init__(self):
+        self.nodes: list[Any] = []
+        self.scope = ""
+
+    def __call__(self, op: str, inputs: list[str], outputs: int = 1, domain: str = "", names: Optional[list[str]] = None,
+                 **attributes: Any) -> Any:
+        from onnx import helper
+
+        name = f"{self.scope}/{op}_{len(self.nodes)}"
+        names = names or [f"{name}/out{k}" if k else f"{name}/out" for k in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, names, name=name, domain=domain or None, **attributes))
+        return names[0] if len(names) == 1 else names
+
+
+def _weight(linear: Any) -> "np.ndarray":
+    """A Linear's weight as a MatMul's right-hand side: (in, out)."""
+    return linear.weight.detach().numpy().T
+
+
+def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[str]:
+    """Write ``model``'s fused graph to ``target`` (its weights to ``target``.data when ``external``); returns its output names."""
+    import numpy as np
+    import onnx
+    import torch
+    from onnx import TensorProto, helper
+
+    config = model.config
+    family = FAMILIES[config.model_type]
+    decoder = model.model
+    dtype = np.dtype(str(model.dtype).replace("torch.", ""))
+    onnx_dtype = helper.np_dtype_to_tensor_dtype(dtype)
+    layers = decoder.layers
+    attention0 = layers[0].self_attn
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_size = attention0.head_dim
+    eps = float(config.rms_norm_eps)
+
+    data_path = target.with_name(target.name + ".data") if external else None
+    weights = _Initializers(data_path)
+    node = _Nodes()
+    try:
+        with torch.no_grad():
+            # --- once: embedding, rotary tables, the attention bias ----------------------------
+            embedding = weights.add("model.embed_tokens.weight", decoder.embed_tokens.weight.detach().numpy())
+            positions = torch.arange(config.max_position_embeddings).unsqueeze(0)
+            cos, sin = decoder.rotary_emb(torch.zeros(1, dtype=model.dtype), positions)
+            half = cos.shape[-1] // 2  # transformers' tables repeat the half rotation: cat(freqs, freqs)
+            cos_cache = weights.add("rotary.cos", cos[0, :, :half].numpy().astype(dtype))
+            sin_cache = weights.add("rotary.sin", sin[0, :, :half].numpy().astype(dtype))
+            constants = {
+                "zero": np.array(0, np.int64), "one": np.array(1, np.int64), "axis0": np.array([0], np.int64),
+                "axis1": np.array([1], np.int64), "axes12": np.array([1, 2], np.int64),
+                "allowed": np.array(0, dtype), "masked": np.array(np.finfo(dtype).min, dtype),
+                "q_split": np.array([heads * head_size, kv_heads * head_size, kv_heads * head_size], np.int64),
+                "mlp_split": np.array([config.intermediate_size] * 2, np.int64),
+                "q_heads": np.array([0, 0, heads, head_size], np.int64), "q_flat": np.array([0, 0, heads * head_size], np.int64),
+                "kv_heads": np.array([0, 0, kv_heads, head_size], np.int64),
+                "kv_flat": np.array([0, 0, kv_heads * head_size], np.int64),
+            }
+            window = getattr(config, "sliding_window", None) if family.sliding_window else None
+            if window:
+                constants["window"] = np.array(window, np.int64)
+            for name, value in constants.items():
+                weights.add(f"const.{name}", value)
+            c = {name: f"const.{name}" for name in constants}
+
+            node.scope = "model/embed"
+            hidden = node("Gather", [embedding, "input_ids"])
+            node.scope = "model/bias"
+            total = node("Squeeze", [node("Shape", ["attention_mask"], start=1, end=2), c["axis0"]])
+            sequence = node("Squeeze", [node("Shape", ["input_ids"], start=1, end=2), c["axis0"]])
+            key_index = node("Unsqueeze", [node("Range", [c["zero"], total, c["one"]]), c["axis0"]])  # (1, T)
+            query_index = node("Unsqueeze", [node("Range", [node("Sub", [total, sequence]), total, c["one"]]), c["axis1"]])  # (S, 1)
+            visible = node("LessOrEqual", [key_index, query_index])  # causal over cache positions
+            if window:  # Mistral: key k is in query q's window when q - k < window
+                visible = node("And", [visible, node("Less", [node("Sub", [query_index, key_index]), c["window"]])])
+            kept = node("Unsqueeze", [node("Cast", ["attention_mask"], to=TensorProto.BOOL), c["axes12"]])  # (B, 1, 1, T)
+            bias = node("Where", [node("And", [kept, visible]), c["allowed"], c["masked"]])  # (B, 1, S, T)
+
+            # --- the layers ----------------------------------------------------------------------
+            residual = hidden
+            previous: Optional[str] = None  # the last layer's output, before its residual add
+            for i, layer in enumerate(layers):
+                attention, mlp = layer.self_attn, layer.mlp
+                node.scope = f"model/layers.{i}"
+                norm = weights.add(f"layers.{i}.input_layernorm.weight", layer.input_layernorm.weight.detach().numpy())
+                if previous is None:
+                    hidden = node("SimplifiedLayerNormalization", [residual, norm], epsilon=eps, axis=-1, stash_type=1)
+                else:
+                    hidden, residual = node("SkipSimplifiedLayerNormalization", [previous, residual, norm], outputs=4,
+                                            domain=CONTRIB, epsilon=eps)[0::3]
+                projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+                qkv_weight = weights.add(f"layers.{i}.qkv.weight", np.concatenate([_weight(p) for p in projections], axis=1))
+                qkv = node("MatMul", [hidden, qkv_weight])
+                if attention.q_proj.bias is not None:
+                    qkv_bias = np.concatenate([p.bias.detach().numpy() for p in projections])
+                    qkv = node("Add", [qkv, weights.add(f"layers.{i}.qkv.bias", qkv_bias)])
+                query, key, value = node("Split", [qkv, c["q_split"]], outputs=3, axis=-1)
+                if family.qk_norm:
+                    for which, norm_module, shape, flat in (("q", attention.q_norm, c["q_heads"], c["q_flat"]),
+                                                           ("k", attention.k_norm, c["kv_heads"], c["kv_flat"])):
+                        scale = weights.add(f"layers.{i}.{which}_norm.weight", norm_module.weight.detach().numpy())
+                        per_head = node("Reshape", [query if which == "q" else key, shape])
+                        normed = node("Reshape", [node("RMSNormalization", [per_head, scale], axis=-1, epsilon=eps, stash_type=1), flat])
+                        query, key = (normed, key) if which == "q" else (query, normed)
+                query = node("RotaryEmbedding", [query, cos_cache, sin_cache, "position_ids"], num_heads=heads)
+                key = node("RotaryEmbedding", [key, cos_cache, sin_cache, "position_ids"], num_heads=kv_heads)
+                context = node("Attention", [query, key, value, bias, f"past_key_values.{i}.key", f"past_key_values.{i}.value"],
+                               names=[f"{node.scope}/attention", f"present.{i}.key", f"present.{i}.value"],
+                               q_num_heads=heads, kv_num_heads=kv_heads, scale=float(attention.scaling))[0]
+                out = node("MatMul", [context, weights.add(f"layers.{i}.o_proj.weight", _weight(attention.o_proj))])
+                if attention.o_proj.bias is not None:
+                    out = node("Add", [out, weights.add(f"layers.{i}.o_proj.bias", attention.o_proj.bias.detach().numpy())])
+                post = weights.add(f"layers.{i}.post_attention_layernorm.weight", layer.post_attention_layernorm.weight.detach().numpy())
+                hidden, residual = node("SkipSimplifiedLayerNormalization", [out, residual, post], outputs=4, domain=CONTRIB,
+                                        epsilon=eps)[0::3]
+                gate_up = weights.add(f"layers.{i}.gate_up.weight", np.concatenate([_weight(mlp.gate_proj), _weight(mlp.up_proj)], axis=1))
+                gate, up = node("Split", [node("MatMul", [hidden, gate_up]), c["mlp_split"]], outputs=2, axis=-1)
+                activated = node("Mul", [node("Mul", [gate, node("Sigmoid", [gate])]), up])
+                previous = node("MatMul", [activated, weights.add(f"layers.{i}.down_proj.weight", _weight(mlp.down_proj))])
+
+            # --- the head --------------------------------------------------------------------------
+            node.scope = "model/head"
+            final = weights.add("model.norm.weight", decoder.norm.weight.detach().numpy())
+            hidden = node("SkipSimplifiedLayerNormalization", [previous, residual, final], outputs=4, domain=CONTRIB, epsilon=eps)[0]
+            head = model.get_output_embeddings()
+            if head.weight is decoder.embed_tokens.weight or head.weight.data_ptr() == decoder.embed_tokens.weight.data_ptr():
+                head_weight = node("Transpose", [embedding], perm=[1, 0])  # tied: the table once
+            else:
+                head_weight = weights.add("lm_head.weight", _weight(head))
+            node("MatMul", [hidden, head_weight], names=["logits"])
+    finally:
+        weights.close()
+
+    inputs, outputs = _interface(onnx_config, config, onnx_dtype, kv_heads, head_size)
+    graph = helper.make_graph(node.nodes, "main_graph", inputs, outputs, weights.tensors)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)],
+                              producer_name="hatch-onnx fused")
+    onnx.save(proto, str(target))
+    return [value.name for value in outputs]
+
+
+def _interface(onnx_config: Any, config: Any, onnx_dtype: int, kv_heads: int, head_size: int) -> tuple[list, list]:
+    """The pinned interface: the config's inputs and outputs, in its order, with its axis names."""
+    from onnx import TensorProto, helper
+
+    def value(name: str, axes: Mapping[int, str]) -> Any:
+        if name.startswith(("past_key_values.", "present.")):
+            elem, shape = onnx_dtype, [None, kv_heads, None, head_size]
+        elif name == "logits":
+            elem, shape = onnx_dtype, [None, None, config.vocab_size]
+        else:
+            elem, shape = TensorProto.INT64, [None, None]
+        return helper.make_tensor_value_info(name, elem, [axes.get(k, d) for k, d in enumerate(shape)])
+
+    return ([value(n, axes) for n, axes in onnx_config.inputs.items()],
+            [value(n, axes) for n, axes in onnx_config.outputs.items()])
