@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, help="export this causal LM (and build it with genai) first")
     parser.add_argument("--variants", nargs="*", default=["o2"], help="hatch-onnx variants to measure with --checkpoint")
     parser.add_argument("--genai-python", default=sys.executable, help="interpreter with onnxruntime-genai and transformers 5")
-    parser.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo", "genai"),
+    parser.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo", "genai", "fused"),
                         help="hatch-onnx's exporter for --checkpoint (genai: onnxruntime-genai's builder, validated by us)")
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--steps", type=int, default=32)

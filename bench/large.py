@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature", default="causal-lm-with-past")
     parser.add_argument("--dtype", choices=("float32", "float16"), help="default: the checkpoint's own")
     parser.add_argument("--no-floor", action="store_true", help="skip the load + forward baseline (it costs a load)")
-    parser.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo", "genai"))
+    parser.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo", "genai", "fused"))
     parser.add_argument("--genai-builder", action="store_true",
                         help="also time onnxruntime-genai's builder alone (fp32/fp16, no validation): the baseline of issue 24")
     args = parser.parse_args(argv)

@@ -73,6 +73,9 @@ STATIC_ROPE = (None, "default", "linear", "llama3", "yarn")
 # Tensors are placed at offsets that are multiples of this in the external-data file, so that
 # onnxruntime can map them rather than copy them.
 ALIGNMENT = 4096
+# Smaller tensors stay in the graph even with external data: shape inference reads constants
+# (a Split's sizes, a Reshape's shape) and cannot read them from the data file.
+INLINE_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ class _Initializers:
         from onnx import TensorProto, helper, numpy_helper
 
         array = np.ascontiguousarray(array)
-        if self._file is None:
+        if self._file is None or array.nbytes < INLINE_BYTES:
             self.tensors.append(numpy_helper.from_array(array, name))
             return name
         offset = -self._file.tell() % ALIGNMENT

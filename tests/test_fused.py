@@ -1,0 +1,195 @@
+"""exporter fused (hatch_onnx.fused): a rotary decoder's graph written with fused ops, behind the pinned interface.
+
+Each family's graph is validated against PyTorch like every export: the one-step draw (three
+rows, a sequence over a past: what onnxruntime-genai's graph cannot take) and 16 greedy tokens
+at batch 2, left-padded. The faults show that the checks see what each family adds: Mistral's
+sliding window (the draw is 18 positions, its fixture's window 6) and Qwen3's per-head norms.
+The consumers (Optimum, transformers.js, onnxruntime-genai) run these graphs in test_consumers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, checkpoint
+from hatch_onnx import fused
+from hatch_onnx.errors import BadInputError, ParamsError, ValidationError
+from hatch_onnx.exporting import ExportRequest, check_request, export_checkpoint
+
+FEATURE = "causal-lm-with-past"
+# What a fused graph is made of: nothing traced, no shape arithmetic per layer.
+OPS = {("", "Gather"), ("", "Shape"), ("", "Squeeze"), ("", "Unsqueeze"), ("", "Range"), ("", "Sub"), ("", "LessOrEqual"),
+       ("", "Less"), ("", "And"), ("", "Cast"), ("", "Where"), ("", "SimplifiedLayerNormalization"),
+       ("com.microsoft", "SkipSimplifiedLayerNormalization"), ("", "MatMul"), ("", "Add"), ("", "Split"), ("", "Reshape"),
+       ("", "RMSNormalization"), ("", "RotaryEmbedding"), ("", "Attention"), ("", "Sigmoid"), ("", "Mul"), ("", "Transpose")}
+
+
+def _export(model: "str | Path", out: Path, **request) -> dict:
+    return export_checkpoint(ExportRequest(model=str(model), feature=FEATURE, exporter="fused", **request), out, log=lambda line: None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", sorted(fused.FAMILIES))
+def test_each_family_is_written_fused_validated_and_generation_checked(tmp_path, model_type):
+    import onnx
+
+    report = _export(checkpoint(model_type), tmp_path / "out")
+    assert report["exporter"] == "fused" and report["opset"] == fused.OPSET
+    validation = report["validation"]
+    assert all(o["max_abs_diff"] <= report["atol"] for o in validation["outputs"].values())
+    assert validation["inputs"]["input_ids"] == [3, 11] and validation["inputs"]["past_key_values.0.key"][2] == 7  # rows over a past
+    figures = validation["generation"]
+    assert figures["tokens_equal"] and figures["batch"] == 2 and figures["prompt_lengths"][0] != figures["prompt_lengths"][1]
+    assert figures["distinct_tokens"] > 1 and figures["max_logits_diff"] <= report["atol"]
+    # the pinned interface: the default exporter's names, order, types and axis names
+    pinned = json.loads((ROOT / "tests" / "data" / "graph_interfaces.json").read_text())[f"{model_type}:{FEATURE}"]
+    assert validation["graph"]["inputs"] == pinned["inputs"] and validation["graph"]["outputs"] == pinned["outputs"]
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    ops = {(node.domain, node.op_type) for node in graph.graph.node}
+    assert ops <= OPS and ("", "Attention") in ops and ("com.microsoft", "SkipSimplifiedLayerNormalization") in ops
+    layers = json.loads((checkpoint(model_type) / "config.json").read_text())["num_hidden_layers"]
+    # 14 a layer (16 with biases, 6 more for per-head norms); the embedding, the bias and the head: at most 21
+    per_layer = 16 + (6 if fused.FAMILIES[model_type].qk_norm else 0)
+    assert len(graph.graph.node) <= 21 + per_layer * layers, len(graph.graph.node)  # the traced graph: ~270 a layer
+    assert not (tmp_path / "out" / "model.onnx.data").exists()  # tiny: inline
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type, without, expected", [
+    ("mistral", {"sliding_window": False}, "output 'logits': max abs diff .* exceeds atol"),
+    ("qwen3", {"qk_norm": False}, "output 'logits': max abs diff .* exceeds atol"),
+])
+def test_a_family_feature_left_out_fails_validation(tmp_path, monkeypatch, model_type, without, expected):
+    family = fused.FAMILIES[model_type]
+    monkeypatch.setitem(fused.FAMILIES, model_type, fused.Family(**{**family.__dict__, **without}))
+    with pytest.raises(ValidationError, match=expected):
+        _export(checkpoint(model_type), tmp_path / "out")
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+@pytest.mark.slow
+def test_external_data_is_aligned_with_constants_inline_and_a_tied_table_stored_once(tmp_path, monkeypatch):
+    import onnx
+
+    from hatch_onnx import config as config_module
+
+    monkeypatch.setattr(config_module, "EXTERNAL_DATA_THRESHOLD", 512)
+    report = _export(checkpoint("qwen2"), tmp_path / "out")
+    assert report["validation"]["generation"]["tokens_equal"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "model.onnx.data"]
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False)
+    external = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    inline = [t for t in graph.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+    offsets = [int(next(e.value for e in t.external_data if e.key == "offset")) for t in external]
+    assert external and all(offset % fused.ALIGNMENT == 0 for offset in offsets)
+    assert all(len(t.raw_data) < fused.INLINE_BYTES for t in inline) and "const.q_split" in {t.name for t in inline}
+    config = json.loads((checkpoint("qwen2") / "config.json").read_text())
+    assert config["tie_word_embeddings"]
+    tables = [t.name for t in graph.graph.initializer if sorted(t.dims) == sorted([config["vocab_size"], config["hidden_size"]])]
+    assert tables == ["model.embed_tokens.weight"]  # the head reads it through a Transpose
+    head = next(n for n in graph.graph.node if n.output[0] == "logits")
+    assert next(n for n in graph.graph.node if head.input[1] in n.output).op_type == "Transpose"
+
+
+@pytest.mark.slow
+def test_a_float16_export_validates(tmp_path):
+    report = _export(checkpoint("llama"), tmp_path / "out", dtype="float16")
+    assert report["dtype"] == "float16" and report["validation"]["generation"]["tokens_equal"]
+    assert report["validation"]["graph"]["outputs"][0]["dtype"] == "float16"
+
+
+@pytest.mark.slow
+def test_a_build_caches_the_fused_graph_and_its_int4_variant_is_weights_checked(tmp_path, e2e_env):
+    import onnx
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"onnx": {"variants": ["int4"], "layout": ["optimum", "transformers.js"], "models": {
+        "qwen2": {"checkpoint": str(checkpoint("qwen2")), "features": [FEATURE], "exporter": "fused"}}}}))
+    out = tmp_path / "out"
+    first = _build(params, out, e2e_env)
+    assert first.returncode == 0, first.stderr
+    entry = json.loads((out / "manifest.json").read_text())["models"]["qwen2"][FEATURE]
+    assert entry["source"]["exporter"] == "fused" and entry["validation"]["generation"]["tokens_equal"]
+    variant = entry["variants"]["int4"]
+    assert variant["weights"] and all(f["max_abs_diff"] <= f["atol"] for f in variant["weights"].values())
+    folder = out / "qwen2" / FEATURE
+    graph = onnx.load(str(folder / "model.int4.onnx"))
+    ops = [node.op_type for node in graph.graph.node]
+    layers = json.loads((checkpoint("qwen2") / "config.json").read_text())["num_hidden_layers"]
+    # qkv, o, gate_up and down a layer, and the head; the tied table once, as the head's 4-bit weight
+    assert "MatMul" not in ops and ops.count("MatMulNBits") == 4 * layers + 1 and ops.count("GatherBlockQuantized") == 1
+    assert ops.count("Attention") == layers
+    assert (folder / "onnx" / "model_q4.onnx").read_bytes() == (folder / "model.int4.onnx").read_bytes()
+    again = _build(params, out, e2e_env)
+    assert again.returncode == 0, again.stderr
+    assert "Nothing exported" in again.stdout
+
+
+def _build(params: Path, out: Path, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hatch_onnx", "build", "--params", str(params), "--out", str(out)],
+                          capture_output=True, text=True, env=env)
+
+
+# --- refusals: one line, exit 2, before any model loads ------------------------------------------
+
+
+def _edited(tmp_path: Path, model_type: str, **changes) -> Path:
+    """The fixture with ``changes`` to its config.json (its other files linked)."""
+    folder = tmp_path / f"{model_type}-edited"
+    folder.mkdir()
+    for path in checkpoint(model_type).iterdir():
+        if path.name != "config.json":
+            (folder / path.name).symlink_to(path)
+    config = json.loads((checkpoint(model_type) / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+@pytest.mark.parametrize("model_type, feature, changes, message", [
+    ("gpt2", FEATURE, {}, "model type 'gpt2' is not one it writes"),
+    ("gemma2", FEATURE, {}, "model type 'gemma2' is not one it writes"),
+    ("llama", "causal-lm", {}, "exports causal-lm-with-past only, not feature 'causal-lm'"),
+    ("llama", FEATURE, {"hidden_act": "gelu"}, "hidden_act 'gelu': it writes SiLU MLPs only"),
+    ("llama", FEATURE, {"mlp_bias": True}, "mlp_bias"),
+    ("llama", FEATURE, {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope type 'dynamic' changes with the sequence"),
+    ("qwen2", FEATURE, {"use_sliding_window": True}, "use_sliding_window: it writes layers that attend over the whole cache only"),
+    ("qwen3", FEATURE, {"layer_types": ["full_attention", "sliding_attention"]}, "one attention span for all layers"),
+])
+def test_what_it_does_not_write_is_refused_before_loading(tmp_path, model_type, feature, changes, message):
+    model = _edited(tmp_path, model_type, **changes) if changes else checkpoint(model_type)
+    with pytest.raises(BadInputError, match=message.replace("(", r"\(")) as caught:
+        check_request(ExportRequest(model=str(model), feature=feature, exporter="fused"), tmp_path / "out")
+    assert caught.value.exit_code == 2
+
+
+def test_the_cli_refuses_in_one_line_and_imports_no_framework(tmp_path):
+    code = (
+        "import sys\n"
+        "from hatch_onnx.cli import main\n"
+        f"code = main(['export', '--model', {str(checkpoint('gpt2'))!r}, '--feature', {FEATURE!r}, '--exporter', 'fused', {str(tmp_path / 'out')!r}])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'onnxruntime', 'tensorflow', 'onnx', 'numpy')))\n"
+        "sys.exit(code)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    assert run.stdout.strip() == "[]" and len(run.stderr.strip().splitlines()) == 1
+    assert "exporter fused: model type 'gpt2' is not one it writes" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_params_name_the_exporter_key_when_fused_cannot_write_a_model(tmp_path):
+    from hatch_onnx.params import read_params
+    from hatch_onnx.plan import resolve_plan
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"onnx": {"cache": str(tmp_path / "cache"), "models": {"phi3": {
+        "checkpoint": str(checkpoint("phi3")), "features": [FEATURE], "exporter": "fused"}}}}))
+    with pytest.raises(ParamsError, match=r"onnx\.models\.phi3\.exporter: .*model type 'phi3' is not one it writes") as caught:
+        resolve_plan(read_params(params))
+    assert caught.value.key == "onnx.models.phi3.exporter"
