@@ -24,7 +24,8 @@ each layer        ``SkipSimplifiedLayerNormalization`` (the residual add and RMS
                   is ``SimplifiedLayerNormalization``); one ``MatMul`` for q, k and v packed (+ their
                   bias), ``Split``; Qwen3's per-head ``RMSNormalization`` of q and k; ``RotaryEmbedding``
                   of q and k at ``position_ids``; ``Attention`` (opset 23: grouped heads, the cache
-                  concatenated inside, present out); the output projection; the post-attention
+                  concatenated inside, present out; each past through a ``Reshape`` that gives an
+                  empty cache the batch's rows); the output projection; the post-attention
                   ``SkipSimplifiedLayerNormalization``; one ``MatMul`` for gate and up packed,
                   ``Split``, SiLU (``Sigmoid``, ``Mul``), ``Mul``, the down projection
 head              ``SkipSimplifiedLayerNormalization`` (the final norm), ``MatMul`` by the LM head's
@@ -236,6 +237,7 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
                 "q_heads": np.array([0, 0, heads, head_size], np.int64), "q_flat": np.array([0, 0, heads * head_size], np.int64),
                 "kv_heads": np.array([0, 0, kv_heads, head_size], np.int64),
                 "kv_flat": np.array([0, 0, kv_heads * head_size], np.int64),
+                "cache_tail": np.array([kv_heads, -1, head_size], np.int64),
             }
             window = getattr(config, "sliding_window", None) if family.sliding_window else None
             if window:
@@ -256,6 +258,11 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
                 visible = node("And", [visible, node("Less", [node("Sub", [query_index, key_index]), c["window"]])])
             kept = node("Unsqueeze", [node("Cast", ["attention_mask"], to=TensorProto.BOOL), c["axes12"]])  # (B, 1, 1, T)
             bias = node("Where", [node("And", [kept, visible]), c["allowed"], c["masked"]])  # (B, 1, S, T)
+            # An empty cache may come with any batch (transformers.js sizes the first step's at 0 rows:
+            # its shape resolver does not know the axis name "batch"); the traced graph's Concat ignores
+            # it, Attention does not. Each past is reshaped to (B, kv heads, -1, head size): free for a
+            # real cache, the right batch for an empty one.
+            cache_shape = node("Concat", [node("Shape", ["input_ids"], start=0, end=1), c["cache_tail"]], axis=0)
 
             # --- the layers ----------------------------------------------------------------------
             residual = hidden
@@ -285,7 +292,8 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
                         query, key = (normed, key) if which == "q" else (query, normed)
                 query = node("RotaryEmbedding", [query, cos_cache, sin_cache, "position_ids"], num_heads=heads)
                 key = node("RotaryEmbedding", [key, cos_cache, sin_cache, "position_ids"], num_heads=kv_heads)
-                context = node("Attention", [query, key, value, bias, f"past_key_values.{i}.key", f"past_key_values.{i}.value"],
+                past = [node("Reshape", [f"past_key_values.{i}.{kind}", cache_shape]) for kind in ("key", "value")]
+                context = node("Attention", [query, key, value, bias, *past],
                                names=[f"{node.scope}/attention", f"present.{i}.key", f"present.{i}.value"],
                                q_num_heads=heads, kv_num_heads=kv_heads, scale=float(attention.scaling))[0]
                 out = node("MatMul", [context, weights.add(f"layers.{i}.o_proj.weight", _weight(attention.o_proj))])
@@ -314,8 +322,10 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
 
     inputs, outputs = _interface(onnx_config, config, onnx_dtype, kv_heads, head_size)
     graph = helper.make_graph(node.nodes, "main_graph", inputs, outputs, weights.tensors)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)],
-                              producer_name="hatch-onnx fused")
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)]
+    # the oldest IR version these opsets need, not the installed onnx's newest: runtimes refuse IR versions newer than theirs
+    proto = helper.make_model(graph, opset_imports=opsets, producer_name="hatch-onnx fused",
+                              ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True))
     onnx.save(proto, str(target))
     return [value.name for value in outputs]
 

@@ -1,7 +1,8 @@
 """The folders ``hatch-onnx build --out`` writes, opened by the runtimes users deploy with, with no manual step.
 
 One build writes both layouts (``optimum`` and ``transformers.js``) for an encoder, a vision
-model, the decoders with their cache and the graph sets of two text encoder-decoders (t5, bart),
+model, the decoders with their cache (Llama, Mistral, Qwen2 and Qwen3 twice: traced, and
+written fused by ``exporter: fused``) and the graph sets of two text encoder-decoders (t5, bart),
 Whisper and a vision-encoder-decoder. Then:
 
 - Optimum's ``ORTModelFor*.from_pretrained(folder)`` (the 4.57 line: optimum-onnx needs it);
@@ -34,13 +35,15 @@ pytestmark = pytest.mark.slow
 # Every decoder fixture with a cache: the legacy ones and today's families.
 DECODERS = ["gpt2", "gpt-neo", "gptj", "bloom", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3-text", "phi3", "granite",
             "olmo2", "smollm3"]
+# The same checkpoints exported with ``exporter: fused`` (hatch_onnx.fused): the same interface, other graphs.
+FUSED = {f"{name}-fused": name for name in ("llama", "mistral", "qwen2", "qwen3")}
 # Encoder-decoders with past: their graph set (encoder_model, decoder_model, decoder_with_past_model,
 # decoder_model_merged) beside the one-step model.onnx.
 SEQ2SEQ = ["t5", "bart"]
 # Speech and image encoders: generation from seeded features or pixels (batch 2), no preprocessing in the comparison.
 ENCODER_INPUTS = {"whisper": "input_features", "vision-encoder-decoder": "pixel_values"}
 SETS = [*SEQ2SEQ, *ENCODER_INPUTS]
-MODELS = {"bert": "masked-lm", "vit": "image-classification", **dict.fromkeys(DECODERS, "causal-lm-with-past"),
+MODELS = {"bert": "masked-lm", "vit": "image-classification", **dict.fromkeys([*DECODERS, *FUSED], "causal-lm-with-past"),
           **dict.fromkeys(SEQ2SEQ, "seq2seq-lm-with-past"), "whisper": "speech2seq-lm-with-past",
           "vision-encoder-decoder": "vision2seq-lm-with-past"}
 PROMPTS = ["the quick brown fox jumps over", "hello"]  # of different lengths: the second row is padded
@@ -52,24 +55,29 @@ JS = ROOT / "tests" / "js"
 def out(tmp_path_factory, e2e_env) -> Path:
     folder = tmp_path_factory.mktemp("consumers")
     params = {"onnx": {"layout": ["optimum", "transformers.js"], "models": {
-        name: {"checkpoint": str(checkpoint(name)), "features": [feature]} for name, feature in MODELS.items()}}}
+        name: {"checkpoint": str(_checkpoint(name)), "features": [feature], **({"exporter": "fused"} if name in FUSED else {})}
+        for name, feature in MODELS.items()}}}
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run([sys.executable, "-m", "hatch_onnx", "build", "--params", str(folder / "params.yaml"), "--out", str(folder / "out")],
                    check=True, env=e2e_env, capture_output=True, text=True)
     return folder / "out"
 
 
+def _checkpoint(name: str) -> Path:
+    return checkpoint(FUSED.get(name, name))
+
+
 def _torch_model(name: str, auto_class: str):
     import transformers
 
-    model = getattr(transformers, auto_class).from_pretrained(checkpoint(name), local_files_only=True, attn_implementation="eager")
+    model = getattr(transformers, auto_class).from_pretrained(_checkpoint(name), local_files_only=True, attn_implementation="eager")
     return model.eval()
 
 
 def _tokenizer(name: str, side: str = "left"):
     import transformers
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint(name), local_files_only=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(_checkpoint(name), local_files_only=True)
     tokenizer.padding_side = side
     return tokenizer
 
@@ -118,7 +126,7 @@ def test_both_layouts_are_written_with_roles(out):
         assert roles["model.onnx"] == roles["onnx/model.onnx"] == "graph" and roles["config.json"] == "config"
         assert entry["files"]["onnx/model.onnx"]["layout"] == "transformers.js"
         assert (out / name / feature / "onnx" / "model.onnx").read_bytes() == (out / name / feature / "model.onnx").read_bytes()
-        assert ("genai_config.json" in roles) == (name in GENAI_TYPES)
+        assert ("genai_config.json" in roles) == (FUSED.get(name, name) in GENAI_TYPES)
     assert {p.name for p in (out / "gpt2" / "causal-lm-with-past").iterdir()} >= {"tokenizer.json", "generation_config.json"}
 
 
@@ -144,8 +152,8 @@ OPTIMUM_CACHE_SHAPE = {"qwen3", "gemma2", "phi3", "olmo2"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xfail(
-    strict=True, reason="optimum-onnx 0.1.0 sizes the empty first-step cache wrong for this config")) if name in OPTIMUM_CACHE_SHAPE else name
-    for name in DECODERS])
+    strict=True, reason="optimum-onnx 0.1.0 sizes the empty first-step cache wrong for this config")) if FUSED.get(name, name) in OPTIMUM_CACHE_SHAPE
+    else name for name in [*DECODERS, *FUSED]])
 def test_optimum_generates_what_pytorch_does(out, name):
     onnxruntime = pytest.importorskip("optimum.onnxruntime", reason="optimum-onnx needs transformers < 4.58 (the 4.57 line runs it)")
     model = onnxruntime.ORTModelForCausalLM.from_pretrained(out / name / MODELS[name])
@@ -253,7 +261,7 @@ def test_transformers_js_loads_encoders_and_matches_pytorch(out, name):
     assert np.abs(_array(answer["logits"]) - expected).max() <= _atol(out, name)
 
 
-@pytest.mark.parametrize("name", DECODERS)
+@pytest.mark.parametrize("name", [*DECODERS, *FUSED])
 def test_transformers_js_generates_what_pytorch_does(out, name):
     answer = _node(out, {"model": f"{name}/{MODELS[name]}", "kind": "causal-lm", "texts": PROMPTS, "max_new_tokens": NEW_TOKENS})
     prompt_length = answer["input_ids"]["dims"][1]
@@ -304,7 +312,7 @@ def _genai_generate(folder: Path, rows: list[list[int]], pad: int) -> list[list[
     return [list(map(int, generator.get_sequence(i)))[longest:] for i in range(len(rows))]
 
 
-@pytest.mark.parametrize("name", sorted(GENAI_TYPES))
+@pytest.mark.parametrize("name", [*sorted(GENAI_TYPES), *(name for name, fixture in FUSED.items() if fixture in GENAI_TYPES)])
 def test_onnxruntime_genai_generates_what_pytorch_does(out, name):
     folder = out / name / MODELS[name]
     config = json.loads((folder / "genai_config.json").read_text())
@@ -318,5 +326,5 @@ def test_onnxruntime_genai_generates_what_pytorch_does(out, name):
     # The padded row too, unless a sliding window (the fixtures' are 6 tokens) spans the pad slots
     # genai leaves in its cache: windows count cache slots, so that row then sees fewer real
     # tokens than alone (mistral's and phi3's diverge; transformers would do the same when right-padded).
-    if not json.loads((checkpoint(name) / "config.json").read_text()).get("sliding_window"):
+    if not json.loads((_checkpoint(name) / "config.json").read_text()).get("sliding_window"):
         assert batched[1] == expected[1]
