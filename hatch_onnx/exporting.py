@@ -214,7 +214,7 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
     from hatch_onnx import generation, graph_sets
     from hatch_onnx.config import needs_external_data
     from hatch_onnx.frameworks import backend
-    from hatch_onnx.validation import Tolerance, reference_outputs, validate_graph, validation_inputs
+    from hatch_onnx.validation import Tolerance, open_session, reference_outputs, validate_graph, validation_inputs
 
     exporter, onnx_config = backend(checked.framework), loaded.onnx_config
     # onnxruntime-genai's builder loads the checkpoint itself, in its own process, after our model is done with
@@ -254,13 +254,15 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
             _, onnx_outputs = genai_builder.build(checked.model_dir, staged, checked.request.dtype)
             timings["export"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        validation = {**validate_graph(staged, onnx_config, inputs, reference, Tolerance(atol=atol), named_outputs=onnx_outputs),
-                      **validation}
+        session = open_session(staged)  # one session for both checks: opening one costs seconds at real sizes
+        validation = {**validate_graph(staged, onnx_config, inputs, reference, Tolerance(atol=atol), named_outputs=onnx_outputs,
+                                       session=session), **validation}
         timings["validate"] += time.perf_counter() - t0
         if expected_generation is not None:
             t0 = time.perf_counter()
-            validation["generation"] = generation.check(staged, onnx_config, expected_generation, Tolerance(atol=atol))
+            validation["generation"] = generation.check(staged, onnx_config, expected_generation, Tolerance(atol=atol), session=session)
             timings["generate"] += time.perf_counter() - t0
+        del session
         if checked.request.layouts is not None and target.name == "model.onnx":
             _complete_folder(staging, checked, validation)
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())

@@ -237,16 +237,16 @@ def validate_generation(graph: Union[str, Path], model: Any, config: OnnxConfig,
 
 
 def check(graph: Union[str, Path], config: OnnxConfig, expected: Reference, tolerance: Tolerance, label: str = "",
-          enforce: bool = True) -> dict[str, Any]:
+          enforce: bool = True, session: Any = None) -> dict[str, Any]:
     """Decode through the graph alone and compare every step with ``expected``; raise unless they agree.
 
     Returns the figures the report and manifest carry: ``steps`` compared, ``tokens_equal``,
     ``max_logits_diff`` (the worst over every step and row), the tokens, and ``tie`` (the step
     where the model ranks two tokens within the tolerance, if the sequences part there); for
     hidden states, ``mode: teacher-forced`` and ``max_diff``. ``enforce`` False (lossy variants)
-    reports the same figures without raising.
+    reports the same figures without raising. ``session``: the graph's, already open (validation's).
     """
-    session = open_session(graph, f"{label} graph" if label else "the exported graph")
+    session = session or open_session(graph, f"{label} graph" if label else "the exported graph")
     prefix = f"{label}: generation" if label else "generation"
     half = any(node.name == expected.output and node.type == "tensor(float16)" for node in session.get_outputs())
     if expected.output == "logits":

@@ -297,11 +297,16 @@ def _attribute(node: Any, name: str, default: Any) -> Any:
 
 
 def _gemms_to_matmuls(graph: Any) -> None:
-    """``Gemm(A, B, C)`` with a constant 2-D float B, ``transA`` 0 and ``alpha`` 1 -> ``MatMul(A, B') [+ Add(C')]``."""
+    """``Gemm(A, B, C)`` with a constant 2-D float B, ``transA`` 0 and ``alpha`` 1 -> ``MatMul(A, B') [+ Add(C')]``.
+
+    ``B'`` is B, or with ``transB`` its transpose: a new initializer, or, when a Gather reads B (an
+    embedding table the head shares), a ``Transpose`` node, which :func:`prepare` then ties.
+    """
     import numpy as np
     from onnx import helper, numpy_helper
 
     inits = {t.name: t for t in graph.initializer}
+    gathered = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.domain in ("", "ai.onnx")}
     for node in list(graph.node):
         if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or node.input[1] not in inits:
             continue
@@ -311,7 +316,11 @@ def _gemms_to_matmuls(graph: Any) -> None:
         b = node.input[1]
         if _attribute(node, "transB", 0):
             b = f"{node.input[1]}/transposed"
-            if b not in inits:
+            if b in inits or any(n.output and n.output[0] == b for n in graph.node):
+                pass
+            elif node.input[1] in gathered:  # a tied head (hatch_onnx.fused): the Transpose that prepare ties
+                graph.node.insert(list(graph.node).index(node), helper.make_node("Transpose", [node.input[1]], [b], name=b, perm=[1, 0]))
+            else:
                 inits[b] = numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), b)
                 graph.initializer.append(inits[b])
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None

@@ -150,16 +150,18 @@ def validate_graph(
     tolerance: Tolerance,
     named_outputs: Optional[Iterable[str]] = None,
     label: str = "",
+    session: Any = None,
 ) -> dict[str, Any]:
     """Raise unless the graph at ``graph`` reproduces ``reference`` on ``inputs``; return the figures.
 
     Checks, in order: that the graph loads, its input and output names (and ``named_outputs``,
     what the exporter said it wrote) against the config's, that it runs on ``inputs``, then each
     output's shape and values. ``label`` (a variant's name) starts every error message.
+    ``session``: the graph's, already open (:func:`open_session`), to share with the generation check.
     """
     import numpy as np
 
-    session = open_session(graph, f"{label} graph" if label else "the exported graph")
+    session = session or open_session(graph, f"{label} graph" if label else "the exported graph")
     check_input_names(config, [node.name for node in session.get_inputs()], "the graph's inputs")
     graph_outputs = [node.name for node in session.get_outputs()]
     expected = list(config.outputs)

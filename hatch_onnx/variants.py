@@ -154,7 +154,7 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader", release: 
     from hatch_onnx.errors import ExportError
     from hatch_onnx.frameworks import backend_of
     from hatch_onnx.models import support_for
-    from hatch_onnx.validation import Tolerance, reference_outputs, validate_graph, validation_inputs
+    from hatch_onnx.validation import Tolerance, open_session, reference_outputs, validate_graph, validation_inputs
 
     timings: dict[str, float] = {}
     variant, chosen = request["variant"], request["settings"]
@@ -183,11 +183,8 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader", release: 
         tolerance = Tolerance(min_cosine=chosen["min_cosine"])
     else:
         tolerance = Tolerance(atol=chosen.get("atol") if chosen.get("atol") is not None else config.atol_for_validation)
-    validation = validate_graph(target, config, inputs, reference, tolerance, label=f"variant {variant}")
-    if variant == "int4":  # the cosine floor cannot see a weight 5% off: the weights against int4's own numerics
-        from hatch_onnx import int4
-
-        validation["weights"] = int4.check_weights(Path(request["source"]), target, config, inputs, label=f"variant {variant}")
+    session = open_session(target, f"variant {variant} graph")  # one session for both checks
+    validation = validate_graph(target, config, inputs, reference, tolerance, label=f"variant {variant}", session=session)
     timings["validate"] = time.perf_counter() - t0
     if expected_generation is not None:
         # Lossless variants (o1-o3) must generate what the model does, as the export; lossy ones
@@ -195,8 +192,15 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader", release: 
         # reported (how many steps agree) and their verdict stays the cosine floor's.
         t0 = time.perf_counter()
         validation["generation"] = generation.check(target, config, expected_generation, tolerance, label=f"variant {variant}",
-                                                    enforce=variant not in LOSSY)
+                                                    enforce=variant not in LOSSY, session=session)
         timings["generate"] = time.perf_counter() - t0
+    del session  # before int4's check opens two graphs of its own
+    if variant == "int4":  # the cosine floor cannot see a weight 5% off: the weights against int4's own numerics
+        from hatch_onnx import int4
+
+        t0 = time.perf_counter()
+        validation["weights"] = int4.check_weights(Path(request["source"]), target, config, inputs, label=f"variant {variant}")
+        timings["validate"] += time.perf_counter() - t0
     return {
         "variant": variant,
         "settings": dict(chosen),
