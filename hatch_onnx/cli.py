@@ -25,9 +25,10 @@ def _export_parser(sub) -> None:
                    help="preprocessor for the export's dummy inputs (auto: made from the model config)")
     p.add_argument("--cache_dir", "--cache-dir", dest="cache_dir", help="accepted for compatibility; checkpoints are local")
     p.add_argument("--export_with_transformers", action="store_true", help="accepted for compatibility; no effect")
-    p.add_argument("--exporter", choices=("torchscript", "dynamo", "genai", "fused"), default="torchscript",
+    p.add_argument("--exporter", choices=("torchscript", "dynamo", "genai", "fused"), default=None,
                    help="torch.onnx's exporter; genai: onnxruntime-genai's model builder; fused: a rotary decoder's "
-                        "graph written with fused ops behind the pinned interface (default: %(default)s)")
+                        "graph written with fused ops behind the pinned interface (default: fused for the causal-lm-with-past "
+                        "of llama, mistral, qwen2 and qwen3 when no opset below 23 is asked for, else torchscript)")
     p.add_argument("--dtype", type=_dtype, default="float32", metavar="{float32,float16}",
                    help="precision to load, export and validate in (PyTorch; fp32/fp16 accepted; default: %(default)s)")
     p.add_argument("--report", type=Path, help="write a JSON validation report here")

@@ -44,7 +44,7 @@ class ExportRequest:
     framework: Optional[str] = None
     opset: Optional[int] = None
     atol: Optional[float] = None
-    exporter: str = "torchscript"
+    exporter: Optional[str] = None  # None: fused where it writes the model, else torchscript (exporter_name)
     preprocessor: str = "auto"
     allow_new_head: bool = False
     cache_dir: Optional[str] = None
@@ -74,7 +74,8 @@ def check_request(request: ExportRequest, output: Path) -> CheckedRequest:
     support = support_for(read_model_type(model_dir), where=str(model_dir))
     framework = determine_framework(str(model_dir), request.framework)
     support.check(request.feature, framework, where=str(model_dir), transformers_major=transformers_major() or 5)
-    exporter = exporter_name(framework, request.exporter)
+    exporter = exporter_name(framework, request.exporter, request.exporter is None and fused.writes(
+        model_dir, support.model_type, request.feature, framework, request.dtype, request.opset))
     if genai_builder.applies(exporter):  # onnxruntime-genai's builder: what it makes, on the line it runs on
         genai_builder.check(model_dir, support.model_type, request.feature, framework, request.dtype, transformers_major())
     if fused.applies(exporter):

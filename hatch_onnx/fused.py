@@ -80,6 +80,11 @@ ALIGNMENT = 4096
 INLINE_BYTES = 1024
 
 
+# The ops whose outputs are activations in the model's dtype (the others compute shapes, positions and masks).
+FLOAT_OPS = frozenset({"Gather", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "MatMul", "Add", "Split", "Reshape",
+                       "RMSNormalization", "RotaryEmbedding", "Attention", "Sigmoid", "Mul", "Gemm", "Where"})
+
+
 @dataclass(frozen=True)
 class Family:
     """What a model type's decoder layers add to the common Llama layer."""
@@ -101,6 +106,18 @@ FAMILIES: Mapping[str, Family] = {f.model_type: f for f in (
 
 def applies(exporter: Optional[str]) -> bool:
     return exporter == EXPORTER
+
+
+def writes(model_dir: Path, model_type: str, feature: str, framework: str, dtype: str, opset: Optional[int]) -> bool:
+    """Whether a job that names no exporter gets this one: :func:`check` passes, and no opset below :data:`OPSET` is asked for
+    (an explicit opset is a runtime's limit: those jobs stay with TorchScript at theirs)."""
+    if (opset is not None and opset < OPSET) or framework != "pt" or feature != FEATURE or model_type not in FAMILIES:
+        return False
+    try:
+        check(model_dir, model_type, feature, framework, dtype)
+    except (BadInputError, OSError, ValueError):  # an unreadable config.json is reported by the load, not here
+        return False
+    return True
 
 
 def _rope_type(config: Mapping[str, Any]) -> Optional[str]:
@@ -185,11 +202,12 @@ class _Nodes:
         self.scope = ""
 
     def __call__(self, op: str, inputs: list[str], outputs: int = 1, domain: str = "", names: Optional[list[str]] = None,
-                 **attributes: Any) -> Any:
+                 unused: tuple[int, ...] = (), **attributes: Any) -> Any:
+        """Add a node; its output name(s). ``unused`` outputs are left unnamed (onnxruntime then skips them)."""
         from onnx import helper
 
         name = f"{self.scope}/{op}_{len(self.nodes)}"
-        names = names or [f"{name}/out{k}" if k else f"{name}/out" for k in range(outputs)]
+        names = names or ["" if k in unused else f"{name}/out{k}" if k else f"{name}/out" for k in range(outputs)]
         self.nodes.append(helper.make_node(op, inputs, names, name=name, domain=domain or None, **attributes))
         return names[0] if len(names) == 1 else names
 
@@ -285,7 +303,7 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
                 if previous is None:
                     hidden = node("SimplifiedLayerNormalization", [residual, norm], epsilon=eps, axis=-1, stash_type=1)
                 else:
-                    hidden, residual = node("SkipSimplifiedLayerNormalization", [previous, residual, norm], outputs=4,
+                    hidden, residual = node("SkipSimplifiedLayerNormalization", [previous, residual, norm], outputs=4, unused=(1, 2),
                                             domain=CONTRIB, epsilon=eps)[0::3]
                 projections = (attention.q_proj, attention.k_proj, attention.v_proj)
                 qkv_weight = weights.add(f"layers.{i}.qkv.weight", _matmul_weight(*projections))
@@ -311,7 +329,7 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
                 if attention.o_proj.bias is not None:
                     out = node("Add", [out, weights.add(f"layers.{i}.o_proj.bias", attention.o_proj.bias.detach().numpy())])
                 post = weights.add(f"layers.{i}.post_attention_layernorm.weight", layer.post_attention_layernorm.weight.detach().numpy())
-                hidden, residual = node("SkipSimplifiedLayerNormalization", [out, residual, post], outputs=4, domain=CONTRIB,
+                hidden, residual = node("SkipSimplifiedLayerNormalization", [out, residual, post], outputs=4, unused=(1, 2), domain=CONTRIB,
                                         epsilon=eps)[0::3]
                 gate_up = weights.add(f"layers.{i}.gate_up.weight", _matmul_weight(mlp.gate_proj, mlp.up_proj))
                 gate, up = node("Split", [node("MatMul", [hidden, gate_up]), c["mlp_split"]], outputs=2, axis=-1)
@@ -321,7 +339,7 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
             # --- the head --------------------------------------------------------------------------
             node.scope = "model/head"
             final = weights.add("model.norm.weight", decoder.norm.weight.detach().numpy())
-            hidden = node("SkipSimplifiedLayerNormalization", [previous, residual, final], outputs=4, domain=CONTRIB, epsilon=eps)[0]
+            hidden = node("SkipSimplifiedLayerNormalization", [previous, residual, final], outputs=4, unused=(1, 2), domain=CONTRIB, epsilon=eps)[0]
             head = model.get_output_embeddings()
             if head.weight.data_ptr() == decoder.embed_tokens.weight.data_ptr():
                 # Tied: the table once, read transposed by a Gemm. A MatMul would need Transpose(table),
@@ -336,7 +354,12 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
         weights.close()
 
     inputs, outputs = _interface(onnx_config, config, onnx_dtype, kv_heads, head_size)
-    graph = helper.make_graph(node.nodes, "main_graph", inputs, outputs, weights.tensors)
+    # Each activation's type, said: onnx's shape inference stops at onnxruntime's norms, and tools
+    # that read types (onnxruntime's int8 quantizer) then fail on every tensor after the first.
+    interface = {value.name for value in outputs}
+    typed = [helper.make_tensor_value_info(name, onnx_dtype, None) for n in node.nodes if n.op_type in FLOAT_OPS
+             for name in n.output if name and name not in interface]
+    graph = helper.make_graph(node.nodes, "main_graph", inputs, outputs, weights.tensors, value_info=typed)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)]
     # the oldest IR version these opsets need, not the installed onnx's newest: runtimes refuse IR versions newer than theirs
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="hatch-onnx fused",

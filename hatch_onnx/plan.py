@@ -130,13 +130,6 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
         checkpoint, support, framework = _resolve_model(source, name, model)
         minimum = support.onnx_config.DEFAULT_ONNX_OPSET
         wanted = model.opset if model.opset is not None else params.onnx.opset
-        if wanted is not None:
-            exporter = exporter_name(framework, model.exporter)
-            key = f"onnx.models.{name}.opset" if model.opset is not None else "onnx.opset"
-            try:
-                support.opset(max(wanted, minimum), exporter)
-            except BadInputError as exc:
-                raise ParamsError(f"{source.file}: {key}: {exc}", key=key) from None
         dtype = model.dtype or params.onnx.dtype
         layouts = as_layouts(model.layout if model.layout is not None else params.onnx.layout)
         variants = tuple(dict.fromkeys(model.variants if model.variants is not None else params.onnx.variants))
@@ -153,8 +146,18 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
                 support.check(feature, framework, where=str(checkpoint))
             except BadInputError as exc:
                 raise ParamsError(f"{source.file}: {key}: {exc}", key=key) from None
+            from hatch_onnx import fused, genai_builder
+
+            # None: fused where it writes the model and the params ask for no older opset (hatch_onnx.fused.writes)
+            exporter = model.exporter if model.exporter is not None else exporter_name(
+                framework, None, fused.writes(checkpoint, support.model_type, feature, framework, dtype, wanted))
+            if wanted is not None:
+                opset_key = f"onnx.models.{name}.opset" if model.opset is not None else "onnx.opset"
+                try:
+                    support.opset(max(wanted, minimum), exporter_name(framework, exporter))
+                except BadInputError as exc:
+                    raise ParamsError(f"{source.file}: {opset_key}: {exc}", key=opset_key) from None
             if model.exporter in ("genai", "fused"):  # what the builders make (genai's line is the worker's to check)
-                from hatch_onnx import fused, genai_builder
 
                 try:
                     if model.exporter == "genai":
@@ -169,7 +172,7 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
                 # a default, not a demand: the architecture's minimum wins when higher
                 opset=max(wanted or minimum, minimum),
                 atol=model.atol if model.atol is not None else params.onnx.atol,
-                exporter=model.exporter, allow_new_head=model.allow_new_head,
+                exporter=exporter, allow_new_head=model.allow_new_head,
                 variants=variants,
                 min_cosine=tuple(sorted({**params.onnx.min_cosine, **(model.min_cosine or {})}.items())),
                 fp16_io=model.fp16_io, dtype=dtype, layouts=layouts,

@@ -16,7 +16,7 @@ onnx:
       framework: auto      # auto | pt | tf
       atol: 1.0e-4         # optional per-model override
       opset: 18            # optional per-model override
-      exporter: torchscript
+      exporter: torchscript  # default: fused for Llama/Mistral/Qwen2/Qwen3 causal-lm-with-past, else torchscript
       allow_new_head: false
       dtype: float16       # optional: export and validate in float16 (PyTorch); default onnx.dtype, float32
       layout: [optimum, transformers.js]  # optional; default onnx.layout, optimum (see hatch_onnx.layouts)
@@ -64,7 +64,8 @@ class ModelParams(_Strict):
     framework: Literal["auto", "pt", "tf"] = "auto"
     atol: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
     opset: Optional[int] = Field(default=None, ge=7, le=MAX_OPSET_ANY)
-    exporter: Literal["torchscript", "dynamo", "genai", "fused"] = "torchscript"
+    # None: fused for the rotary decoders it writes (hatch_onnx.fused.writes), else torchscript
+    exporter: Optional[Literal["torchscript", "dynamo", "genai", "fused"]] = None
     allow_new_head: bool = False
     variants: Optional[list[Variant]] = None  # default: onnx.variants
     min_cosine: Optional[MinCosine] = None  # per variant, over onnx.min_cosine

@@ -196,3 +196,37 @@ def test_params_name_the_exporter_key_when_fused_cannot_write_a_model(tmp_path):
     with pytest.raises(ParamsError, match=r"onnx\.models\.phi3\.exporter: .*model type 'phi3' is not one it writes") as caught:
         resolve_plan(read_params(params))
     assert caught.value.key == "onnx.models.phi3.exporter"
+
+
+# --- the default: fused where it writes the model ------------------------------------------------
+
+
+@pytest.mark.parametrize("model, features, opset, expected", [
+    ("qwen2", [FEATURE, "default", "causal-lm"], None, {FEATURE: "fused", "default": "torchscript", "causal-lm": "torchscript"}),
+    ("qwen2", [FEATURE], 18, {FEATURE: "torchscript"}),  # an explicit opset below fused's: a runtime's limit, kept
+    ("qwen2", [FEATURE], 23, {FEATURE: "fused"}),
+    ("gpt2", [FEATURE], None, {FEATURE: "torchscript"}),
+    ("phi3", [FEATURE], None, {FEATURE: "torchscript"}),
+    ("gpt2-tf", [FEATURE], None, {FEATURE: "tf2onnx"}),
+])
+def test_a_job_that_names_no_exporter_gets_fused_where_it_writes_the_model(tmp_path, model, features, opset, expected):
+    from hatch_onnx.params import read_params
+    from hatch_onnx.plan import resolve_plan
+
+    params = tmp_path / "params.yaml"
+    entry = {"checkpoint": str(checkpoint(model)), "features": features, **({"opset": opset} if opset else {})}
+    params.write_text(yaml.safe_dump({"onnx": {"cache": str(tmp_path / "cache"), "models": {"m": entry}}}))
+    jobs = resolve_plan(read_params(params))
+    assert {job.feature: job.exporter for job in jobs} == expected
+    # and the cache key names it, so a default export made before fused existed is not served for it
+    key = jobs[0].key_inputs("f" * 32, {})
+    assert key["exporter"]["name"] == expected[features[0]]
+
+
+def test_the_default_is_named_the_same_way_by_the_cli_and_the_plan(tmp_path):
+    checked = check_request(ExportRequest(model=str(checkpoint("llama")), feature=FEATURE), tmp_path / "out")
+    assert checked.exporter == "fused"
+    checked = check_request(ExportRequest(model=str(checkpoint("llama")), feature=FEATURE, opset=18), tmp_path / "out")
+    assert checked.exporter == "torchscript" and checked.opset == 18
+    checked = check_request(ExportRequest(model=str(checkpoint("llama")), feature=FEATURE, exporter="torchscript"), tmp_path / "out")
+    assert checked.exporter == "torchscript"

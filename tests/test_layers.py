@@ -36,7 +36,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("worker",),
     ("exporting", "variants"),
     ("int4",),  # the int4 variant: MatMulNBits and its fake-quantised reference
-    ("genai_builder",),  # exporter genai: onnxruntime-genai's builder in a subprocess, its interface
+    ("genai_builder", "fused"),  # exporter genai (onnxruntime-genai's builder in a subprocess); exporter fused (written from the weights)
     ("graph_sets",),  # an encoder-decoder's graphs for generation: encoder, decoders, merged
     ("generation",),  # validation by generation: with-past graphs decode what the model generates
     ("validation",),  # the one validator: every graph the project ships

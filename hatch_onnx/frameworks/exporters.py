@@ -11,8 +11,14 @@ TORCH_ONNX = ("torchscript", "dynamo")
 EXPORTERS = {"pt": (*TORCH_ONNX, "genai", "fused"), "tf": ("tf2onnx",)}
 
 
-def exporter_name(framework: str, requested: "str | None" = None) -> str:
-    """The exporter a job of ``framework`` uses when ``requested`` (a PyTorch exporter name, or None) is asked for."""
+def exporter_name(framework: str, requested: "str | None" = None, fused_writes: bool = False) -> str:
+    """The exporter a job of ``framework`` uses when ``requested`` (a PyTorch exporter name, or None) is asked for.
+
+    None is the default: ``fused`` for a PyTorch job it writes (``fused_writes``: the caller asks
+    :func:`hatch_onnx.fused.writes`, which reads config.json), else TorchScript.
+    """
     if framework == "pt" and requested is not None:
         return requested
+    if framework == "pt" and fused_writes:
+        return "fused"
     return EXPORTERS[framework][0]
