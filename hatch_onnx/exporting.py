@@ -129,7 +129,7 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
 
         atol = max(atol, FP16_ATOL)
     target = output if output.suffix == ".onnx" else output / "model.onnx"
-    files, validation = _export_and_validate(checked, loaded, atol, target, timings, release)
+    files, validation, graph_opset = _export_and_validate(checked, loaded, atol, target, timings, release)
     timings["total"] = time.perf_counter() - started
     report = {
         "model": str(checked.model_dir),
@@ -138,7 +138,7 @@ def export_checkpoint(request: ExportRequest, output: Path, report_path: Optiona
         "framework": checked.framework,
         "exporter": checked.exporter,
         # the builders write their own opset (hatch_onnx.genai_builder, hatch_onnx.fused): the report says the graph's
-        "opset": genai_builder.graph_opset(target) if _builds_own_graph(checked.exporter) else checked.opset,
+        "opset": graph_opset,
         "dtype": request.dtype,
         "atol": atol,
         "files": files,
@@ -206,8 +206,9 @@ def _load(checked: CheckedRequest, load: ModelLoader, log: Callable[[str], Any])
 
 
 def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, target: Path, timings: dict[str, float],
-                         release: Callable[[], Any]) -> tuple[list[str], dict[str, Any]]:
-    """Export into a staging folder beside ``target``, validate there, then move the files into place.
+                         release: Callable[[], Any]) -> tuple[list[str], dict[str, Any], int]:
+    """Export into a staging folder beside ``target``, validate there, then move the files into place;
+    the files, the validation's figures and the graph's opset.
 
     Everything validation needs of the model is computed first (reference outputs, the model's
     generation); a large model is then released (:class:`Loaded`) before onnxruntime opens a graph.
@@ -264,6 +265,8 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
             validation["generation"] = generation.check(staged, onnx_config, expected_generation, Tolerance(atol=atol), session=session)
             timings["generate"] += time.perf_counter() - t0
         del session
+        # the builders write their own opset: the graph says which (read here: a layout may not leave it at target)
+        graph_opset = genai_builder.graph_opset(staged) if _builds_own_graph(checked.exporter) else checked.opset
         if checked.request.layouts is not None and target.name == "model.onnx":
             _complete_folder(staging, checked, validation)
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
@@ -271,7 +274,7 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
         for name in sorted(files, key=lambda n: (n.endswith(".onnx"), n)):
             (target.parent / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).replace(target.parent / name)
-    return files, validation
+    return files, validation, graph_opset
 
 
 def _complete_folder(staging: Path, checked: CheckedRequest, validation: dict[str, Any]) -> None:

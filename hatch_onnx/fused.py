@@ -21,7 +21,7 @@ once              ``Gather`` of the embedding; the attention bias (``Where`` of 
                   cache positions, the attention mask's padding, and Mistral's sliding window), shape
                   (batch, 1, sequence, past + sequence), built once and read by every layer
 each layer        ``SkipSimplifiedLayerNormalization`` (the residual add and RMS norm in one; layer 0's
-                  is ``SimplifiedLayerNormalization``); one ``MatMul`` for q, k and v packed (+ their
+                  is opset 23's ``RMSNormalization``); one ``MatMul`` for q, k and v packed (+ their
                   bias), ``Split``; Qwen3's per-head ``RMSNormalization`` of q and k; ``RotaryEmbedding``
                   of q and k at ``position_ids``; ``Attention`` (opset 23: grouped heads, the cache
                   concatenated inside, present out; each past through a ``Reshape`` that gives an
@@ -70,6 +70,9 @@ FEATURE = "causal-lm-with-past"
 OPSET = 23
 CONTRIB = "com.microsoft"
 DTYPES = ("float32", "float16")
+# The oldest onnxruntime these graphs have run on (transformers.js's onnxruntime-node 1.30, and
+# 1.32): older releases lack opset 23's Attention on CPU, or may.
+MIN_ONNXRUNTIME = (1, 30)
 # Rotary tables that do not depend on the sequence: the model's rotary module computes them once.
 STATIC_ROPE = (None, "default", "linear", "llama3", "yarn")
 # Tensors are placed at offsets that are multiples of this in the external-data file, so that
@@ -81,7 +84,7 @@ INLINE_BYTES = 1024
 
 
 # The ops whose outputs are activations in the model's dtype (the others compute shapes, positions and masks).
-FLOAT_OPS = frozenset({"Gather", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "MatMul", "Add", "Split", "Reshape",
+FLOAT_OPS = frozenset({"Gather", "SkipSimplifiedLayerNormalization", "MatMul", "Add", "Split", "Reshape",
                        "RMSNormalization", "RotaryEmbedding", "Attention", "Sigmoid", "Mul", "Gemm", "Where"})
 
 
@@ -109,15 +112,28 @@ def applies(exporter: Optional[str]) -> bool:
 
 
 def writes(model_dir: Path, model_type: str, feature: str, framework: str, dtype: str, opset: Optional[int]) -> bool:
-    """Whether a job that names no exporter gets this one: :func:`check` passes, and no opset below :data:`OPSET` is asked for
-    (an explicit opset is a runtime's limit: those jobs stay with TorchScript at theirs)."""
+    """Whether a job that names no exporter gets this one: :func:`check` passes, no opset below :data:`OPSET` is asked for
+    (an explicit opset is a runtime's limit: those jobs stay with TorchScript at theirs), and the installed onnxruntime,
+    which validates the graph, is one it has run on (:data:`MIN_ONNXRUNTIME`)."""
     if (opset is not None and opset < OPSET) or framework != "pt" or feature != FEATURE or model_type not in FAMILIES:
+        return False
+    if not _onnxruntime_at_least(MIN_ONNXRUNTIME):
         return False
     try:
         check(model_dir, model_type, feature, framework, dtype)
     except (BadInputError, OSError, ValueError):  # an unreadable config.json is reported by the load, not here
         return False
     return True
+
+
+def _onnxruntime_at_least(minimum: tuple[int, int]) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = tuple(int(part) for part in version("onnxruntime").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return found >= minimum
 
 
 def _rope_type(config: Mapping[str, Any]) -> Optional[str]:
@@ -301,7 +317,7 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
                 node.scope = f"model/layers.{i}"
                 norm = weights.add(f"layers.{i}.input_layernorm.weight", layer.input_layernorm.weight.detach().numpy())
                 if previous is None:
-                    hidden = node("SimplifiedLayerNormalization", [residual, norm], epsilon=eps, axis=-1, stash_type=1)
+                    hidden = node("RMSNormalization", [residual, norm], epsilon=eps, axis=-1, stash_type=1)
                 else:
                     hidden, residual = node("SkipSimplifiedLayerNormalization", [previous, residual, norm], outputs=4, unused=(1, 2),
                                             domain=CONTRIB, epsilon=eps)[0::3]

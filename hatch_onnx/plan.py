@@ -148,9 +148,10 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
                 raise ParamsError(f"{source.file}: {key}: {exc}", key=key) from None
             from hatch_onnx import fused, genai_builder
 
-            # None: fused where it writes the model and the params ask for no older opset (hatch_onnx.fused.writes)
+            # None: fused where it writes the model (hatch_onnx.fused.writes). params' opset is a default, not a
+            # demand (an architecture's minimum wins when higher): fused's opset 23 wins over it too.
             exporter = model.exporter if model.exporter is not None else exporter_name(
-                framework, None, fused.writes(checkpoint, support.model_type, feature, framework, dtype, wanted))
+                framework, None, fused.writes(checkpoint, support.model_type, feature, framework, dtype, None))
             if wanted is not None:
                 opset_key = f"onnx.models.{name}.opset" if model.opset is not None else "onnx.opset"
                 try:
