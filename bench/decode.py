@@ -1,7 +1,7 @@
 """Decoder graphs at run time: session creation, prefill and per-token decode in plain onnxruntime.
 
     python bench/decode.py GRAPH [GRAPH ...]
-    python bench/decode.py --checkpoint DIR [--variants o2 ...] [--genai-python PYTHON] [--exporter genai]
+    python bench/decode.py --checkpoint DIR [--variants o2 int4 ...] [--genai-python PYTHON] [--exporter torchscript|fused|genai]
 
 With graphs, each is measured as it is. With ``--checkpoint`` (a causal LM, e.g.
 ``bench/large.py``'s random Qwen2.5-0.5B), the checkpoint is first exported by ``hatch-onnx
@@ -147,7 +147,7 @@ def with_tokenizer(checkpoint: Path) -> Path:
     return view
 
 
-def hatch_onnx_graphs(checkpoint: Path, variants: list[str], exporter: str = "torchscript") -> list[tuple[str, Path, float]]:
+def hatch_onnx_graphs(checkpoint: Path, variants: list[str], exporter: "str | None" = None) -> list[tuple[str, Path, float]]:
     """Export with ``hatch-onnx build`` (cold cache); (label, graph, wall seconds including validation) per graph."""
     import yaml
 
@@ -156,7 +156,8 @@ def hatch_onnx_graphs(checkpoint: Path, variants: list[str], exporter: str = "to
     work.mkdir(parents=True)
     params = work / "params.yaml"
     params.write_text(yaml.safe_dump({"onnx": {"cache": str(work / "cache"), "models": {"decoder": {
-        "checkpoint": str(checkpoint), "features": ["causal-lm-with-past"], "variants": variants, "exporter": exporter}}}}))
+        "checkpoint": str(checkpoint), "features": ["causal-lm-with-past"], "variants": variants,
+        **({"exporter": exporter} if exporter else {})}}}}))  # none named: the default (fused for the types it writes)
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "hatch_onnx", "build", "--params", str(params), "--out", str(work / "out")],
                                env={**os.environ, "USE_TF": "0"})
@@ -164,16 +165,18 @@ def hatch_onnx_graphs(checkpoint: Path, variants: list[str], exporter: str = "to
     wall = time.perf_counter() - started
     weights = sum(p.stat().st_size for p in checkpoint.glob("*.safetensors"))
     peak = usage.ru_maxrss * 1024
-    print(f"hatch-onnx build (exporter {exporter}, variants {variants or 'none'}): {wall:.1f} s, exit "
+    print(f"hatch-onnx build (exporter {exporter or 'default'}, variants {variants or 'none'}): {wall:.1f} s, exit "
           f"{os.waitstatus_to_exitcode(status)}, peak {peak / 2**30:.2f} GiB = {peak / weights:.2f}x the weights ({weights / 2**30:.2f} GiB)")
     folder = work / "out" / "decoder" / "causal-lm-with-past"
     report = folder.parents[1] / "manifest.json"
+    shipped = exporter or "default"
     if report.is_file():
         entry = json.loads(report.read_text())["models"]["decoder"]["causal-lm-with-past"]
-        print(f"  validation: {json.dumps(entry['validation'])[:600]}")
+        shipped = entry["source"]["exporter"]
+        print(f"  exporter {shipped}; validation: {json.dumps(entry['validation'])[:600]}")
         for name, variant in entry.get("variants", {}).items():
             print(f"  variant {name}: {json.dumps(variant['validation'])[:300]} generation {json.dumps(variant.get('generation'))[:300]}")
-    label = "hatch-onnx genai" if exporter == "genai" else "hatch-onnx fp32"
+    label = f"hatch-onnx {shipped} fp32"
     return [(label, folder / "model.onnx", wall),
             *((f"hatch-onnx {v}", folder / f"model.{v}.onnx", float("nan")) for v in variants)]
 
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, help="export this causal LM (and build it with genai) first")
     parser.add_argument("--variants", nargs="*", default=["o2"], help="hatch-onnx variants to measure with --checkpoint")
     parser.add_argument("--genai-python", default=sys.executable, help="interpreter with onnxruntime-genai and transformers 5")
-    parser.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo", "genai", "fused"),
+    parser.add_argument("--exporter", default=None, choices=("torchscript", "dynamo", "genai", "fused"),
                         help="hatch-onnx's exporter for --checkpoint (genai: onnxruntime-genai's builder, validated by us)")
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--steps", type=int, default=32)
