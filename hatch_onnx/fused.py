@@ -112,9 +112,13 @@ def applies(exporter: Optional[str]) -> bool:
 
 
 def writes(model_dir: Path, model_type: str, feature: str, framework: str, dtype: str, opset: Optional[int]) -> bool:
-    """Whether a job that names no exporter gets this one: :func:`check` passes, no opset below :data:`OPSET` is asked for
-    (an explicit opset is a runtime's limit: those jobs stay with TorchScript at theirs), and the installed onnxruntime,
-    which validates the graph, is one it has run on (:data:`MIN_ONNXRUNTIME`)."""
+    """Whether a job that names no exporter gets this one: :func:`check` passes, ``opset`` is None or :data:`OPSET` or
+    above, and the installed onnxruntime, which validates the graph, is one it has run on (:data:`MIN_ONNXRUNTIME`).
+
+    ``opset`` is a demand: the CLI's ``--opset`` (the graph is exported with it, as in transformers.onnx's
+    CLI: below 23, the job is traced at it). A plan passes None: params' opset is a default, which an
+    architecture's minimum, and this writer's, overrides.
+    """
     if (opset is not None and opset < OPSET) or framework != "pt" or feature != FEATURE or model_type not in FAMILIES:
         return False
     if not _onnxruntime_at_least(MIN_ONNXRUNTIME):
