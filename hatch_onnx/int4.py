@@ -307,6 +307,7 @@ def _gemms_to_matmuls(graph: Any) -> None:
 
     inits = {t.name: t for t in graph.initializer}
     gathered = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.domain in ("", "ai.onnx")}
+    transposed: set[str] = set()  # the Transpose nodes made for gathered tables, by output
     for node in list(graph.node):
         if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or node.input[1] not in inits:
             continue
@@ -316,11 +317,10 @@ def _gemms_to_matmuls(graph: Any) -> None:
         b = node.input[1]
         if _attribute(node, "transB", 0):
             b = f"{node.input[1]}/transposed"
-            if b in inits or any(n.output and n.output[0] == b for n in graph.node):
-                pass
-            elif node.input[1] in gathered:  # a tied head (hatch_onnx.fused): the Transpose that prepare ties
+            if node.input[1] in gathered and b not in transposed:  # a tied head (hatch_onnx.fused): the Transpose prepare ties
                 graph.node.insert(list(graph.node).index(node), helper.make_node("Transpose", [node.input[1]], [b], name=b, perm=[1, 0]))
-            else:
+                transposed.add(b)
+            elif node.input[1] not in gathered and b not in inits:
                 inits[b] = numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), b)
                 graph.initializer.append(inits[b])
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None

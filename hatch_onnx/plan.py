@@ -118,6 +118,8 @@ def resolve_plan(source: "ParamsSource", only: Optional[Iterable[str]] = None) -
 
 
 def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
+    from hatch_onnx import fused, genai_builder  # light: config.json readers
+
     params = source.params
     models = params.onnx.models
     for name in selected:
@@ -146,8 +148,6 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
                 support.check(feature, framework, where=str(checkpoint))
             except BadInputError as exc:
                 raise ParamsError(f"{source.file}: {key}: {exc}", key=key) from None
-            from hatch_onnx import fused, genai_builder
-
             # None: fused where it writes the model (hatch_onnx.fused.writes). params' opset is a default, not a
             # demand (an architecture's minimum wins when higher): fused's opset 23 wins over it too.
             exporter = model.exporter if model.exporter is not None else exporter_name(
@@ -159,7 +159,6 @@ def _resolve(source: "ParamsSource", selected: list[str]) -> list[Job]:
                 except BadInputError as exc:
                     raise ParamsError(f"{source.file}: {opset_key}: {exc}", key=opset_key) from None
             if model.exporter in ("genai", "fused"):  # what the builders make (genai's line is the worker's to check)
-
                 try:
                     if model.exporter == "genai":
                         genai_builder.check(checkpoint, support.model_type, feature, framework, dtype, None, check_installed=False)
