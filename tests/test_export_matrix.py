@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from conftest import checkpoint
-from hatch_onnx import generation, graph_sets
+from hatch_onnx import fused, generation, graph_sets
 from hatch_onnx.exporting import ExportRequest, export_checkpoint
 from hatch_onnx.models import REGISTRY
 
@@ -30,11 +30,18 @@ UNAVAILABLE = [(m, f) for m, support in REGISTRY.items() for f in support.featur
 INTERFACES = Path(__file__).parent / "data" / "graph_interfaces.json"
 
 
+# Pairs whose default exporter is fused (hatch_onnx.fused) are also traced: both graphs must have the pinned interface.
+TRACED_TOO = [(m, f) for m, f in PAIRS if f == fused.FEATURE and m in fused.FAMILIES]
+CASES = [(m, f, None) for m, f in PAIRS] + [(m, f, "torchscript") for m, f in TRACED_TOO]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type, feature", PAIRS, ids=[f"{m}:{f}" for m, f in PAIRS])
-def test_export_and_validate(model_type, feature, tmp_path):
-    request = ExportRequest(model=checkpoint(FIXTURE_FOR.get((model_type, feature), model_type)), feature=feature, allow_new_head=True)
+@pytest.mark.parametrize("model_type, feature, exporter", CASES, ids=[f"{m}:{f}" + (f":{e}" if e else "") for m, f, e in CASES])
+def test_export_and_validate(model_type, feature, exporter, tmp_path):
+    request = ExportRequest(model=checkpoint(FIXTURE_FOR.get((model_type, feature), model_type)), feature=feature, allow_new_head=True,
+                            exporter=exporter)
     report = export_checkpoint(request, tmp_path, log=lambda line: None)
+    assert report["exporter"] == (exporter or ("fused" if (model_type, feature) in TRACED_TOO else "torchscript"))
     graph = onnx.load(str(tmp_path / "model.onnx"))
     onnx.checker.check_model(graph)
     assert [o.name for o in graph.graph.output] == list(report["validation"]["outputs"])
