@@ -79,3 +79,26 @@ def read_only(tmp_path_factory):
     for cleanup in reversed(cleanups):
         with contextlib.suppress(Exception):
             cleanup()
+
+
+# What a refusal must not import: every ML framework, onnx and numpy.
+HEAVY = ("torch", "tensorflow", "transformers", "onnxruntime", "tf2onnx", "onnx", "numpy")
+
+
+def cli_in_fresh_process(args: list[str]) -> tuple["subprocess.CompletedProcess", list[str]]:
+    """``hatch_onnx.cli.main(args)`` in a fresh interpreter: the process (its exit code is main's), and the
+    :data:`HEAVY` modules it imported."""
+    import ast
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from hatch_onnx.cli import main\n"
+        f"code = main({args!r})\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
+        "sys.exit(code)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    imported = ast.literal_eval(run.stdout.strip().splitlines()[-1]) if run.stdout.strip() else ["<no output>"]
+    return run, imported

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, checkpoint
+from conftest import ROOT, checkpoint, cli_in_fresh_process
 from hatch_onnx import fused
 from hatch_onnx.errors import BadInputError, ParamsError, ValidationError
 from hatch_onnx.exporting import ExportRequest, check_request, export_checkpoint
@@ -173,16 +173,10 @@ def test_what_it_does_not_write_is_refused_before_loading(tmp_path, model_type, 
 
 
 def test_the_cli_refuses_in_one_line_and_imports_no_framework(tmp_path):
-    code = (
-        "import sys\n"
-        "from hatch_onnx.cli import main\n"
-        f"code = main(['export', '--model', {str(checkpoint('gpt2'))!r}, '--feature', {FEATURE!r}, '--exporter', 'fused', {str(tmp_path / 'out')!r}])\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'onnxruntime', 'tensorflow', 'onnx', 'numpy')))\n"
-        "sys.exit(code)\n"
-    )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    run, imported = cli_in_fresh_process(["export", "--model", str(checkpoint("gpt2")), "--feature", FEATURE, "--exporter", "fused",
+                                          str(tmp_path / "out")])
     assert run.returncode == 2, run.stderr
-    assert run.stdout.strip() == "[]" and len(run.stderr.strip().splitlines()) == 1
+    assert imported == [] and len(run.stderr.strip().splitlines()) == 1
     assert "exporter fused: model type 'gpt2' is not one it writes" in run.stderr
     assert not (tmp_path / "out").exists()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import checkpoint
+from conftest import checkpoint, cli_in_fresh_process
 from hatch_onnx import genai_builder, generation
 from hatch_onnx.errors import BadInputError, GenerationError, ParamsError
 from hatch_onnx.exporting import ExportRequest, check_request
@@ -181,16 +181,10 @@ def test_what_the_builder_cannot_make_is_refused_before_loading(tmp_path, model_
 def test_the_cli_refuses_in_one_line_and_imports_no_framework(tmp_path):
     """The refusal on this interpreter's line: transformers 4 refuses the builder; on 5, an unsupported type."""
     model = "qwen3" if not TRANSFORMERS_5 else "gpt2"
-    code = (
-        "import sys\n"
-        "from hatch_onnx.cli import main\n"
-        f"code = main(['export', '--model', {str(checkpoint(model))!r}, '--feature', 'causal-lm-with-past', '--exporter', 'genai', {str(tmp_path / 'out')!r}])\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'onnxruntime', 'tensorflow')))\n"
-        "sys.exit(code)\n"
-    )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    run, imported = cli_in_fresh_process(["export", "--model", str(checkpoint(model)), "--feature", "causal-lm-with-past",
+                                          "--exporter", "genai", str(tmp_path / "out")])
     assert run.returncode == 2, run.stderr
-    assert run.stdout.strip() == "[]" and len(run.stderr.strip().splitlines()) == 1
+    assert imported == [] and len(run.stderr.strip().splitlines()) == 1
     expected = "builder needs transformers 5" if not TRANSFORMERS_5 else "model type 'gpt2' is not one"
     assert expected in run.stderr and "exporter genai" in run.stderr
     assert not (tmp_path / "out").exists()
