@@ -119,15 +119,13 @@ def writes(model_dir: Path, model_type: str, feature: str, framework: str, dtype
     CLI: below 23, the job is traced at it). A plan passes None: params' opset is a default, which an
     architecture's minimum, and this writer's, overrides.
     """
-    if (opset is not None and opset < OPSET) or framework != "pt" or feature != FEATURE or model_type not in FAMILIES:
+    if opset is not None and opset < OPSET:
         return False
-    if not _onnxruntime_at_least(MIN_ONNXRUNTIME):
-        return False
-    try:
+    try:  # refuses another framework, feature or type before it reads config.json
         check(model_dir, model_type, feature, framework, dtype)
     except (BadInputError, OSError, ValueError):  # an unreadable config.json is reported by the load, not here
         return False
-    return True
+    return _onnxruntime_at_least(MIN_ONNXRUNTIME)
 
 
 def _onnxruntime_at_least(minimum: tuple[int, int]) -> bool:
@@ -281,13 +279,9 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
                 "mlp_split": np.array([config.intermediate_size] * 2, np.int64),
                 "cache_tail": np.array([kv_heads, -1, head_size], np.int64),
                 "rows": np.array([-1, config.hidden_size], np.int64), "vocab": np.array([config.vocab_size], np.int64),
-            }
-            if family.qk_norm:
-                constants.update({
-                    "q_heads": np.array([0, 0, heads, head_size], np.int64), "q_flat": np.array([0, 0, heads * head_size], np.int64),
-                    "kv_heads": np.array([0, 0, kv_heads, head_size], np.int64),
-                    "kv_flat": np.array([0, 0, kv_heads * head_size], np.int64),
-                })
+                "q_heads": np.array([0, 0, heads, head_size], np.int64), "q_flat": np.array([0, 0, heads * head_size], np.int64),
+                "kv_heads": np.array([0, 0, kv_heads, head_size], np.int64), "kv_flat": np.array([0, 0, kv_heads * head_size], np.int64),
+            }  # those no node reads (a family's or a tied head's only) are left out of the graph below
             window = getattr(config, "sliding_window", None) if family.sliding_window else None
             if window:
                 constants["window"] = np.array(window, np.int64)
@@ -379,7 +373,9 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
     interface = {value.name for value in outputs}
     typed = [helper.make_tensor_value_info(name, onnx_dtype, None) for n in node.nodes if n.op_type in FLOAT_OPS
              for name in n.output if name and name not in interface]
-    graph = helper.make_graph(node.nodes, "main_graph", inputs, outputs, weights.tensors, value_info=typed)
+    read = {name for n in node.nodes for name in n.input}
+    initializers = [tensor for tensor in weights.tensors if tensor.name in read]
+    graph = helper.make_graph(node.nodes, "main_graph", inputs, outputs, initializers, value_info=typed)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)]
     # the oldest IR version these opsets need, not the installed onnx's newest: runtimes refuse IR versions newer than theirs
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="hatch-onnx fused",
