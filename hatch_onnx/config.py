@@ -14,12 +14,11 @@ Differences from the legacy module, on purpose:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import re
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -60,30 +59,6 @@ def decoder_start_token_id(model_config: Any) -> Optional[int]:
     """The token an encoder-decoder's decoder starts from: its own, else its bos token (mBART's), as ``generate`` does."""
     value = getattr(model_config, "decoder_start_token_id", None)
     return value if value is not None else getattr(model_config, "bos_token_id", None)
-
-
-@contextlib.contextmanager
-def greedy_generation(model: Any, new_tokens: int, pad_token_id: int, **scores: bool) -> Iterator[Any]:
-    """A bare greedy ``GenerationConfig`` for ``model.generate``, the model's own swapped out for the call.
-
-    The checkpoint's generation settings (no_repeat_ngram_size, forced tokens, an eos that stops a
-    row early) would make ``generate`` other than the plain greedy decoding a graph's logits
-    decide, and ``generate`` merges them into any config it is given. ``scores``: which per-step
-    scores to return (PyTorch's ``output_logits``, TensorFlow's ``output_scores``). Both back-ends'
-    ``greedy_reference`` use it.
-    """
-    from transformers import GenerationConfig
-
-    settings = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_token_id,
-                                return_dict_in_generate=True, use_cache=True, **scores)
-    if model.config.is_encoder_decoder:  # generate's sequences then start with the decoder's start token
-        settings.decoder_start_token_id = decoder_start_token_id(model.config)
-    saved = model.generation_config
-    model.generation_config = GenerationConfig()
-    try:
-        yield settings
-    finally:
-        model.generation_config = saved
 
 
 def needs_external_data(weight_bytes: int) -> bool:

@@ -4,14 +4,21 @@ The one-step check (:func:`hatch_onnx.validation.validate_graph`) proves a graph
 forward pass with some cache. It does not prove the loop users run: the prompt with an *empty*
 cache (sequence length 0: one graph serves prefill and every step), each step's ``present``
 fed back as ``past``, the mask growing, positions counted past left padding. This module runs
-that loop in numpy and onnxruntime, with no framework in it, and compares every step with
-transformers' ``generate(do_sample=False)`` on the reference model (PyTorch or TensorFlow,
-through its back-end's ``greedy_reference``):
+that loop in numpy and onnxruntime, with no framework in it (:func:`decode`):
 
 - a batch of :data:`PROMPT_LENGTHS` prompts (seeded non-special token ids), the shorter one
-  padded on the left, and :data:`NEW_TOKENS` new tokens;
-- at every step the last position's logits within the export's :class:`~hatch_onnx.validation.Tolerance`,
-  and the chosen tokens equal.
+  padded on the left, and :data:`NEW_TOKENS` new tokens chosen greedily.
+
+Then the model checks every step (:func:`model_steps`, :func:`verdict`): it reads the prompts and
+the graph's tokens in **one forward pass** without a cache (its back-end's ``sequence_reference``).
+A causal model's output at a position does not depend on what follows, so that pass holds, at
+each step's position, the logits the model computes after the same prefix:
+
+- every step's logits within the export's :class:`~hatch_onnx.validation.Tolerance`;
+- every token the graph chose is the model's argmax there. By induction from the prompt, the two
+  greedy sequences are then equal: this is ``generate(do_sample=False)``'s answer without its 16
+  passes through the weights (the checkpoint's generation settings, forced or suppressed tokens,
+  play no part: a graph's logits decide plain greedy decoding).
 
 A step where the two disagree on the token is a failure (:class:`~hatch_onnx.errors.GenerationError`),
 unless the model itself ranks the two tokens within the tolerance of each other: then both are
@@ -20,18 +27,19 @@ right, the sequences legitimately part, and the check stops there and says so (`
 A graph that returns hidden states (``default-with-past``) chooses no token: its loop is
 *teacher-forced*. It is fed seeded tokens (:func:`forced_tokens`) instead of its own choices, and
 every step's last-position ``last_hidden_state`` is compared, within the export's tolerance, with
-the model's hidden states over the whole sequence at once (the backend's ``hidden_reference``): a
-causal model's state at a position does not depend on what follows it, so one forward pass is
-every step's reference. The figures say ``mode: teacher-forced`` and carry ``max_diff`` of
-``output``; ``tokens_equal`` is None, there being no choice to compare (as an encoder-decoder's
-teacher-forced chain reports, :mod:`hatch_onnx.graph_sets`).
+the model's at the same position of the same one pass. The figures say ``mode: teacher-forced``
+and carry ``max_diff`` of ``output``; ``tokens_equal`` is None, there being no choice to compare
+(as an encoder-decoder's teacher-forced chain reports, :mod:`hatch_onnx.graph_sets`).
+
+The graph decodes first and the model checks after, so that an export can let a large model go
+while onnxruntime holds the graph's weights and load it again for its one pass (:mod:`hatch_onnx.exporting`).
 
 A graph whose contract is right padding (``PADDING_SIDE = "right"`` on its config: onnxruntime-genai's
 builder's graphs, whose GroupQueryAttention counts a row's tokens from index 0 and takes only
 lengths from the mask: :mod:`hatch_onnx.genai_builder`) is fed the same prompts padded on the
 right, and each row's prefill logits are read at its last real token; then every step is as
 above (the mask grows by one column, its sum is each row's length). The model's side is the
-same left-padded ``generate``; the figures say ``padding: right``.
+same left-padded sequence; the figures say ``padding: right``.
 
 Which graphs: decoder-only features with past (:func:`applies`). Encoder-decoders generate from
 their graph set (:mod:`hatch_onnx.graph_sets`), which uses this module's loop rules.
@@ -192,75 +200,93 @@ def generate_onnx(session: Any, config: OnnxConfig, input_ids: Any, attention_ma
 
 
 @dataclasses.dataclass(frozen=True)
-class Reference:
-    """What the model generates (or, teacher-forced, computes) for :func:`prompts`: all a check needs of it.
+class Decoded:
+    """What a graph decoded from :func:`prompts` through onnxruntime alone: the first half of a check (:func:`decode`).
 
-    Computed before the graph is opened (:func:`reference`), so that a large model can be freed
-    before onnxruntime holds a copy of its weights (:mod:`hatch_onnx.exporting`).
+    The model's half comes after (:func:`model_steps`): a graph is opened, decodes and is closed
+    before the model is needed again, so that a large model can be let go of while onnxruntime
+    holds the graph's weights, and loaded again after (:mod:`hatch_onnx.exporting`).
     """
 
-    input_ids: Any
+    input_ids: Any  # the prompts, left-padded (as ``generate`` pads them; a right-padding graph is fed them moved)
     attention_mask: Any
-    tokens: Any  # (batch, NEW_TOKENS): the model's greedy choices, or the tokens forced on both
+    tokens: Any  # (batch, NEW_TOKENS): the graph's greedy choices, or the tokens forced on it
     outputs: Any  # (NEW_TOKENS, batch, ...): each step's last-position logits, or hidden states
     output: str  # which: "logits" or "last_hidden_state"
+    half: bool  # the graph returns it in float16 (the comparison then allows float16's relative slack)
 
 
-def reference(model: Any, config: OnnxConfig) -> Reference:
-    """The model's side of :func:`check`: greedy ``generate``, or one forward pass over the forced sequence."""
+def decode(session: Any, config: OnnxConfig) -> Decoded:
+    """Greedy decoding of :func:`prompts` through ``session`` (teacher-forced on :func:`forced_tokens` for hidden states)."""
+    input_ids, mask = prompts(config)
+    output = output_name(config)
+    forced = None if output == "logits" else forced_tokens(config)
+    tokens, outputs = generate_onnx(session, config, input_ids, mask, NEW_TOKENS, forced=forced, output=output)
+    half = any(node.name == output and node.type == "tensor(float16)" for node in session.get_outputs())
+    return Decoded(input_ids, mask, tokens, outputs, output, half)
+
+
+def model_steps(model: Any, config: OnnxConfig, decoded: Decoded) -> Any:
+    """The model's output at every step the graph decoded, ``(NEW_TOKENS, batch, ...)``: one forward pass, no cache.
+
+    The model reads the prompt followed by the tokens the graph chose (or was fed), but the last
+    (its output is no step's). A causal model's output at a position does not depend on what
+    follows it, so position ``prompt + step - 1`` holds what the model computes at that step given
+    the same prefix, and its argmax is what greedy ``generate`` would choose there: equal tokens at
+    every step are equal greedy sequences, at the cost of one forward pass instead of one per token
+    (16 passes through every weight, at batch 2, took 4 s of a 0.5B export).
+    """
     import numpy as np
 
     from hatch_onnx.frameworks import backend_of
 
-    input_ids, mask = prompts(config)
-    back_end = backend_of(model)
-    if output_name(config) == "logits":
-        tokens, logits = back_end.greedy_reference(model, config, input_ids, mask, NEW_TOKENS, pad_token_id(config))
-        return Reference(input_ids, mask, tokens, logits, "logits")
-    forced = forced_tokens(config)
-    # The whole sequence at once: the prompt, then every forced token but the last (its state is no step's output).
-    sequence = np.concatenate([input_ids, forced[:, :-1]], axis=1)
+    prompt = decoded.input_ids.shape[1]
+    sequence = np.concatenate([decoded.input_ids, np.asarray(decoded.tokens[:, :-1], dtype=decoded.input_ids.dtype)], axis=1)
     full_mask = np.ones_like(sequence)
-    full_mask[:, : mask.shape[1]] = mask
+    full_mask[:, :prompt] = decoded.attention_mask
     named = {"input_ids": sequence, "attention_mask": full_mask}
-    if "position_ids" in config.inputs:  # as the loop feeds them; a graph without them counts from 0, as the model does
+    if "position_ids" in config.inputs:  # as the loop feeds them (and generate computes them); a graph without counts from 0, as the model
         named["position_ids"] = _positions(full_mask)
-    hidden = back_end.hidden_reference(model, config, named)
-    states = np.stack([hidden[:, mask.shape[1] - 1 + step] for step in range(NEW_TOKENS)])
-    return Reference(input_ids, mask, forced, states, "last_hidden_state")
+    values = backend_of(model).sequence_reference(model, config, named, decoded.output)
+    return np.stack([values[:, prompt - 1 + step] for step in range(NEW_TOKENS)])
 
 
-def validate_generation(graph: Union[str, Path], model: Any, config: OnnxConfig, tolerance: Tolerance, label: str = "",
-                        enforce: bool = True) -> dict[str, Any]:
-    """Generate :data:`NEW_TOKENS` tokens through the graph and through ``model``; raise unless they agree."""
-    return check(graph, config, reference(model, config), tolerance, label, enforce)
-
-
-def check(graph: Union[str, Path], config: OnnxConfig, expected: Reference, tolerance: Tolerance, label: str = "",
-          enforce: bool = True, session: Any = None) -> dict[str, Any]:
-    """Decode through the graph alone and compare every step with ``expected``; raise unless they agree.
+def verdict(decoded: Decoded, expected: Any, config: OnnxConfig, tolerance: Tolerance, label: str = "",
+            enforce: bool = True) -> dict[str, Any]:
+    """Compare every step the graph decoded with the model's (:func:`model_steps`); raise unless they agree.
 
     Returns the figures the report and manifest carry: ``steps`` compared, ``tokens_equal``,
     ``max_logits_diff`` (the worst over every step and row), the tokens, and ``tie`` (the step
     where the model ranks two tokens within the tolerance, if the sequences part there); for
     hidden states, ``mode: teacher-forced`` and ``max_diff``. ``enforce`` False (lossy variants)
-    reports the same figures without raising. ``session``: the graph's, already open (validation's).
+    reports the same figures without raising.
     """
-    session = session or open_session(graph, f"{label} graph" if label else "the exported graph")
+    import numpy as np
+
     prefix = f"{label}: generation" if label else "generation"
-    half = any(node.name == expected.output and node.type == "tensor(float16)" for node in session.get_outputs())
-    if expected.output == "logits":
-        tokens, logits = generate_onnx(session, config, expected.input_ids, expected.attention_mask, NEW_TOKENS)
-        figures = _compare_steps(tokens, logits, expected.tokens, expected.outputs, tolerance, prefix, half)
+    if decoded.output == "logits":
+        chosen = np.asarray(expected).argmax(-1).T  # (batch, NEW_TOKENS): what the model chooses after the same prefix
+        figures = _compare_steps(decoded.tokens, decoded.outputs, chosen, expected, tolerance, prefix, decoded.half)
     else:
-        _, states = generate_onnx(session, config, expected.input_ids, expected.attention_mask, NEW_TOKENS,
-                                  forced=expected.tokens, output=expected.output)
-        figures = _compare_states(states, expected.outputs, tolerance, prefix, half)
+        figures = _compare_states(decoded.outputs, expected, tolerance, prefix, decoded.half)
     if padding_side(config) != "left":  # said only where it differs: every other export's figures stay as they were
         figures["padding"] = padding_side(config)
     if "failure" in figures and enforce:
-        raise GenerationError(figures["failure"], output=expected.output, value=figures)
+        raise GenerationError(figures["failure"], output=decoded.output, value=figures)
     return figures
+
+
+def validate_generation(graph: Union[str, Path], model: Any, config: OnnxConfig, tolerance: Tolerance, label: str = "",
+                        enforce: bool = True, session: Any = None) -> dict[str, Any]:
+    """Decode :data:`NEW_TOKENS` tokens through the graph, then check each step against ``model``: all of a check at once.
+
+    ``session``: the graph's, already open (validation's). An export of a large model runs the
+    halves apart (:func:`decode`, then :func:`model_steps` and :func:`verdict`), with the model
+    let go of between them.
+    """
+    session = session or open_session(graph, f"{label} graph" if label else "the exported graph")
+    decoded = decode(session, config)
+    return verdict(decoded, model_steps(model, config, decoded), config, tolerance, label, enforce)
 
 
 def _compare_states(states: Any, expected: Any, tolerance: Tolerance, prefix: str, half: bool) -> dict[str, Any]:

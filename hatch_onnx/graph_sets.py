@@ -45,17 +45,20 @@ Each graph is validated on its own against the model at other shapes than the ex
 and the chain (encoder, then the merged decoder, and the two decoders apart) through onnxruntime
 alone (:func:`validate_chain`, by :mod:`hatch_onnx.generation`'s steps and rules):
 
-- *generate*: the text families' prompts (batch 2, left-padded), compared with transformers'
-  ``generate(do_sample=False)`` step by step (logits within atol, tokens equal);
-- *greedy loop*: seeded audio features or pixels (batch 2), compared with a plain greedy loop on
-  the model (each back-end's ``greedy_loop_reference``). Not ``generate``: Whisper's overrides it
-  with forced language and task tokens, suppressed tokens and timestamp rules, which are
-  generation policy, not what the graphs compute; the loop runs the whole prefix through the
-  model without a cache at every step, so it also checks the cache path independently;
+- *generate*: the text families' prompts (batch 2, left-padded), decoded greedily through the
+  graphs, then checked step by step against one forward of the model over the start token and
+  the chosen tokens, without a cache (each back-end's ``sequence_reference``): logits within
+  atol, and each token the model's argmax after the same prefix, which makes the sequence
+  transformers' greedy ``generate``'s (:mod:`hatch_onnx.generation`);
+- *greedy loop*: seeded audio features or pixels (batch 2), checked the same way. The reference
+  is the model's plain greedy decoding, not ``generate``: Whisper's overrides it with forced
+  language and task tokens, suppressed tokens and timestamp rules, which are generation policy,
+  not what the graphs compute. The model's pass uses no cache, so it also checks the graphs'
+  cache path independently;
 - *teacher-forced*: a ``default-with-past`` graph returns hidden states, from which no token can
   be chosen: a seeded token sequence is fed step by step (the first step with
   ``use_cache_branch`` False, then True) and every step's last hidden state is compared with one
-  forward of the model over the whole sequence (each back-end's ``hidden_reference``).
+  forward of the model over the whole sequence (``sequence_reference`` again).
   ``tokens_equal`` is None there, and ``tokens_compared`` says why.
 
 PyTorch's graphs are traced here (the TorchScript exporter, named explicitly); TensorFlow's by its back-end
@@ -569,16 +572,17 @@ def _chain_inputs(config: Any) -> dict[str, Any]:
 def validate_chain(folder: Path, model: Any, config: Any, tolerance: Any) -> dict[str, Any]:
     """The set decodes what the model does: through encoder + merged decoder, and encoder + the two decoders.
 
-    By the kind's check (the module's docstring): ``generate`` against transformers' greedy
-    ``generate``, ``greedy-loop`` against the back-end's ``greedy_loop_reference`` (a plain greedy loop,
-    no cache), ``teacher-forced`` hidden states against one forward of the model. Same steps and rules as :func:`hatch_onnx.generation.validate_generation`;
-    the figures are the merged chain's, and the two-decoder chain must agree with it.
+    By the kind's check (the module's docstring): ``generate`` and ``greedy-loop`` decode greedily,
+    then one forward of the model over the chosen tokens checks every step; ``teacher-forced``
+    hidden states against one forward of the model. Same steps and rules as
+    :func:`hatch_onnx.generation.validate_generation`; the figures are the merged chain's, and the
+    two-decoder chain must agree with it.
     """
     import numpy as np
 
     from hatch_onnx.config import decoder_start_token_id
     from hatch_onnx.errors import GenerationError
-    from hatch_onnx.generation import NEW_TOKENS, _compare_steps, pad_token_id
+    from hatch_onnx.generation import NEW_TOKENS, _compare_steps
     from hatch_onnx.validation import open_session
 
     folder = Path(folder)
@@ -591,18 +595,17 @@ def validate_chain(folder: Path, model: Any, config: Any, tolerance: Any) -> dic
     from hatch_onnx.frameworks import backend_of
 
     backend = backend_of(model)
-    if kind.chain == "generate":
-        expected_tokens, expected_logits = backend.greedy_reference(
-            model, config, feed["input_ids"], feed["attention_mask"], NEW_TOKENS, pad_token_id(config))
-    else:
-        expected_tokens, expected_logits = backend.greedy_loop_reference(model, config, feed, NEW_TOKENS, start)
     tokens, logits = generate_onnx(sessions[ENCODER], sessions[DECODER_MERGED], config, feed, NEW_TOKENS, start)
-    figures = _compare_steps(tokens, logits, expected_tokens, expected_logits, tolerance, "generation (encoder + merged decoder)", False)
+    # The model reads the start token and every token the chain chose but the last, in one pass (hatch_onnx.generation.model_steps)
+    sequence = np.concatenate([np.full((tokens.shape[0], 1), start, dtype=np.int64), tokens[:, :-1]], axis=1)
+    expected_logits = backend.sequence_reference(model, config, {**feed, "decoder_input_ids": sequence}, "logits").transpose(1, 0, 2)
+    figures = _compare_steps(tokens, logits, expected_logits.argmax(-1).T, expected_logits, tolerance,
+                             "generation (encoder + merged decoder)", False)
     figures["mode"] = kind.chain
+    figures["reference"] = f"one {_FRAMEWORK_NAMES[backend.FRAMEWORK]} pass over the chosen tokens, no cache"
     if kind.chain != "generate":  # no prompts: the encoder's input instead
         figures.pop("prompt_lengths", None)
         figures["encoder_input"] = {name: list(value.shape) for name, value in feed.items()}
-        figures["reference"] = f"greedy loop ({_FRAMEWORK_NAMES[backend.FRAMEWORK]}, no cache)"
     apart, _ = generate_onnx(sessions[ENCODER], sessions[DECODER], config, feed, NEW_TOKENS, start, with_past=sessions[DECODER_WITH_PAST])
     steps = figures["steps"]
     if "failure" not in figures and not np.array_equal(apart[:, :steps], tokens[:, :steps]):
@@ -625,7 +628,7 @@ def _validate_teacher_forced(sessions: Mapping[str, Any], model: Any, config: An
     batch = len(PROMPT_LENGTHS)
     forced = forced_tokens(config)  # the decoder-only check's tokens (hatch_onnx.generation)
     sequence = np.concatenate([np.full((batch, 1), start, dtype=np.int64), forced[:, :-1]], axis=1)
-    expected = backend_of(model).hidden_reference(model, config, {**feed, "decoder_input_ids": sequence})  # (batch, steps, hidden)
+    expected = backend_of(model).sequence_reference(model, config, {**feed, "decoder_input_ids": sequence}, "last_hidden_state")
     _, merged = generate_onnx(sessions[ENCODER], sessions[DECODER_MERGED], config, feed, NEW_TOKENS, start, forced=forced)
     _, apart = generate_onnx(sessions[ENCODER], sessions[DECODER], config, feed, NEW_TOKENS, start,
                              with_past=sessions[DECODER_WITH_PAST], forced=forced)

@@ -145,7 +145,8 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader", release: 
     one every graph gets (:func:`hatch_onnx.validation.validate_graph`), at the variant's
     :class:`~hatch_onnx.validation.Tolerance`. As for an export, everything needed of the model
     is computed first; a model large enough for external data is then let go of (``release``:
-    the loader's) before onnxruntime opens a graph (:class:`hatch_onnx.exporting.Loaded`).
+    the loader's) before onnxruntime opens a graph, and loaded again for generation's one pass
+    once the graph has decoded and its session is closed (:class:`hatch_onnx.exporting.Loaded`).
     """
     import gc
 
@@ -164,12 +165,17 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader", release: 
     # a variant of onnxruntime-genai's graph keeps its interface
     config = genai_builder.onnx_config_for(support_for(model.config.model_type), request["feature"], request.get("exporter"), model.config)
     inputs, reference = reference_outputs(model, config, validation_inputs(config))  # the export's validation draw
-    expected_generation = generation.reference(model, config) if generation.applies(config) else None
     timings["load"] = time.perf_counter() - t0
-    if needs_external_data(backend_of(model).weight_bytes(model)):
+    large = needs_external_data(backend_of(model).weight_bytes(model))
+
+    def let_go() -> None:  # a large model, while onnxruntime holds a graph's weights
+        nonlocal model
         model = None
         release()
         gc.collect()
+
+    if large:
+        let_go()
 
     t0 = time.perf_counter()
     try:
@@ -186,15 +192,20 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader", release: 
     session = open_session(target, f"variant {variant} graph")  # one session for both checks
     validation = validate_graph(target, config, inputs, reference, tolerance, label=f"variant {variant}", session=session)
     timings["validate"] = time.perf_counter() - t0
-    if expected_generation is not None:
+    t0 = time.perf_counter()
+    decoded = generation.decode(session, config) if generation.applies(config) else None
+    del session  # before the model is loaded again, and int4's check opens two graphs of its own
+    if decoded is not None:
         # Lossless variants (o1-o3) must generate what the model does, as the export; lossy ones
         # (int8, fp16, int4) legitimately part from it at the first close call, so their generation is
         # reported (how many steps agree) and their verdict stays the cosine floor's.
-        t0 = time.perf_counter()
-        validation["generation"] = generation.check(target, config, expected_generation, tolerance, label=f"variant {variant}",
-                                                    enforce=variant not in LOSSY, session=session)
+        if model is None:
+            model, _ = load(request["feature"], request["model"], request["framework"], None, "float32")
+        validation["generation"] = generation.verdict(decoded, generation.model_steps(model, config, decoded), config, tolerance,
+                                                      label=f"variant {variant}", enforce=variant not in LOSSY)
+        if large:
+            let_go()
         timings["generate"] = time.perf_counter() - t0
-    del session  # before int4's check opens two graphs of its own
     if variant == "int4":  # the cosine floor cannot see a weight 5% off: the weights against int4's own numerics
         from hatch_onnx import int4
 

@@ -9,8 +9,9 @@ stderr: the worker keeps stdout for its answers.
 
 Torch or TensorFlow and transformers are imported once, by the first job, and the last model
 loaded is kept: the jobs of one checkpoint that share a head class (``default`` and
-``default-with-past``) share one load. A model large enough for external data is not kept: it is
-freed before its graph is validated (:class:`hatch_onnx.exporting.Loaded`), and reloaded by the next job. The pool (:mod:`hatch_onnx.pool`) starts, feeds and
+``default-with-past``) share one load. A model large enough for external data is freed while
+onnxruntime holds its graph (:class:`hatch_onnx.exporting.Loaded`), and loaded again by the
+generation check that follows, or by the next job. The pool (:mod:`hatch_onnx.pool`) starts, feeds and
 restarts workers.
 """
 

@@ -101,6 +101,31 @@ def test_external_data_is_aligned_with_constants_inline_and_a_tied_table_stored_
     assert "Transpose" not in {n.op_type for n in graph.graph.node}
 
 
+def test_weights_are_written_in_order_by_one_thread_and_a_failed_write_fails_the_graph(tmp_path, monkeypatch):
+    """The writer thread writes each matrix at the offset its tensor names; a write that fails raises at close."""
+    import numpy as np
+
+    weights = fused._Initializers(tmp_path / "model.onnx.data")
+    arrays = [np.full((40 + k, 32), k, np.float32) for k in range(5)]  # sizes that are no multiple of the alignment
+    for k, array in enumerate(arrays):
+        weights.add(f"w{k}", array)
+    weights.close()
+    data = (tmp_path / "model.onnx.data").read_bytes()
+    for tensor, array in zip(weights.tensors, arrays):
+        place = {entry.key: entry.value for entry in tensor.external_data}
+        start, length = int(place["offset"]), int(place["length"])
+        assert start % fused.ALIGNMENT == 0 and data[start:start + length] == array.tobytes()
+
+    def disk_full(self, padding, array):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fused._Initializers, "_write", disk_full)
+    weights = fused._Initializers(tmp_path / "other.onnx.data")
+    weights.add("w", arrays[0])
+    with pytest.raises(OSError, match="No space left"):
+        weights.close()
+
+
 @pytest.mark.slow
 def test_a_float16_export_validates(tmp_path):
     report = _export(checkpoint("llama"), tmp_path / "out", dtype="float16")

@@ -3,7 +3,7 @@
 Each check exports a tiny fixture (a fraction of a second) and decodes 16 tokens at batch 2
 through onnxruntime alone; the failures are made by giving the check a reference that
 disagrees, as a graph that decodes otherwise than its model would. TensorFlow exports are
-checked against TF's ``generate`` in tests/test_tensorflow.py's matrix (gpt2, gptj).
+checked by the TF model in tests/test_tensorflow.py's matrix (gpt2, gptj).
 """
 
 from __future__ import annotations
@@ -68,6 +68,26 @@ def test_the_report_carries_the_generation_figures(gpt2_export):
     json.dumps(figures)  # plain data
 
 
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_the_checked_tokens_are_what_generate_chooses(model_type, tmp_path):
+    """The check's one pass over the graph's tokens stands for ``generate``: its tokens are greedy ``generate``'s, row by row."""
+    import torch
+    import transformers
+
+    report = export_checkpoint(ExportRequest(model=checkpoint(model_type), feature="causal-lm-with-past"), tmp_path, log=lambda line: None)
+    figures = report["validation"]["generation"]
+    assert figures["tokens_equal"] and "tie" not in figures
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint(model_type), local_files_only=True).eval()
+    config = _config(model_type, "causal-lm-with-past")
+    ids, mask = generation.prompts(config)
+    bare = transformers.GenerationConfig(max_new_tokens=generation.NEW_TOKENS, do_sample=False, num_beams=1,
+                                         pad_token_id=generation.pad_token_id(config))
+    model.generation_config = transformers.GenerationConfig()  # the checkpoint's own settings are generation policy
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), generation_config=bare)
+    assert out[:, ids.shape[1]:].tolist() == figures["tokens"]
+
+
 def _model():
     import transformers
 
@@ -77,16 +97,16 @@ def _model():
 def test_a_token_the_model_would_not_choose_fails(gpt2_export, monkeypatch):
     from hatch_onnx.frameworks import pytorch
 
-    real = pytorch.greedy_reference
+    real = pytorch.sequence_reference
 
-    def other_token_at_step_5(*args, **kwargs):
-        tokens, logits = real(*args, **kwargs)
-        wrong = int(np.argsort(logits[5, 1])[-2])  # the model's second choice, clearly behind its first
-        logits[5, 1, wrong] = logits[5, 1].max() + 1.0
-        tokens[1, 5] = wrong
-        return tokens, logits
+    def prefers_another_token_at_step_5(model, config, inputs, output):
+        values = real(model, config, inputs, output)
+        position = generation.prompts(config)[0].shape[1] - 1 + 5
+        wrong = int(np.argsort(values[1, position])[-2])  # the model's second choice, clearly behind its first
+        values[1, position, wrong] = values[1, position].max() + 1.0
+        return values
 
-    monkeypatch.setattr(pytorch, "greedy_reference", other_token_at_step_5)
+    monkeypatch.setattr(pytorch, "sequence_reference", prefers_another_token_at_step_5)
     graph, report = gpt2_export
     config = _config("gpt2", "causal-lm-with-past")
     with pytest.raises(GenerationError, match=r"step 5: logits differ") as caught:
@@ -95,28 +115,47 @@ def test_a_token_the_model_would_not_choose_fails(gpt2_export, monkeypatch):
     assert caught.value.value["steps"] == 6 and caught.value.value["tokens_equal"] is False
 
 
+def test_a_token_the_model_ranks_second_fails_though_the_logits_agree(gpt2_export, monkeypatch):
+    """The check is the tokens, not only the logits: a graph that picks the model's second choice at
+    a step where the model prefers its first by more than atol fails, with the logits within atol."""
+    real_onnx = generation.generate_onnx
+
+    def picks_the_second_choice_at_step_2(*args, **kwargs):
+        tokens, logits = real_onnx(*args, **kwargs)
+        second = int(np.argsort(logits[2, 0])[-2])
+        tokens[0, 2] = second
+        return tokens, logits
+
+    monkeypatch.setattr(generation, "generate_onnx", picks_the_second_choice_at_step_2)
+    graph, report = gpt2_export
+    with pytest.raises(GenerationError, match=r"step 2, row 0: token \d+ from ONNX, \d+ from the model"):
+        generation.validate_generation(graph, _model(), _config("gpt2", "causal-lm-with-past"), Tolerance(atol=report["atol"]))
+
+
 def test_tokens_that_part_beyond_a_tie_pass_and_say_so(gpt2_export, monkeypatch):
     """Where the model ranks two tokens within atol, either is right: the check stops there and reports the tie."""
     from hatch_onnx.frameworks import pytorch
 
-    real_reference, real_onnx = pytorch.greedy_reference, generation.generate_onnx
+    real_reference, real_onnx = pytorch.sequence_reference, generation.generate_onnx
     second = {}
 
-    def reference_prefers_its_second_choice(*args, **kwargs):
-        tokens, logits = real_reference(*args, **kwargs)
-        ours = int(tokens[0, 3])
-        second["token"] = wrong = int(np.argsort(logits[3, 0])[-2])
-        logits[3, 0, wrong] = logits[3, 0, ours] + 2e-6  # preferred by less than the atol (1e-5)
-        tokens[0, 3] = wrong
-        return tokens, logits
-
-    def graph_nearly_ties(*args, **kwargs):
+    def graph_takes_its_second_choice(*args, **kwargs):
         tokens, logits = real_onnx(*args, **kwargs)
-        logits[3, 0, second["token"]] = logits[3, 0, tokens[0, 3]] - 2e-6
+        ours = int(tokens[0, 3])
+        second["token"] = other = int(np.argsort(logits[3, 0])[-2])
+        logits[3, 0, other] = logits[3, 0, ours] + 1e-6  # the graph prefers it, by less than the atol (1e-5)
+        tokens[0, 3] = other
         return tokens, logits
 
-    monkeypatch.setattr(pytorch, "greedy_reference", reference_prefers_its_second_choice)
-    monkeypatch.setattr(generation, "generate_onnx", graph_nearly_ties)
+    def model_nearly_ties(model, config, inputs, output):
+        values = real_reference(model, config, inputs, output)
+        position = generation.prompts(config)[0].shape[1] - 1 + 3
+        ours = int(values[0, position].argmax())
+        values[0, position, second["token"]] = values[0, position, ours] - 2e-6  # the model prefers its own, by less than atol
+        return values
+
+    monkeypatch.setattr(generation, "generate_onnx", graph_takes_its_second_choice)
+    monkeypatch.setattr(pytorch, "sequence_reference", model_nearly_ties)
     graph, _ = gpt2_export
     figures = generation.validate_generation(graph, _model(), _config("gpt2", "causal-lm-with-past"), Tolerance(atol=1e-5))
     assert figures["tie"]["step"] == 3 and figures["steps"] == 4 and figures["tokens_equal"] is False and "failure" not in figures
@@ -217,7 +256,7 @@ def test_a_cache_the_graph_mishandles_fails_after_the_first_step(gpt2_hidden_exp
             mask[:, : attention_mask.shape[1]] = attention_mask
             _, states = original(session, config, ids, mask, 2, forced=forced[:, step - 1:], output=output)
             rest.append(states[0])  # the state of the wrong position
-        return None, np.stack(rest)
+        return np.asarray(forced), np.stack(rest)
 
     import pytest as _pytest
 

@@ -100,7 +100,7 @@ def test_each_graph_and_the_chain_are_validated(exported):
     assert figures["tokens_equal"] and figures["distinct_tokens"] >= 4  # the fixtures' greedy output varies
     if model_type in ("whisper", "vision-encoder-decoder"):  # the encoder's input decides: the two rows decode differently
         assert figures["tokens"][0] != figures["tokens"][1]
-        assert figures["mode"] == "greedy-loop" and figures["reference"] == "greedy loop (PyTorch, no cache)"
+        assert figures["mode"] == "greedy-loop" and figures["reference"] == "one PyTorch pass over the chosen tokens, no cache"
 
 
 def test_a_chain_that_decodes_otherwise_fails(exported):

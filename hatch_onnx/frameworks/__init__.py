@@ -45,17 +45,9 @@ class Backend(Protocol):
     def run_reference(self, model: Any, config: "OnnxConfig", inputs: Mapping[str, Any]) -> dict[str, Any]:
         """The model's outputs on ``inputs`` (numpy arrays), named as the config's."""
 
-    def greedy_reference(self, model: Any, config: "OnnxConfig", input_ids: Any, attention_mask: Any, new_tokens: int,
-                         pad_token_id: int) -> tuple[Any, Any]:
-        """transformers' greedy ``generate``: (new tokens (batch, new_tokens), raw logits (new_tokens, batch, vocab))."""
-
-    def greedy_loop_reference(self, model: Any, config: "OnnxConfig", encoder_inputs: Mapping[str, Any], new_tokens: int,
-                              start: int) -> tuple[Any, Any]:
-        """Plain greedy decoding of an encoder-decoder: the encoder once, then the whole prefix each step without a cache,
-        starting from token ``start``: (new tokens (batch, new_tokens), last-position logits (new_tokens, batch, vocab))."""
-
-    def hidden_reference(self, model: Any, config: "OnnxConfig", inputs: Mapping[str, Any]) -> Any:
-        """The model's ``last_hidden_state`` on named ``inputs``, in one pass without a cache (numpy, batch x sequence x hidden)."""
+    def sequence_reference(self, model: Any, config: "OnnxConfig", inputs: Mapping[str, Any], output: str) -> Any:
+        """The model's ``output`` (``logits`` or ``last_hidden_state``) at every position of named ``inputs``,
+        in one pass without a cache (numpy float32, batch x sequence x ...): a generation check's reference."""
 
     def weight_bytes(self, model: Any) -> int:
         """The bytes of the model's weights (what decides external data: :func:`hatch_onnx.config.needs_external_data`)."""

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from hatch_onnx.config import PAST, PRESENT, OnnxConfig, greedy_generation, PatchingSpec, apply_values_override, check_input_names, needs_external_data
+from hatch_onnx.config import PAST, PRESENT, OnnxConfig, PatchingSpec, apply_values_override, check_input_names, needs_external_data
 from hatch_onnx.errors import ExportError
 from hatch_onnx.frameworks.exporters import TORCH_ONNX
 
@@ -462,68 +462,24 @@ def run_reference(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[st
     return {name: value.detach().cpu().numpy() for name, value in zip(config.outputs, outputs)}
 
 
-def greedy_reference(model: torch.nn.Module, config: OnnxConfig, input_ids: Any, attention_mask: Any, new_tokens: int,
-                     pad_token_id: int) -> tuple[Any, Any]:
-    """transformers' ``generate(do_sample=False)`` on ``input_ids``: ``(new tokens, raw logits per step)``.
-
-    The checkpoint's own generation settings (no_repeat_ngram_size, forced tokens, an eos that
-    stops a row early) would make ``generate`` something other than plain greedy decoding, which
-    is what a graph's logits decide; ``generate`` merges them into any config it is given, so the
-    model's generation config is swapped for a bare one for the call (:func:`greedy_generation`).
-    Returns numpy arrays of shapes (batch, new_tokens) and (new_tokens, batch, vocab).
-    """
-    import numpy as np
-
-    model = prepare_model(model, config)
-    with greedy_generation(model, new_tokens, pad_token_id, output_logits=True) as settings, torch.no_grad():
-        out = model.generate(input_ids=torch.from_numpy(np.asarray(input_ids)), attention_mask=torch.from_numpy(np.asarray(attention_mask)),
-                             generation_config=settings)
-    tokens = out.sequences[:, (1 if model.config.is_encoder_decoder else np.asarray(input_ids).shape[1]):].numpy()
-    logits = np.stack([step.float().numpy() for step in out.logits])
-    return tokens, logits
-
-
-def greedy_loop_reference(model: torch.nn.Module, config: OnnxConfig, encoder_inputs: Mapping[str, Any], new_tokens: int,
-                          start: int) -> tuple[Any, Any]:
-    """Plain greedy decoding: the encoder once on ``encoder_inputs``, then the whole prefix through the model, no cache, at every step.
-
-    The reference of the speech and vision graph sets' chains (:mod:`hatch_onnx.graph_sets`): what
-    the graphs compute, without any generation policy (Whisper's ``generate`` forces language,
-    task and timestamp tokens and suppresses others). Returns numpy (tokens (batch, new_tokens),
-    last-position logits (new_tokens, batch, vocab)).
-    """
-    import numpy as np
-
-    model = prepare_model(model, config)
-    tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in encoder_inputs.items()}
-    with torch.no_grad():
-        encoded = model.get_encoder()(**tensors, return_dict=True)
-        ids = torch.full((encoded.last_hidden_state.shape[0], 1), start, dtype=torch.long)
-        logits = []
-        for _ in range(new_tokens):
-            last = model(encoder_outputs=encoded, decoder_input_ids=ids, use_cache=False, return_dict=True).logits[:, -1].float()
-            logits.append(last.numpy())
-            ids = torch.cat([ids, last.argmax(-1, keepdim=True)], dim=1)
-    return ids[:, 1:].numpy(), np.stack(logits)
-
-
 def weight_bytes(model: torch.nn.Module) -> int:
     """The bytes of the model's weights, as the graph would store them (a tied weight once)."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def hidden_reference(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[str, Any]) -> Any:
-    """The model's ``last_hidden_state`` on named ``inputs`` (numpy) in one pass without a cache: (batch, sequence, hidden).
+def sequence_reference(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[str, Any], output: str) -> Any:
+    """The model's ``output`` (``logits`` or ``last_hidden_state``) at every position of named ``inputs`` (numpy): one pass, no cache.
 
-    A teacher-forced check's reference (:mod:`hatch_onnx.generation`, :mod:`hatch_onnx.graph_sets`):
-    the whole sequence at once, every step's state in one forward.
+    A generation check's reference (:mod:`hatch_onnx.generation`, :mod:`hatch_onnx.graph_sets`):
+    the sequence a graph decoded, read at once, gives every step's reference.
+    Returns numpy (batch, sequence, ...), in float32.
     """
     import numpy as np
 
     model = prepare_model(model, config)
     with torch.no_grad():
         out = model(**{name: torch.from_numpy(np.asarray(value)) for name, value in inputs.items()}, use_cache=False, return_dict=True)
-    return out.last_hidden_state.float().numpy()
+    return getattr(out, output).float().numpy()
 
 
 def weights_reaching_outputs(model: torch.nn.Module, config: OnnxConfig, inputs: Mapping[str, Any], names: Sequence[str]) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from hatch_onnx import graph_passes
-from hatch_onnx.config import PAST, PRESENT, OnnxConfig, apply_values_override, greedy_generation, needs_external_data
+from hatch_onnx.config import PAST, PRESENT, OnnxConfig, apply_values_override, needs_external_data
 from hatch_onnx.errors import ExportError, FrameworkError
 from hatch_onnx.frameworks.exporters import EXPORTERS
 from hatch_onnx.frameworks.env import isolate
@@ -432,56 +432,14 @@ def run_reference(model: Any, config: OnnxConfig, inputs: Mapping[str, Any]) -> 
     return {name: value.numpy() for name, value in zip(config.outputs, outputs)}
 
 
-def greedy_reference(model: Any, config: OnnxConfig, input_ids: Any, attention_mask: Any, new_tokens: int,
-                     pad_token_id: int) -> tuple[Any, Any]:
-    """transformers' TF ``generate(do_sample=False)``: ``(new tokens, logits per step)`` (see pytorch.greedy_reference).
-
-    TF's ``generate`` returns processed scores only; with a bare generation config no processor
-    runs, so they are the raw logits.
-    """
-    import numpy as np
-
-    tf, _ = require_tensorflow()
-    model = apply_values_override(model, config)
-    with greedy_generation(model, new_tokens, pad_token_id, output_scores=True) as settings:
-        # int32, as TF's tokenizers give: TF's generate appends int32 ones to the mask
-        out = model.generate(input_ids=tf.constant(np.asarray(input_ids, dtype=np.int32)),
-                             attention_mask=tf.constant(np.asarray(attention_mask, dtype=np.int32)), generation_config=settings)
-    tokens = out.sequences.numpy()[:, (1 if model.config.is_encoder_decoder else np.asarray(input_ids).shape[1]):]
-    logits = np.stack([np.asarray(step, dtype=np.float32) for step in out.scores])
-    return tokens, logits
-
-
-def greedy_loop_reference(model: Any, config: OnnxConfig, encoder_inputs: Mapping[str, Any], new_tokens: int,
-                          start: int) -> tuple[Any, Any]:
-    """Plain greedy decoding in TensorFlow: the encoder once, then the whole prefix, no cache, at every step
-    (see pytorch.greedy_loop_reference): numpy (tokens (batch, new_tokens), last-position logits (new_tokens, batch, vocab))."""
-    import numpy as np
-
-    tf, _ = require_tensorflow()
-    model = apply_values_override(model, config)
-    first_argument = next(iter(inspect.signature(model.call).parameters))
-    tensors = {name: tf.constant(np.asarray(value)) for name, value in encoder_inputs.items()}
-    encoded = model.get_encoder()(**tensors, return_dict=True, training=False)
-    ids = np.full((int(encoded.last_hidden_state.shape[0]), 1), start, dtype=np.int64)
-    logits = []
-    for _ in range(new_tokens):
-        out = model(**{first_argument: None}, encoder_outputs=encoded, decoder_input_ids=tf.constant(ids), use_cache=False,
-                    return_dict=True, training=False)
-        last = np.asarray(out.logits[:, -1], dtype=np.float32)
-        logits.append(last)
-        ids = np.concatenate([ids, last.argmax(-1)[:, None].astype(np.int64)], axis=1)
-    return ids[:, 1:], np.stack(logits)
-
-
-def hidden_reference(model: Any, config: OnnxConfig, inputs: Mapping[str, Any]) -> Any:
-    """The TF model's ``last_hidden_state`` on named ``inputs`` in one pass without a cache (see pytorch.hidden_reference)."""
+def sequence_reference(model: Any, config: OnnxConfig, inputs: Mapping[str, Any], output: str) -> Any:
+    """The TF model's ``output`` at every position of named ``inputs`` in one pass without a cache (see pytorch.sequence_reference)."""
     import numpy as np
 
     tf, _ = require_tensorflow()
     model = apply_values_override(model, config)
     tensors = {name: tf.constant(np.asarray(value)) for name, value in inputs.items()}
-    return np.asarray(model(**tensors, use_cache=False, return_dict=True, training=False).last_hidden_state, dtype=np.float32)
+    return np.asarray(getattr(model(**tensors, use_cache=False, return_dict=True, training=False), output), dtype=np.float32)
 
 
 def weight_bytes(model: Any) -> int:
