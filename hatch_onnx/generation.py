@@ -245,7 +245,10 @@ def model_steps(model: Any, config: OnnxConfig, decoded: Decoded) -> Any:
     full_mask = np.ones_like(sequence)
     full_mask[:, :prompt] = decoded.attention_mask
     named = {"input_ids": sequence, "attention_mask": full_mask}
-    if "position_ids" in config.inputs:  # as the loop feeds them (and generate computes them); a graph without counts from 0, as the model
+    # Positions as generate computes them from the mask: what the loop feeds a graph that takes them, and
+    # what a right-padded graph counts from each row's first token. A left-padded graph without them
+    # counts from index 0, as the model does when given none.
+    if "position_ids" in config.inputs or padding_side(config) == "right":
         named["position_ids"] = _positions(full_mask)
     values = backend_of(model).sequence_reference(model, config, named, decoded.output)
     return np.stack([values[:, prompt - 1 + step] for step in range(NEW_TOKENS)])

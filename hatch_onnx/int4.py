@@ -80,6 +80,8 @@ def prepare(model: "onnx.ModelProto") -> Plan:
 
     graph = model.graph
     _gemms_to_matmuls(graph)
+    plan = Plan()
+    plan.tied.update(_gathered_transposes_to_tables(graph))
     inits = {t.name: t for t in graph.initializer}
     gathered: dict[str, list[Any]] = {}
     for node in graph.node:
@@ -90,7 +92,6 @@ def prepare(model: "onnx.ModelProto") -> Plan:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
-    plan = Plan()
     for name, nodes in gathered.items():
         tensor = inits[name]
         if (len(tensor.dims) == 2 and tensor.dims[1] >= BLOCK_SIZE and _is_float(tensor)
@@ -104,7 +105,10 @@ def prepare(model: "onnx.ModelProto") -> Plan:
             graph.initializer.append(numpy_helper.from_array(table.T.copy(), node.output[0]))
             graph.node.remove(node)
             plan.tied[node.input[0]] = node.output[0]
-    for name in plan.tables:  # a table also transposed for anything but a MatMul weight stays as it is
+    for name in list(plan.tied):  # a table _gathered_transposes_to_tables made but the checks above refused
+        if name not in plan.tables:
+            plan.tied.pop(name)
+    for name in set(plan.tables):  # a table also transposed for anything but a MatMul weight stays as it is
         if any(c.op_type == "Transpose" for c in consumers[name] if c.output[0] not in plan.tied.values()):
             plan.tables.discard(name)
             plan.tied.pop(name, None)
@@ -340,6 +344,37 @@ def _gemms_to_matmuls(graph: Any) -> None:
         for offset, new in enumerate(nodes):
             graph.node.insert(index + offset, new)
     _drop_unused_initializers(graph)
+
+
+def _gathered_transposes_to_tables(graph: Any) -> dict[str, str]:
+    """``Gather(Transpose(W))`` where ``W`` is a MatMul's weight -> ``Gather(table)``, the table ``W``'s transpose; ``{table: W}``.
+
+    onnxruntime-genai's builder ties a head to its embedding this way round: the head's (hidden,
+    vocab) weight is stored and the embedding gathers rows of its transpose. Made a table, it is
+    the tie :func:`prepare` knows (a gathered table whose transpose is the head's weight), which
+    :func:`quantize` stores once; left as it was, the quantizer would quantise the head and keep
+    the float weight for the embedding, which the fake-quantised reference quantises in both.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    made = {}
+    for node in list(graph.node):
+        weight = node.input[0] if node.op_type == "Transpose" else None
+        if (weight not in inits or len(inits[weight].dims) != 2 or not _is_float(inits[weight])
+                or list(_attribute(node, "perm", [1, 0])) != [1, 0]):
+            continue
+        readers = consumers.get(node.output[0], [])
+        if (readers and all(r.op_type == "Gather" and r.input[0] == node.output[0] and _attribute(r, "axis", 0) == 0 for r in readers)
+                and all(c is node or (c.op_type == "MatMul" and c.input[1] == weight) for c in consumers[weight])):
+            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[weight]).T.copy(), node.output[0]))
+            graph.node.remove(node)
+            made[node.output[0]] = weight
+    return made
 
 
 def _drop_repeated_initializers(graph: Any) -> None:

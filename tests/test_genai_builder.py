@@ -140,17 +140,29 @@ def test_a_build_with_exporter_genai_caches_and_says_so(tmp_path):
     model = head16_checkpoint("qwen2", tmp_path / "qwen2-head16")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"onnx": {"models": {"qwen2": {
-        "checkpoint": str(model), "features": ["causal-lm-with-past"], "exporter": "genai"}}}}))
+        "checkpoint": str(model), "features": ["causal-lm-with-past"], "exporter": "genai", "variants": ["int4"]}}}}))
     out = tmp_path / "out"
     first = _build(params, out)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("exported") == 1
+    assert first.stdout.count("exported") == 2  # the graph and its int4 variant
     entry = json.loads((out / "manifest.json").read_text())["models"]["qwen2"]["causal-lm-with-past"]
     assert entry["source"]["exporter"] == "genai" and entry["toolchain"]["onnxruntime-genai"]
     assert entry["validation"]["generation"]["tokens_equal"] and entry["validation"]["generation"]["padding"] == "right"
     roles = {Path(record["path"]).name: record["role"] for record in entry["files"].values()}
     assert roles["model.onnx"] == "graph" and roles["model.onnx.data"] == "graph-data" and roles["genai_config.json"] == "genai-config"
     assert json.loads((out / "qwen2" / "causal-lm-with-past" / "genai_config.json").read_text())["model"]["type"] == "qwen2"
+    # int4 of the builder's graph, whose embedding gathers the transpose of the head's weight: weights-checked,
+    # the tied weight stored once (as the head's 4-bit weight, which the embedding's GatherBlockQuantized reads)
+    variant = entry["variants"]["int4"]
+    assert variant["weights"] and all(f["max_abs_diff"] <= f["atol"] for f in variant["weights"].values())
+    import onnx
+
+    int4 = onnx.load(str(out / "qwen2" / "causal-lm-with-past" / "model.int4.onnx"))
+    ops = [node.op_type for node in int4.graph.node]
+    assert "MatMul" not in ops and "Transpose" not in ops and ops.count("GatherBlockQuantized") == 1
+    config = json.loads((model / "config.json").read_text())
+    table = sorted([config["vocab_size"], config["hidden_size"]])
+    assert not [t.name for t in int4.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and sorted(t.dims) == table]
     again = _build(params, out)
     assert again.returncode == 0, again.stderr
     assert "Nothing exported" in again.stdout and " hit " in again.stdout
