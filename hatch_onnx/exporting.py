@@ -30,7 +30,7 @@ from hatch_onnx.frameworks.exporters import exporter_name
 from hatch_onnx.frameworks.env import isolate
 from hatch_onnx import fused, genai_builder
 from hatch_onnx.layouts import as_layouts
-from hatch_onnx.loading import DTYPES, ModelLoader, load_model, load_preprocessor
+from hatch_onnx.loading import DTYPES, Held, ModelLoader, load_model, load_preprocessor
 from hatch_onnx.models import ModelSupport, support_for
 from hatch_onnx.toolchain import transformers_major
 
@@ -159,37 +159,13 @@ def _builds_own_graph(exporter: str) -> bool:
 
 
 @dataclasses.dataclass
-class Loaded:
-    """A loaded model and what goes with it; the one reference to the model an export holds.
+class Loaded(Held):
+    """A loaded model and what goes with it; the one reference to the model an export holds (:class:`Held`)."""
 
-    A model whose graph needs external data (:func:`hatch_onnx.config.needs_external_data`: over
-    a GiB of weights) is let go of (:meth:`release`) once the one-step check's reference outputs
-    are computed and before onnxruntime opens the graph: onnxruntime's session holds its own copy
-    of the weights, and the two together would double the peak (measured: 2.35x the weights on a
-    0.5B decoder). A generation check needs the model once more, after the graph has decoded and
-    its session is closed (:mod:`hatch_onnx.generation`): :meth:`again` loads it again
-    (memory-mapped weights still in the page cache: 0.06 s for a 0.5B decoder on transformers 5).
-    """
-
-    model: Any
-    onnx_config: Any
-    overrides: dict
-    preprocessor: Any
-    new_head: list[str]
-    reload: Callable[[], Any]
-
-    def release(self, loader_release: Callable[[], Any]) -> None:
-        import gc
-
-        self.model = None
-        loader_release()
-        gc.collect()  # transformers' models hold reference cycles: free their weights now, not at some later collection
-
-    def again(self) -> Any:
-        """The model, loaded again if it was released."""
-        if self.model is None:
-            self.model = self.reload()
-        return self.model
+    onnx_config: Any = None
+    overrides: dict = dataclasses.field(default_factory=dict)
+    preprocessor: Any = None
+    new_head: list[str] = dataclasses.field(default_factory=list)
 
 
 def _load(checked: CheckedRequest, load: ModelLoader, log: Callable[[str], Any]) -> Loaded:
@@ -212,8 +188,8 @@ def _load(checked: CheckedRequest, load: ModelLoader, log: Callable[[str], Any])
         log(f"note: {checked.model_dir} has no pad_token_id nor eos_token_id: {request.feature!r} scores every row's last token")
     elif "pad_token_id" in overrides:
         log(f"note: {checked.model_dir} has no pad_token_id: {request.feature!r} uses the eos token ({overrides['pad_token_id']}) as padding")
-    return Loaded(model, onnx_config, overrides, preprocessor, new_head,
-                  reload=lambda: load(request.feature, str(checked.model_dir), checked.framework, request.cache_dir, request.dtype)[0])
+    return Loaded(model=model, reload=lambda: load(request.feature, str(checked.model_dir), checked.framework, request.cache_dir, request.dtype)[0],
+                  onnx_config=onnx_config, overrides=overrides, preprocessor=preprocessor, new_head=new_head)
 
 
 def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, target: Path, timings: dict[str, float],
@@ -222,7 +198,7 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
     the files, the validation's figures and the graph's opset.
 
     The one-step check's reference outputs are computed first; a large model is then released
-    (:class:`Loaded`) before onnxruntime opens a graph, and loaded again, once the graph has
+    (:class:`Held`) before onnxruntime opens a graph, and loaded again, once the graph has
     decoded and its session is closed, for generation's one pass (:mod:`hatch_onnx.generation`).
     """
     from hatch_onnx import generation, graph_sets

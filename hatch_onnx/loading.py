@@ -14,6 +14,7 @@ Heavy: imports transformers and the framework inside the functions; light at imp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 from collections.abc import Iterator
@@ -28,6 +29,38 @@ from hatch_onnx.models import FEATURE_TO_AUTOMODEL, FEATURE_TO_TF_AUTOMODEL, REG
 # (feature, checkpoint, framework, cache_dir, dtype) -> (model, names of weights the checkpoint lacked)
 ModelLoader = Callable[[str, str, str, Optional[str], str], tuple[Any, list[str]]]
 DTYPES = ("float32", "float16")
+
+
+@dataclasses.dataclass
+class Held:
+    """A loaded model, held by one reference, that is let go of while onnxruntime holds its graph and loaded again after.
+
+    A model whose graph needs external data (:func:`hatch_onnx.config.needs_external_data`: over
+    a GiB of weights) is let go of (:meth:`release`) once the one-step check's reference outputs
+    are computed and before onnxruntime opens the graph: onnxruntime's session holds its own copy
+    of the weights, and the two together would double the peak (measured: 2.35x the weights on a
+    0.5B decoder). A generation check needs the model once more, after the graph has decoded and
+    its session is closed (:mod:`hatch_onnx.generation`): :meth:`again` loads it again
+    (memory-mapped weights still in the page cache: 0.06 s for a 0.5B decoder on transformers 5).
+    Exports (:class:`hatch_onnx.exporting.Loaded`) and variants (:mod:`hatch_onnx.variants`) hold their model so.
+    """
+
+    model: Any
+    reload: Callable[[], Any]
+
+    def release(self, loader_release: Callable[[], Any]) -> None:
+        import gc
+
+        self.model = None
+        loader_release()
+        gc.collect()  # transformers' models hold reference cycles: free their weights now, not at some later collection
+
+    def again(self) -> Any:
+        """The model, loaded again if it was released."""
+        if self.model is None:
+            self.model = self.reload()
+        return self.model
+
 
 # Attributes that transformers 4.57's TensorFlow classes read but the model type's config lacks,
 # per (model type, task): attribute -> the config attribute whose value it gets. TFXLMForMultipleChoice

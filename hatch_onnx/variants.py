@@ -146,13 +146,12 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader", release: 
     :class:`~hatch_onnx.validation.Tolerance`. As for an export, everything needed of the model
     is computed first; a model large enough for external data is then let go of (``release``:
     the loader's) before onnxruntime opens a graph, and loaded again for generation's one pass
-    once the graph has decoded and its session is closed (:class:`hatch_onnx.exporting.Loaded`).
+    once the graph has decoded and its session is closed (:class:`hatch_onnx.loading.Held`).
     """
-    import gc
-
     from hatch_onnx import generation, genai_builder
     from hatch_onnx.config import needs_external_data
     from hatch_onnx.errors import ExportError
+    from hatch_onnx.loading import Held
     from hatch_onnx.frameworks import backend_of
     from hatch_onnx.models import support_for
     from hatch_onnx.validation import Tolerance, open_session, reference_outputs, validate_graph, validation_inputs
@@ -167,15 +166,10 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader", release: 
     inputs, reference = reference_outputs(model, config, validation_inputs(config))  # the export's validation draw
     timings["load"] = time.perf_counter() - t0
     large = needs_external_data(backend_of(model).weight_bytes(model))
-
-    def let_go() -> None:  # a large model, while onnxruntime holds a graph's weights
-        nonlocal model
-        model = None
-        release()
-        gc.collect()
-
+    held = Held(model, reload=lambda: load(request["feature"], request["model"], request["framework"], None, "float32")[0])
+    del model  # held's is the one reference
     if large:
-        let_go()
+        held.release(release)
 
     t0 = time.perf_counter()
     try:
@@ -199,12 +193,10 @@ def make_and_validate(request: Mapping[str, Any], load: "ModelLoader", release: 
         # Lossless variants (o1-o3) must generate what the model does, as the export; lossy ones
         # (int8, fp16, int4) legitimately part from it at the first close call, so their generation is
         # reported (how many steps agree) and their verdict stays the cosine floor's.
-        if model is None:
-            model, _ = load(request["feature"], request["model"], request["framework"], None, "float32")
-        validation["generation"] = generation.verdict(decoded, generation.model_steps(model, config, decoded), config, tolerance,
+        validation["generation"] = generation.verdict(decoded, generation.model_steps(held.again(), config, decoded), config, tolerance,
                                                       label=f"variant {variant}", enforce=variant not in LOSSY)
         if large:
-            let_go()
+            held.release(release)
         timings["generate"] = time.perf_counter() - t0
     if variant == "int4":  # the cosine floor cannot see a weight 5% off: the weights against int4's own numerics
         from hatch_onnx import int4

@@ -85,7 +85,7 @@ def handle(request: Mapping[str, Any], load: Optional[Callable] = None) -> dict:
             result = export_checkpoint(
                 ExportRequest(**{**fields, "model": Path(fields["model"])}), output, Path(report) if report else None,
                 log=log.append, **({"load": load} if load is not None else {}),
-                # a large model is not kept past its validation (exporting.Loaded)
+                # a large model is let go of while onnxruntime holds its graph (loading.Held)
                 **({"release": load.forget} if isinstance(load, _LastModel) else {}),
             )
         return {"ok": True, "report": result, "log": log}

@@ -116,6 +116,46 @@ def test_settings_enter_the_key():
         settings("o4", "bert", {}, False, None)
 
 
+def test_a_large_models_variant_lets_it_go_while_onnxruntime_holds_the_graph(tmp_path, monkeypatch):
+    """As an export (loading.Held): released before the variant's session opens, loaded again for
+    generation's one pass after it closes, and released again before anything else opens a graph."""
+    import weakref
+
+    from hatch_onnx import config as config_module
+    from hatch_onnx import validation
+    from hatch_onnx.exporting import ExportRequest, export_checkpoint
+    from hatch_onnx.variants import make_and_validate
+    from hatch_onnx.worker import _LastModel
+
+    source = tmp_path / "export"
+    export_checkpoint(ExportRequest(model=checkpoint("llama"), feature="causal-lm-with-past", exporter="torchscript"), source,
+                      log=lambda line: None)
+    monkeypatch.setattr(config_module, "EXTERNAL_DATA_THRESHOLD", 512)
+    loader, models, alive_at_open = _LastModel(), [], []
+
+    def load(*args):
+        loaded = loader(*args)
+        models.append(weakref.ref(loaded[0]))
+        return loaded
+
+    opened = validation.open_session
+
+    def open_session(graph, what="the exported graph"):
+        import gc
+
+        gc.collect()
+        alive_at_open.append(models[-1]() is not None)
+        return opened(graph, what)
+
+    monkeypatch.setattr(validation, "open_session", open_session)
+    (tmp_path / "variant").mkdir()
+    result = make_and_validate({"variant": "o1", "settings": settings("o1", "llama", {}, False, None), "output": str(tmp_path / "variant"),
+                                "feature": "causal-lm-with-past", "model": str(checkpoint("llama")), "framework": "pt",
+                                "source": str(source / "model.onnx"), "exporter": "torchscript"}, load, release=loader.forget)
+    assert alive_at_open == [False] and len(models) == 2 and loader._key is None
+    assert result["validation"]["generation"]["tokens_equal"]
+
+
 @pytest.mark.parametrize("variant", ["o2", "int8", "fp16", "int4"])
 def test_a_variant_of_an_export_with_external_data_has_its_own(tmp_path, variant):
     """A real-size export has external data (protobuf writes no graph of 2 GiB): its variants do
