@@ -9,7 +9,8 @@ This is what ``hatch-onnx export`` and the build's worker run, in four steps:
 3. :func:`_export_and_validate`: the framework's back-end writes the graph into a staging
    folder beside OUTPUT, :mod:`hatch_onnx.validation` checks it there (and a causal LM with past
    also decodes 16 tokens, each checked against the model: :mod:`hatch_onnx.generation`), and
-   only a graph that passed is moved into place (its weights first). A large model is freed
+   only a graph that passed is moved into place (its weights first). A large model is held
+   once: a fused graph's session reads its tensors in place; any other large model is freed
    while onnxruntime holds the graph and loaded again for generation's one pass (:class:`Loaded`);
 4. the report.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from hatch_onnx.atomic import staging_folder, write_json
@@ -197,8 +199,10 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
     """Export into a staging folder beside ``target``, validate there, then move the files into place;
     the files, the validation's figures and the graph's opset.
 
-    The one-step check's reference outputs are computed first; a large model is then released
-    (:class:`Held`) before onnxruntime opens a graph, and loaded again, once the graph has
+    The one-step check's reference outputs are computed first. onnxruntime then opens the graph:
+    a fused graph's session reads the model's own tensors in place (:class:`hatch_onnx.fused.Built`),
+    so model and graph share one copy of the weights; any other large model is released
+    (:class:`Held`) before the session, which holds its own, and loaded again, once the graph has
     decoded and its session is closed, for generation's one pass (:mod:`hatch_onnx.generation`).
     """
     from hatch_onnx import generation, graph_sets
@@ -209,11 +213,13 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
     exporter, onnx_config = backend(checked.framework), loaded.onnx_config
     # onnxruntime-genai's builder loads the checkpoint itself, in its own process, after our model is done with
     genai = genai_builder.applies(checked.exporter)
+    in_place: Mapping[str, Any] = {}  # weights a session reads from the model rather than from the graph's data file
     with staging_folder(target.parent, ".hatch-onnx-staging-") as staging:
         staged = staging / target.name
         if fused.applies(checked.exporter):
             t0 = time.perf_counter()
-            onnx_outputs = fused.build(loaded.model, onnx_config, staged, external=needs_external_data(exporter.weight_bytes(loaded.model)))
+            built = fused.build(loaded.model, onnx_config, staged, external=needs_external_data(exporter.weight_bytes(loaded.model)))
+            onnx_outputs, in_place = built.outputs, built.weights
             timings["export"] = time.perf_counter() - t0
         elif not genai:
             t0 = time.perf_counter()
@@ -232,14 +238,15 @@ def _export_and_validate(checked: CheckedRequest, loaded: Loaded, atol: float, t
             validation["graph_set"] = graph_sets.validate_set(staging, loaded.model, onnx_config, atol, timings)
             validation["generation"] = validation["graph_set"].pop("generation")
             timings["validate_set"] = time.perf_counter() - t0 - timings["generate"]
-        if needs_external_data(exporter.weight_bytes(loaded.model)):  # from here on onnxruntime (or the builder) holds the weights
-            loaded.release(release)
+        if needs_external_data(exporter.weight_bytes(loaded.model)) and not in_place:
+            loaded.release(release)  # from here on onnxruntime (or the builder) holds the weights
         if genai:
             t0 = time.perf_counter()
             _, onnx_outputs = genai_builder.build(checked.model_dir, staged, checked.request.dtype)
             timings["export"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        session = open_session(staged)  # one session for both checks: opening one costs seconds at real sizes
+        # one session for both checks: opening one costs seconds at real sizes (unless it reads the weights in place)
+        session = open_session(staged, weights=in_place)
         validation = {**validate_graph(staged, onnx_config, inputs, reference, Tolerance(atol=atol), named_outputs=onnx_outputs,
                                        session=session), **validation}
         timings["validate"] += time.perf_counter() - t0

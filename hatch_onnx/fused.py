@@ -17,29 +17,36 @@ memory on the 0.5B). The graph below is small enough to write directly; what mak
 onnxruntime's kernels, not this code.
 
 ================  =====================================================================================
-once              ``Gather`` of the embedding; the attention bias (``Where`` of a bool mask: causal over
-                  cache positions, the attention mask's padding, and Mistral's sliding window), shape
-                  (batch, 1, sequence, past + sequence), built once and read by every layer
+once              ``Gather`` of the embedding, its rows flattened to (batch x sequence, hidden) for the
+                  Gemms; the attention bias (``Where`` of a bool mask: causal over cache positions, the
+                  attention mask's padding, and Mistral's sliding window), shape (batch, 1, sequence,
+                  past + sequence), built once and read by every layer
 each layer        ``SkipSimplifiedLayerNormalization`` (the residual add and RMS norm in one; layer 0's
-                  is opset 23's ``RMSNormalization``); one ``MatMul`` for q, k and v packed (+ their
-                  bias), ``Split``; Qwen3's per-head ``RMSNormalization`` of q and k; ``RotaryEmbedding``
-                  of q and k at ``position_ids``; ``Attention`` (opset 23: grouped heads, the cache
-                  concatenated inside, present out; each past through a ``Reshape`` that gives an
-                  empty cache the batch's rows); the output projection; the post-attention
-                  ``SkipSimplifiedLayerNormalization``; one ``MatMul`` for gate and up packed,
-                  ``Split``, SiLU (``Sigmoid``, ``Mul``), ``Mul``, the down projection
-head              ``SkipSimplifiedLayerNormalization`` (the final norm), ``MatMul`` by the LM head's
-                  weight; a head tied to the embedding reads the table as it is, by a ``Gemm`` with
-                  ``transB`` (between two ``Reshape``: Gemm is 2-D), so it is stored once and no
-                  session folds a transposed copy
+                  is opset 23's ``RMSNormalization``); one ``Gemm`` for q, k and v packed (their bias
+                  its ``C``), ``Reshape`` to (batch, sequence, -1), ``Split``; Qwen3's per-head
+                  ``RMSNormalization`` of q and k; ``RotaryEmbedding`` of q and k at ``position_ids``;
+                  ``Attention`` (opset 23: grouped heads, the cache concatenated inside, present out;
+                  each past through a ``Reshape`` that gives an empty cache the batch's rows); the
+                  output projection; the post-attention ``SkipSimplifiedLayerNormalization``; gate and
+                  up, SiLU (``Sigmoid``, ``Mul``), ``Mul``, the down projection
+head              ``SkipSimplifiedLayerNormalization`` (the final norm), the LM head, ``Reshape`` to
+                  (batch, sequence, vocab); a head tied to the embedding reads the table itself, so it
+                  is stored once
+projections       each a ``Gemm`` with ``transB``: the weight as the checkpoint stores it, (out, in), so
+                  the export writes the model's tensors as they are (nothing transposed in memory; a
+                  MatMul would need (in, out): a copy to write, or a ``Transpose`` a session folds
+                  into a second copy when it opens) and the validation sessions read them in place.
+                  Only q, k and v are packed (a copy: a twelfth of a Qwen2.5 or Llama 3 layer)
 opset             :data:`OPSET` (``Attention``, ``RotaryEmbedding``, ``RMSNormalization``), plus
                   onnxruntime's ``com.microsoft`` norms; not the job's ``opset``: the report says the
                   graph's
 positions         the rotation's tables cover ``max_position_embeddings`` positions (computed by the
                   model's own rotary module, with its scaling); a position past them is an error in
                   onnxruntime, where the traced graph would compute on
-weights           written as they are read, one matrix in memory at a time; to ``<graph>.data`` when the
-                  graph needs external data (:func:`hatch_onnx.config.needs_external_data`)
+weights           to ``<graph>.data`` when the graph needs external data
+                  (:func:`hatch_onnx.config.needs_external_data`), appended as they are read, past the
+                  page cache (:class:`_DataFile`), under the checkpoint's names; :class:`Built` keeps
+                  their arrays, which the export's sessions read instead of the file
 ================  =====================================================================================
 
 Which exports (:func:`check`, config.json only, before any model loads; exit 2 otherwise):
@@ -53,7 +60,7 @@ Light at import: the checks read config.json; numpy, onnx and torch are imported
 from __future__ import annotations
 
 import json
-from collections import deque
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +92,8 @@ INLINE_BYTES = 1024
 
 
 # The ops whose outputs are activations in the model's dtype (the others compute shapes, positions and masks).
-FLOAT_OPS = frozenset({"Gather", "SkipSimplifiedLayerNormalization", "MatMul", "Add", "Split", "Reshape",
-                       "RMSNormalization", "RotaryEmbedding", "Attention", "Sigmoid", "Mul", "Gemm", "Where"})
+FLOAT_OPS = frozenset({"Gather", "SkipSimplifiedLayerNormalization", "Split", "Reshape", "RMSNormalization", "RotaryEmbedding",
+                       "Attention", "Sigmoid", "Mul", "Gemm", "Where"})
 
 
 @dataclass(frozen=True)
@@ -177,25 +184,104 @@ def check(model_dir: Path, model_type: str, feature: str, framework: str, dtype:
         raise BadInputError(f"{where}: layer_types {sorted(layer_types)}: it writes one attention span for all layers")
 
 
-class _Initializers:
-    """A graph's initializers, each written as it comes: inline, or appended to an external-data file.
+class _DataFile:
+    """An external-data file written front to back through two page-aligned buffers, by one thread, bypassing the page cache.
 
-    onnx's own external-data conversion serialises a whole in-memory proto first; this keeps a
-    few weight matrices in memory at a time, which is what lets an 8B export fit beside its model.
-    One thread writes them, in order, while the caller packs the next: the kernel's copy into the
-    page cache runs on one core, torch's transposes on both (a 0.5B decoder's build: 4.1-4.8 s
-    written in line, 3.1-3.3 s with the thread).
+    Written through the page cache, a 0.5B decoder's 1.84 GB took 2.7-5.6 s on the 2-core
+    machine, nearly all of it the kernel filling fresh page-cache pages (``dd``: 0.4 GB/s);
+    ``O_DIRECT`` writes went at 2.0-2.3 GB/s. Nothing in the export reads the file back: the
+    validation sessions read each weight from the array it was written from (:attr:`_Initializers.values`),
+    so a cached copy would only take memory. The caller copies the next matrix into one buffer
+    while the thread writes the other. Where ``O_DIRECT`` is refused (tmpfs, not Linux), the same
+    writes go through the page cache.
     """
 
-    PENDING = 2  # matrices packed and not yet written, at most
+    CHUNK = 8 << 20  # bytes a buffer holds; a multiple of BLOCK
+    BLOCK = 4096  # O_DIRECT writes start and end on the device's blocks: 4096 is a multiple of any of them
+
+    def __init__(self, path: Path):
+        import mmap
+        from concurrent.futures import ThreadPoolExecutor
+
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        direct = getattr(os, "O_DIRECT", 0)
+        try:
+            self._fd = os.open(path, flags | direct, 0o666)
+        except OSError:  # a file system without direct I/O
+            self._fd, direct = os.open(path, flags, 0o666), 0
+        self.direct = bool(direct)
+        self.size = 0  # bytes appended so far: the file's length once closed
+        self._buffers = [mmap.mmap(-1, self.CHUNK) for _ in range(2)]  # anonymous maps start on a page, as O_DIRECT needs
+        self._writes: list[Any] = [None, None]  # each buffer's write in flight
+        self._current, self._filled = 0, 0
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="fused-weights")
+
+    def append(self, data: memoryview, alignment: int) -> int:
+        """Append ``data`` (bytes) at the next multiple of ``alignment``, zeros before it; its offset."""
+        self._put(memoryview(bytes(-self.size % alignment)))
+        offset = self.size
+        self._put(data)
+        return offset
+
+    def _put(self, data: memoryview) -> None:
+        while len(data):
+            count = min(len(data), self.CHUNK - self._filled)
+            self._buffers[self._current][self._filled:self._filled + count] = data[:count]
+            self._filled += count
+            self.size += count
+            data = data[count:]
+            if self._filled == self.CHUNK:
+                self._submit()
+
+    def _submit(self) -> None:
+        """Hand the current buffer to the thread; wait until the other is written (a failed write raises here)."""
+        self._writes[self._current] = self._writer.submit(self._write, self._current, self._filled)
+        self._current, self._filled = 1 - self._current, 0
+        pending, self._writes[self._current] = self._writes[self._current], None
+        if pending is not None:
+            pending.result()
+
+    def _write(self, index: int, length: int) -> None:
+        if self.direct:  # whole blocks: the last buffer's tail past ``length`` is cut off by close()
+            length = -(-length // self.BLOCK) * self.BLOCK
+        view = memoryview(self._buffers[index])[:length]
+        while len(view):
+            view = view[os.write(self._fd, view):]
+
+    def close(self) -> None:
+        """Write what is buffered, wait for every write (raising the first that failed), cut the file to :attr:`size`, close it."""
+        try:
+            if self._filled:
+                self._submit()
+            for index in (0, 1):
+                pending, self._writes[index] = self._writes[index], None
+                if pending is not None:
+                    pending.result()
+            if self.direct:
+                os.ftruncate(self._fd, self.size)
+        finally:
+            self._writer.shutdown(wait=True, cancel_futures=True)
+            os.close(self._fd)
+            for buffer in self._buffers:
+                buffer.close()
+
+
+class _Initializers:
+    """A graph's initializers, each placed as it comes: inline, or appended to an external-data file (:class:`_DataFile`).
+
+    onnx's own external-data conversion serialises a whole in-memory proto first; this copies one
+    buffer's worth at a time, which is what lets an 8B export fit beside its model. An external
+    tensor's array is kept, by reference, in :attr:`values`: the model's own tensors (and the few
+    made here: packed q, k and v, the rotary tables), which a validation session reads in place
+    (:func:`hatch_onnx.validation.open_session`), so the file is written once and not read back.
+    """
 
     def __init__(self, data_path: Optional[Path]):
         self.tensors: list[Any] = []
+        self.values: dict[str, "np.ndarray"] = {}  # name -> array, of each tensor in the data file
         self.data_path = data_path
-        self._file = open(data_path, "wb") if data_path is not None else None
-        self._end = 0  # where the file ends once every pending write is done
-        self._writer: Any = None
-        self._pending: deque = deque()
+        self._file = _DataFile(data_path) if data_path is not None else None
+        self._offsets: dict[str, int] = {}
 
     def add(self, name: str, array: "np.ndarray") -> str:
         import numpy as np
@@ -205,36 +291,39 @@ class _Initializers:
         if self._file is None or array.nbytes < INLINE_BYTES:
             self.tensors.append(numpy_helper.from_array(array, name))
             return name
-        if self._writer is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="fused-weights")
-        offset = self._end + (-self._end % ALIGNMENT)
-        while len(self._pending) >= self.PENDING:
-            self._pending.popleft().result()  # a write that failed raises here
-        self._pending.append(self._writer.submit(self._write, offset - self._end, array))
-        self._end = offset + array.nbytes
+        offset = self._file.append(_bytes_of(array), ALIGNMENT)
         tensor = TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
         tensor.data_location = TensorProto.EXTERNAL
         for key, value in (("location", self.data_path.name), ("offset", str(offset)), ("length", str(array.nbytes))):
             tensor.external_data.add(key=key, value=value)
         self.tensors.append(tensor)
+        self.values[name] = array
+        self._offsets[name] = offset
         return name
 
-    def _write(self, padding: int, array: "np.ndarray") -> None:
-        self._file.write(b"\0" * padding)
-        self._file.write(memoryview(array.reshape(-1)).cast("B"))  # the array's own bytes, not a copy
-
     def close(self) -> None:
-        """Wait for every write (raising the first that failed) and close the file."""
-        try:
-            while self._pending:
-                self._pending.popleft().result()
-        finally:
-            if self._writer is not None:
-                self._writer.shutdown(wait=True, cancel_futures=True)
-            if self._file is not None:
-                self._file.close()
+        """Finish the data file (raising the first write that failed), then read each tensor's ends back from it.
+
+        The validation sessions read the arrays, not the file: the check that each tensor's first
+        and last bytes are in the file where its graph says (a few pages, read back in
+        milliseconds) ties what they validate to what ships.
+        """
+        if self._file is None:
+            return
+        self._file.close()
+        with open(self.data_path, "rb") as data:
+            for name, offset in self._offsets.items():
+                expected = _bytes_of(self.values[name])
+                ends = min(len(expected), 64)
+                for start in (0, len(expected) - ends):
+                    data.seek(offset + start)
+                    if data.read(ends) != expected[start:start + ends]:
+                        raise OSError(f"{self.data_path}: {name} is not where the graph places it (offset {offset + start})")
+
+
+def _bytes_of(array: "np.ndarray") -> memoryview:
+    """The array's own bytes, not a copy."""
+    return memoryview(array.reshape(-1)).cast("B")
 
 
 class _Nodes:
@@ -255,19 +344,17 @@ class _Nodes:
         return names[0] if len(names) == 1 else names
 
 
-def _matmul_weight(*linears: Any) -> "np.ndarray":
-    """Linears' weights as one MatMul's right-hand side: (in, sum of outs), their outputs side by side.
+@dataclass(frozen=True)
+class Built:
+    """What :func:`build` wrote: the graph's output names, and the arrays of the tensors it put in the data file."""
 
-    torch transposes in cache-sized blocks on every core; numpy's strided copy took twice as long.
-    """
-    import torch
-
-    transposed = [linear.weight.detach().t() for linear in linears]
-    return (torch.cat(transposed, dim=1) if len(transposed) > 1 else transposed[0].contiguous()).numpy()
+    outputs: list[str]
+    # name -> array (the model's own tensors, not copies): what a validation session reads in place of the file
+    weights: Mapping[str, "np.ndarray"]
 
 
-def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[str]:
-    """Write ``model``'s fused graph to ``target`` (its weights to ``target``.data when ``external``); returns its output names."""
+def build(model: Any, onnx_config: Any, target: Path, external: bool) -> Built:
+    """Write ``model``'s fused graph to ``target`` (its weights to ``target``.data when ``external``)."""
     import numpy as np
     import onnx
     import torch
@@ -298,15 +385,14 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
             sin_cache = weights.add("rotary.sin", sin[0, :, :half].numpy().astype(dtype))
             constants = {
                 "zero": np.array(0, np.int64), "one": np.array(1, np.int64), "axis0": np.array([0], np.int64),
-                "axis1": np.array([1], np.int64), "axes12": np.array([1, 2], np.int64),
+                "axis1": np.array([1], np.int64), "axes12": np.array([1, 2], np.int64), "last": np.array([-1], np.int64),
                 "allowed": np.array(0, dtype), "masked": np.array(np.finfo(dtype).min, dtype),
                 "q_split": np.array([heads * head_size, kv_heads * head_size, kv_heads * head_size], np.int64),
-                "mlp_split": np.array([config.intermediate_size] * 2, np.int64),
-                "cache_tail": np.array([kv_heads, -1, head_size], np.int64),
-                "rows": np.array([-1, config.hidden_size], np.int64), "vocab": np.array([config.vocab_size], np.int64),
+                "cache_tail": np.array([kv_heads, -1, head_size], np.int64), "rows": np.array([-1, config.hidden_size], np.int64),
+                "context_rows": np.array([-1, heads * head_size], np.int64),
                 "q_heads": np.array([0, 0, heads, head_size], np.int64), "q_flat": np.array([0, 0, heads * head_size], np.int64),
                 "kv_heads": np.array([0, 0, kv_heads, head_size], np.int64), "kv_flat": np.array([0, 0, kv_heads * head_size], np.int64),
-            }  # those no node reads (a family's or a tied head's only) are left out of the graph below
+            }  # those no node reads (a family's only) are left out of the graph below
             window = getattr(config, "sliding_window", None) if family.sliding_window else None
             if window:
                 constants["window"] = np.array(window, np.int64)
@@ -314,8 +400,17 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
                 weights.add(f"const.{name}", value)
             c = {name: f"const.{name}" for name in constants}
 
+            def linear(x: str, module: Any, name: str) -> str:
+                """``x @ W.T + b``: the weight as the checkpoint stores it, (out, in), read transposed by a Gemm."""
+                operands = [x, weights.add(f"{name}.weight", module.weight.detach().numpy())]
+                if module.bias is not None:
+                    operands.append(weights.add(f"{name}.bias", module.bias.detach().numpy()))
+                return node("Gemm", operands, transB=1)
+
             node.scope = "model/embed"
-            hidden = node("Gather", [embedding, "input_ids"])
+            # the activations are rows, (batch x sequence, hidden), for the Gemms; (batch, sequence, -1) where ops need the axes
+            residual = node("Reshape", [node("Gather", [embedding, "input_ids"]), c["rows"]])
+            sequence_shape = node("Concat", [node("Shape", ["input_ids"]), c["last"]], axis=0)
             node.scope = "model/bias"
             total = node("Squeeze", [node("Shape", ["attention_mask"], start=1, end=2), c["axis0"]])
             sequence = node("Squeeze", [node("Shape", ["input_ids"], start=1, end=2), c["axis0"]])
@@ -333,28 +428,30 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
             cache_shape = node("Concat", [node("Shape", ["input_ids"], start=0, end=1), c["cache_tail"]], axis=0)
 
             # --- the layers ----------------------------------------------------------------------
-            residual = hidden
             previous: Optional[str] = None  # the last layer's output, before its residual add
             for i, layer in enumerate(layers):
                 attention, mlp = layer.self_attn, layer.mlp
+                name = f"model.layers.{i}"
                 node.scope = f"model/layers.{i}"
-                norm = weights.add(f"layers.{i}.input_layernorm.weight", layer.input_layernorm.weight.detach().numpy())
+                norm = weights.add(f"{name}.input_layernorm.weight", layer.input_layernorm.weight.detach().numpy())
                 if previous is None:
                     hidden = node("RMSNormalization", [residual, norm], epsilon=eps, axis=-1, stash_type=1)
                 else:
                     hidden, residual = node("SkipSimplifiedLayerNormalization", [previous, residual, norm], outputs=4, unused=(1, 2),
                                             domain=CONTRIB, epsilon=eps)[0::3]
+                # q, k and v by one Gemm: their weights packed, a copy (a twelfth of a Qwen2.5 or Llama 3
+                # layer's weights), which saves a layer two Gemms and the Reshapes after them (decode
+                # runs one node after another: each costs microseconds)
                 projections = (attention.q_proj, attention.k_proj, attention.v_proj)
-                qkv_weight = weights.add(f"layers.{i}.qkv.weight", _matmul_weight(*projections))
-                qkv = node("MatMul", [hidden, qkv_weight])
+                qkv = [hidden, weights.add(f"{name}.self_attn.qkv_proj.weight", torch.cat([p.weight for p in projections]).numpy())]
                 if attention.q_proj.bias is not None:
-                    qkv_bias = np.concatenate([p.bias.detach().numpy() for p in projections])
-                    qkv = node("Add", [qkv, weights.add(f"layers.{i}.qkv.bias", qkv_bias)])
-                query, key, value = node("Split", [qkv, c["q_split"]], outputs=3, axis=-1)
+                    qkv.append(weights.add(f"{name}.self_attn.qkv_proj.bias", torch.cat([p.bias for p in projections]).numpy()))
+                query, key, value = node("Split", [node("Reshape", [node("Gemm", qkv, transB=1), sequence_shape]), c["q_split"]],
+                                         outputs=3, axis=-1)
                 if family.qk_norm:
                     for which, norm_module, shape, flat in (("q", attention.q_norm, c["q_heads"], c["q_flat"]),
                                                            ("k", attention.k_norm, c["kv_heads"], c["kv_flat"])):
-                        scale = weights.add(f"layers.{i}.{which}_norm.weight", norm_module.weight.detach().numpy())
+                        scale = weights.add(f"{name}.self_attn.{which}_norm.weight", norm_module.weight.detach().numpy())
                         per_head = node("Reshape", [query if which == "q" else key, shape])
                         normed = node("Reshape", [node("RMSNormalization", [per_head, scale], axis=-1, epsilon=eps, stash_type=1), flat])
                         query, key = (normed, key) if which == "q" else (query, normed)
@@ -364,31 +461,24 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
                 context = node("Attention", [query, key, value, bias, *past],
                                names=[f"{node.scope}/attention", f"present.{i}.key", f"present.{i}.value"],
                                q_num_heads=heads, kv_num_heads=kv_heads, scale=float(attention.scaling))[0]
-                out = node("MatMul", [context, weights.add(f"layers.{i}.o_proj.weight", _matmul_weight(attention.o_proj))])
-                if attention.o_proj.bias is not None:
-                    out = node("Add", [out, weights.add(f"layers.{i}.o_proj.bias", attention.o_proj.bias.detach().numpy())])
-                post = weights.add(f"layers.{i}.post_attention_layernorm.weight", layer.post_attention_layernorm.weight.detach().numpy())
+                out = linear(node("Reshape", [context, c["context_rows"]]), attention.o_proj, f"{name}.self_attn.o_proj")
+                post = weights.add(f"{name}.post_attention_layernorm.weight", layer.post_attention_layernorm.weight.detach().numpy())
                 hidden, residual = node("SkipSimplifiedLayerNormalization", [out, residual, post], outputs=4, unused=(1, 2), domain=CONTRIB,
                                         epsilon=eps)[0::3]
-                gate_up = weights.add(f"layers.{i}.gate_up.weight", _matmul_weight(mlp.gate_proj, mlp.up_proj))
-                gate, up = node("Split", [node("MatMul", [hidden, gate_up]), c["mlp_split"]], outputs=2, axis=-1)
-                activated = node("Mul", [node("Mul", [gate, node("Sigmoid", [gate])]), up])
-                previous = node("MatMul", [activated, weights.add(f"layers.{i}.down_proj.weight", _matmul_weight(mlp.down_proj))])
+                gate = linear(hidden, mlp.gate_proj, f"{name}.mlp.gate_proj")
+                activated = node("Mul", [node("Mul", [gate, node("Sigmoid", [gate])]), linear(hidden, mlp.up_proj, f"{name}.mlp.up_proj")])
+                previous = linear(activated, mlp.down_proj, f"{name}.mlp.down_proj")
 
             # --- the head --------------------------------------------------------------------------
             node.scope = "model/head"
             final = weights.add("model.norm.weight", decoder.norm.weight.detach().numpy())
             hidden = node("SkipSimplifiedLayerNormalization", [previous, residual, final], outputs=4, unused=(1, 2), domain=CONTRIB, epsilon=eps)[0]
             head = model.get_output_embeddings()
-            if head.weight.data_ptr() == decoder.embed_tokens.weight.data_ptr():
-                # Tied: the table once, read transposed by a Gemm. A MatMul would need Transpose(table),
-                # which onnxruntime folds into a second table whenever a session opens (0.54 GB and 2 s on
-                # a 0.5B); the Gemm reads it as it is. Gemm is 2-D: the rows are flattened and restored.
-                rows = node("Gemm", [node("Reshape", [hidden, c["rows"]]), embedding], transB=1)
-                shape = node("Concat", [node("Shape", ["input_ids"]), c["vocab"]], axis=0)
-                node("Reshape", [rows, shape], names=["logits"])
-            else:
-                node("MatMul", [hidden, weights.add("lm_head.weight", _matmul_weight(head))], names=["logits"])
+            # A tied head reads the embedding table: stored once, and read as it is (a MatMul would need
+            # Transpose(table), which onnxruntime folds into a second table whenever a session opens).
+            table = embedding if head.weight.data_ptr() == decoder.embed_tokens.weight.data_ptr() else weights.add(
+                "lm_head.weight", head.weight.detach().numpy())
+            node("Reshape", [node("Gemm", [hidden, table], transB=1), sequence_shape], names=["logits"])
     finally:
         weights.close()
 
@@ -406,7 +496,7 @@ def build(model: Any, onnx_config: Any, target: Path, external: bool) -> list[st
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="hatch-onnx fused",
                               ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True))
     onnx.save(proto, str(target))
-    return [value.name for value in outputs]
+    return Built([value.name for value in outputs], weights.values)
 
 
 def _interface(onnx_config: Any, config: Any, onnx_dtype: int, kv_heads: int, head_size: int) -> tuple[list, list]:

@@ -26,9 +26,8 @@ FEATURE = "causal-lm-with-past"
 # What a fused graph is made of: nothing traced, no shape arithmetic per layer.
 OPS = {("", "Gather"), ("", "Shape"), ("", "Squeeze"), ("", "Unsqueeze"), ("", "Range"), ("", "Sub"), ("", "LessOrEqual"),
        ("", "Less"), ("", "And"), ("", "Cast"), ("", "Where"),
-       ("com.microsoft", "SkipSimplifiedLayerNormalization"), ("", "MatMul"), ("", "Add"), ("", "Split"), ("", "Reshape"),
-       ("", "RMSNormalization"), ("", "RotaryEmbedding"), ("", "Attention"), ("", "Sigmoid"), ("", "Mul"), ("", "Transpose"),
-       ("", "Concat"), ("", "Gemm")}
+       ("com.microsoft", "SkipSimplifiedLayerNormalization"), ("", "Gemm"), ("", "Split"), ("", "Reshape"),
+       ("", "RMSNormalization"), ("", "RotaryEmbedding"), ("", "Attention"), ("", "Sigmoid"), ("", "Mul"), ("", "Concat")}
 
 
 def _export(model: "str | Path", out: Path, **request) -> dict:
@@ -56,9 +55,13 @@ def test_each_family_is_written_fused_validated_and_generation_checked(tmp_path,
     ops = {(node.domain, node.op_type) for node in graph.graph.node}
     assert ops <= OPS and ("", "Attention") in ops and ("com.microsoft", "SkipSimplifiedLayerNormalization") in ops
     layers = json.loads((checkpoint(model_type) / "config.json").read_text())["num_hidden_layers"]
-    # 16 a layer (18 with biases, 6 more for per-head norms); the embedding, the bias, the cache shape and the head: at most 23
+    # 18 a layer (biases inside the Gemms; 6 more for per-head norms); the embedding, the bias (3 more for a window),
+    # the cache shape and the head: 23
     per_layer = 18 + (6 if fused.FAMILIES[model_type].qk_norm else 0)
-    assert len(graph.graph.node) <= 23 + per_layer * layers, len(graph.graph.node)  # the traced graph: ~270 a layer
+    once = 23 + (3 if fused.FAMILIES[model_type].sliding_window else 0)
+    assert len(graph.graph.node) == once + per_layer * layers, len(graph.graph.node)  # the traced graph: ~270 a layer
+    # every projection a Gemm reading the weight as the checkpoint stores it, (out, in): nothing to transpose, on disk or in a session
+    assert all([(a.name, a.i) for a in n.attribute] == [("transB", 1)] for n in graph.graph.node if n.op_type == "Gemm")
     assert not (tmp_path / "out" / "model.onnx.data").exists()  # tiny: inline
 
 
@@ -96,33 +99,85 @@ def test_external_data_is_aligned_with_constants_inline_and_a_tied_table_stored_
     tables = [t.name for t in graph.graph.initializer if sorted(t.dims) == sorted([config["vocab_size"], config["hidden_size"]])]
     assert tables == ["model.embed_tokens.weight"]
     # the head reads the table as it is (a Gemm with transB): nothing for a session to fold into a second table
-    (head,) = [n for n in graph.graph.node if n.op_type == "Gemm"]
-    assert head.input[1] == "model.embed_tokens.weight" and [(a.name, a.i) for a in head.attribute] == [("transB", 1)]
-    assert "Transpose" not in {n.op_type for n in graph.graph.node}
+    (head,) = [n for n in graph.graph.node if n.op_type == "Gemm" and n.input[1] == "model.embed_tokens.weight"]
+    assert [(a.name, a.i) for a in head.attribute] == [("transB", 1)] and "Transpose" not in {n.op_type for n in graph.graph.node}
+    # the weights keep the checkpoint's names and layout, but q, k and v, packed into one
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint("qwen2") / "model.safetensors"), "np") as stored:
+        names = set(stored.keys())
+        down = stored.get_tensor("model.layers.0.mlp.down_proj.weight")
+    packed = {f"model.layers.{i}.self_attn.qkv_proj.weight" for i in range(config["num_hidden_layers"])} | {"rotary.cos", "rotary.sin"}
+    assert packed <= {t.name for t in external} - names <= packed | {name.replace("weight", "bias") for name in packed}
+    (placed,) = [t for t in external if t.name == "model.layers.0.mlp.down_proj.weight"]
+    place = {entry.key: int(entry.value) for entry in placed.external_data if entry.key != "location"}
+    data = (tmp_path / "out" / "model.onnx.data").read_bytes()
+    assert data[place["offset"]:place["offset"] + place["length"]] == down.tobytes()
 
 
-def test_weights_are_written_in_order_by_one_thread_and_a_failed_write_fails_the_graph(tmp_path, monkeypatch):
-    """The writer thread writes each matrix at the offset its tensor names; a write that fails raises at close."""
+def _accepts_direct_io(folder: Path) -> bool:
+    import os
+
+    try:
+        os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["O_DIRECT", "page cache"])
+def test_weights_are_written_where_their_tensors_say_through_either_route(tmp_path, monkeypatch, direct):
+    """Matrices that cross the writer's buffers land at the aligned offsets their tensors name; the arrays are kept, not copied."""
+    import os
+
     import numpy as np
 
+    if not direct:
+        monkeypatch.delattr(os, "O_DIRECT", raising=False)
+    monkeypatch.setattr(fused._DataFile, "CHUNK", 3 * fused._DataFile.BLOCK)  # small buffers: most matrices span two or more
     weights = fused._Initializers(tmp_path / "model.onnx.data")
-    arrays = [np.full((40 + k, 32), k, np.float32) for k in range(5)]  # sizes that are no multiple of the alignment
+    assert weights._file.direct == (direct and _accepts_direct_io(tmp_path))
+    arrays = [np.full((40 + 97 * k, 32), k, np.float32) for k in range(6)]  # sizes that are no multiple of a block
     for k, array in enumerate(arrays):
         weights.add(f"w{k}", array)
+    weights.add("small", np.ones(3, np.float32))  # inline: below INLINE_BYTES
     weights.close()
     data = (tmp_path / "model.onnx.data").read_bytes()
-    for tensor, array in zip(weights.tensors, arrays):
+    external = [t for t in weights.tensors if t.external_data]
+    assert [t.name for t in external] == [f"w{k}" for k in range(6)] and set(weights.values) == {f"w{k}" for k in range(6)}
+    for tensor, array in zip(external, arrays):
         place = {entry.key: entry.value for entry in tensor.external_data}
         start, length = int(place["offset"]), int(place["length"])
         assert start % fused.ALIGNMENT == 0 and data[start:start + length] == array.tobytes()
+        assert weights.values[tensor.name] is array  # what a validation session reads in place: the caller's array
+    assert len(data) == start + length  # the file ends where the last tensor does (O_DIRECT wrote whole blocks)
 
-    def disk_full(self, padding, array):
+
+def test_a_failed_write_or_a_misplaced_tensor_fails_the_graph(tmp_path, monkeypatch):
+    import numpy as np
+
+    array = np.arange(5000, dtype=np.float32)
+    original = fused._DataFile._write
+
+    def disk_full(self, index, length):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fused._Initializers, "_write", disk_full)
-    weights = fused._Initializers(tmp_path / "other.onnx.data")
-    weights.add("w", arrays[0])
+    monkeypatch.setattr(fused._DataFile, "_write", disk_full)
+    weights = fused._Initializers(tmp_path / "full.onnx.data")
+    weights.add("w", array)
     with pytest.raises(OSError, match="No space left"):
+        weights.close()
+
+    def shifted(self, index, length):  # a writer that loses the first byte of its first buffer
+        if not getattr(self, "shifted", False):
+            self.shifted = True
+            self._buffers[index][0:length - 1] = self._buffers[index][1:length]
+        original(self, index, length)
+
+    monkeypatch.setattr(fused._DataFile, "_write", shifted)
+    weights = fused._Initializers(tmp_path / "shifted.onnx.data")
+    weights.add("w", array)
+    with pytest.raises(OSError, match="w is not where the graph places it"):
         weights.close()
 
 
@@ -151,8 +206,9 @@ def test_a_build_caches_the_fused_graph_and_its_int4_variant_is_weights_checked(
     graph = onnx.load(str(folder / "model.int4.onnx"))
     ops = [node.op_type for node in graph.graph.node]
     layers = json.loads((checkpoint("qwen2") / "config.json").read_text())["num_hidden_layers"]
-    # qkv, o, gate_up and down a layer, and the head; the tied table once, as the head's 4-bit weight
-    assert "MatMul" not in ops and ops.count("MatMulNBits") == 4 * layers + 1 and ops.count("GatherBlockQuantized") == 1
+    # qkv, o, gate, up and down a layer, and the head; the tied table once, as the head's 4-bit weight
+    assert "MatMul" not in ops and "Gemm" not in ops and ops.count("MatMulNBits") == 5 * layers + 1
+    assert ops.count("GatherBlockQuantized") == 1
     assert ops.count("Attention") == layers
     assert (folder / "onnx" / "model_q4.onnx").read_bytes() == (folder / "model.int4.onnx").read_bytes()
     again = _build(params, out, e2e_env)
