@@ -59,6 +59,7 @@ Light at import: the checks read config.json; numpy, onnx and torch are imported
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Mapping
@@ -242,11 +243,20 @@ class _DataFile:
             pending.result()
 
     def _write(self, index: int, length: int) -> None:
-        if self.direct:  # whole blocks: the last buffer's tail past ``length`` is cut off by close()
-            length = -(-length // self.BLOCK) * self.BLOCK
-        view = memoryview(self._buffers[index])[:length]
-        while len(view):
-            view = view[os.write(self._fd, view):]
+        # whole blocks when direct: the last buffer's tail past ``length`` is cut off by close()
+        view = memoryview(self._buffers[index])[:-(-length // self.BLOCK) * self.BLOCK if self.direct else length]
+        try:
+            while len(view):
+                view = view[os.write(self._fd, view):]
+        except OSError as error:
+            if not self.direct or error.errno != errno.EINVAL:
+                raise
+            # a file system that opens files for direct I/O but refuses the writes: through the page cache from here
+            import fcntl
+
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            self.direct = False
+            self._write(index, length)
 
     def close(self) -> None:
         """Write what is buffered, wait for every write (raising the first that failed), cut the file to :attr:`size`, close it."""
@@ -257,8 +267,7 @@ class _DataFile:
                 pending, self._writes[index] = self._writes[index], None
                 if pending is not None:
                     pending.result()
-            if self.direct:
-                os.ftruncate(self._fd, self.size)
+            os.ftruncate(self._fd, self.size)
         finally:
             self._writer.shutdown(wait=True, cancel_futures=True)
             os.close(self._fd)

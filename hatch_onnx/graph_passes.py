@@ -371,6 +371,83 @@ def tie_transposed_copies(graph: Any) -> list[str]:
     return sorted(copies)
 
 
+def gemms_to_matmuls(graph: Any, tied_tables: bool = True) -> None:
+    """``Gemm(A, B, C)`` with a constant 2-D float B, ``transA`` 0 and ``alpha`` 1 -> ``MatMul(A, B') [+ Add(C')]``.
+
+    ``B'`` is B, or with ``transB`` its transpose: in place when this Gemm alone reads B, else a new
+    initializer, or, when a Gather reads B (an embedding table the head shares), a ``Transpose``
+    node, which :func:`hatch_onnx.int4.prepare` then ties; without ``tied_tables`` such a Gemm
+    stays as it is (a Transpose of the table would be folded into a second one).
+
+    onnxruntime's quantizers take MatMul weights, not Gemm's: GPT-2's Conv1D exports as Gemm, and
+    :mod:`hatch_onnx.fused` writes every projection as one ((out, in), ``transB``).
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    gathered = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.domain in ("", "ai.onnx")}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    transposed: set[str] = set()  # the Transpose nodes made for gathered tables, by output
+    for node in list(graph.node):
+        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or node.input[1] not in inits:
+            continue
+        weight = inits[node.input[1]]
+        if len(weight.dims) != 2 or not is_float32(weight) or node_attribute(node, "transA", 0) or node_attribute(node, "alpha", 1.0) != 1.0:
+            continue
+        b = node.input[1]
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        beta = float(node_attribute(node, "beta", 1.0))
+        if (b in gathered and not tied_tables) or (bias is not None and beta != 1.0 and bias not in inits):
+            continue  # a tied table kept, or a computed bias scaled by beta: left as it is
+        if node_attribute(node, "transB", 0) and readers[b] == 1 and b not in gathered:
+            # this Gemm's weight alone (every projection of hatch_onnx.fused's graphs): transposed
+            # where it is, so that a graph's weights are not all held twice on the way
+            weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), b))
+        elif node_attribute(node, "transB", 0):
+            b = f"{node.input[1]}/transposed"
+            if node.input[1] in gathered and b not in transposed:  # a tied head (hatch_onnx.fused): the Transpose prepare ties
+                graph.node.insert(list(graph.node).index(node), helper.make_node("Transpose", [node.input[1]], [b], name=b, perm=[1, 0]))
+                transposed.add(b)
+            elif node.input[1] not in gathered and b not in inits:
+                inits[b] = numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), b)
+                graph.initializer.append(inits[b])
+        if bias is not None and beta != 1.0:
+            scaled = f"{bias}/beta"
+            graph.initializer.append(numpy_helper.from_array((numpy_helper.to_array(inits[bias]) * np.float32(beta)), scaled))
+            bias = scaled
+        product = f"{node.output[0]}/matmul" if bias else node.output[0]
+        nodes = [helper.make_node("MatMul", [node.input[0], b], [product], name=f"{node.name}/MatMul")]
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=f"{node.name}/Add"))
+        index = list(graph.node).index(node)
+        graph.node.remove(node)
+        for offset, new in enumerate(nodes):
+            graph.node.insert(index + offset, new)
+    used = {name for node in all_nodes(graph) for name in node.input} | {o.name for o in graph.output}
+    drop_initializers(graph, {t.name for t in graph.initializer if t.name not in used})
+
+
+def node_attribute(node: Any, name: str, default: Any) -> Any:
+    """``node``'s attribute ``name`` as a Python value, or ``default``."""
+    from onnx import helper
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def is_float32(tensor: Any) -> bool:
+    """Whether an initializer holds float32."""
+    from onnx import TensorProto
+
+    return tensor.data_type == TensorProto.FLOAT
+
+
 def drop_initializers(graph: Any, names: "set[str]") -> None:
     """Remove the initializers ``names`` from ``graph`` (and from its inputs: IR < 4 lists initializers there too)."""
     kept = [t for t in graph.initializer if t.name not in names]

@@ -3,8 +3,9 @@
 ==================  ===========================================================================
 MatMul              every MatMul whose weight is a 2-D float initializer becomes ``MatMulNBits``
                     (onnxruntime's ``MatMulNBitsQuantizer``); a ``Gemm`` with a constant weight
-                    is first rewritten as MatMul (+ Add): GPT-2's Conv1D exports as Gemm, which
-                    the quantizer does not take
+                    is first rewritten as MatMul (+ Add): GPT-2's Conv1D exports as Gemm, and
+                    :mod:`hatch_onnx.fused` writes every projection as one, which the quantizer
+                    does not take
 embedding tables    every 2-D float initializer a ``Gather`` reads along axis 0, at least
                     :data:`BLOCK_SIZE` wide, becomes ``GatherBlockQuantized`` on uint8 data
                     packed as MatMulNBits packs its weights (without them a tied 0.5B decoder
@@ -40,6 +41,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from hatch_onnx.graph_passes import is_float32, node_attribute
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -78,8 +81,10 @@ def prepare(model: "onnx.ModelProto") -> Plan:
     """
     from onnx import numpy_helper
 
+    from hatch_onnx.graph_passes import gemms_to_matmuls
+
     graph = model.graph
-    _gemms_to_matmuls(graph)
+    gemms_to_matmuls(graph)
     plan = Plan()
     plan.tied.update(_gathered_transposes_to_tables(graph))
     inits = {t.name: t for t in graph.initializer}
@@ -94,12 +99,12 @@ def prepare(model: "onnx.ModelProto") -> Plan:
 
     for name, nodes in gathered.items():
         tensor = inits[name]
-        if (len(tensor.dims) == 2 and tensor.dims[1] >= BLOCK_SIZE and _is_float(tensor)
-                and all(_attribute(n, "axis", 0) == 0 for n in nodes)
+        if (len(tensor.dims) == 2 and tensor.dims[1] >= BLOCK_SIZE and is_float32(tensor)
+                and all(node_attribute(n, "axis", 0) == 0 for n in nodes)
                 and all(c.op_type in ("Gather", "Transpose") for c in consumers[name])):
             plan.tables.add(name)
     for node in list(graph.node):  # Transpose(table) -> MatMul: the tied LM head
-        if (node.op_type == "Transpose" and node.input[0] in plan.tables and list(_attribute(node, "perm", [1, 0])) == [1, 0]
+        if (node.op_type == "Transpose" and node.input[0] in plan.tables and list(node_attribute(node, "perm", [1, 0])) == [1, 0]
                 and consumers.get(node.output[0]) and all(c.op_type == "MatMul" and c.input[1] == node.output[0] for c in consumers[node.output[0]])):
             table = numpy_helper.to_array(inits[node.input[0]])
             graph.initializer.append(numpy_helper.from_array(table.T.copy(), node.output[0]))
@@ -116,7 +121,7 @@ def prepare(model: "onnx.ModelProto") -> Plan:
     for node in graph.node:
         if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and node.input[1] in inits:
             tensor = inits[node.input[1]]
-            if len(tensor.dims) == 2 and _is_float(tensor):
+            if len(tensor.dims) == 2 and is_float32(tensor):
                 plan.matmul_weights.add(node.input[1])
     return plan
 
@@ -285,67 +290,6 @@ def with_float_arithmetic(model: "onnx.ModelProto") -> "onnx.ModelProto":
 
 # --- graph helpers -------------------------------------------------------------------------------
 
-def _is_float(tensor: Any) -> bool:
-    from onnx import TensorProto
-
-    return tensor.data_type == TensorProto.FLOAT
-
-
-def _attribute(node: Any, name: str, default: Any) -> Any:
-    from onnx import helper
-
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
-
-
-def _gemms_to_matmuls(graph: Any) -> None:
-    """``Gemm(A, B, C)`` with a constant 2-D float B, ``transA`` 0 and ``alpha`` 1 -> ``MatMul(A, B') [+ Add(C')]``.
-
-    ``B'`` is B, or with ``transB`` its transpose: a new initializer, or, when a Gather reads B (an
-    embedding table the head shares), a ``Transpose`` node, which :func:`prepare` then ties.
-    """
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    inits = {t.name: t for t in graph.initializer}
-    gathered = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.domain in ("", "ai.onnx")}
-    transposed: set[str] = set()  # the Transpose nodes made for gathered tables, by output
-    for node in list(graph.node):
-        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or node.input[1] not in inits:
-            continue
-        weight = inits[node.input[1]]
-        if len(weight.dims) != 2 or not _is_float(weight) or _attribute(node, "transA", 0) or _attribute(node, "alpha", 1.0) != 1.0:
-            continue
-        b = node.input[1]
-        if _attribute(node, "transB", 0):
-            b = f"{node.input[1]}/transposed"
-            if node.input[1] in gathered and b not in transposed:  # a tied head (hatch_onnx.fused): the Transpose prepare ties
-                graph.node.insert(list(graph.node).index(node), helper.make_node("Transpose", [node.input[1]], [b], name=b, perm=[1, 0]))
-                transposed.add(b)
-            elif node.input[1] not in gathered and b not in inits:
-                inits[b] = numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), b)
-                graph.initializer.append(inits[b])
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        beta = float(_attribute(node, "beta", 1.0))
-        if bias is not None and beta != 1.0:
-            if bias not in inits:
-                continue  # a computed bias scaled by beta: left as it is
-            scaled = f"{bias}/beta"
-            graph.initializer.append(numpy_helper.from_array((numpy_helper.to_array(inits[bias]) * np.float32(beta)), scaled))
-            bias = scaled
-        product = f"{node.output[0]}/matmul" if bias else node.output[0]
-        nodes = [helper.make_node("MatMul", [node.input[0], b], [product], name=f"{node.name}/MatMul")]
-        if bias:
-            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=f"{node.name}/Add"))
-        index = list(graph.node).index(node)
-        graph.node.remove(node)
-        for offset, new in enumerate(nodes):
-            graph.node.insert(index + offset, new)
-    _drop_unused_initializers(graph)
-
-
 def _gathered_transposes_to_tables(graph: Any) -> dict[str, str]:
     """``Gather(Transpose(W))`` where ``W`` is a MatMul's weight -> ``Gather(table)``, the table ``W``'s transpose; ``{table: W}``.
 
@@ -365,11 +309,11 @@ def _gathered_transposes_to_tables(graph: Any) -> dict[str, str]:
     made = {}
     for node in list(graph.node):
         weight = node.input[0] if node.op_type == "Transpose" else None
-        if (weight not in inits or len(inits[weight].dims) != 2 or not _is_float(inits[weight])
-                or list(_attribute(node, "perm", [1, 0])) != [1, 0]):
+        if (weight not in inits or len(inits[weight].dims) != 2 or not is_float32(inits[weight])
+                or list(node_attribute(node, "perm", [1, 0])) != [1, 0]):
             continue
         readers = consumers.get(node.output[0], [])
-        if (readers and all(r.op_type == "Gather" and r.input[0] == node.output[0] and _attribute(r, "axis", 0) == 0 for r in readers)
+        if (readers and all(r.op_type == "Gather" and r.input[0] == node.output[0] and node_attribute(r, "axis", 0) == 0 for r in readers)
                 and all(c is node or (c.op_type == "MatMul" and c.input[1] == weight) for c in consumers[weight])):
             graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[weight]).T.copy(), node.output[0]))
             graph.node.remove(node)

@@ -116,9 +116,18 @@ def _make(variant: str, source: Path, target: Path, settings: Mapping[str, Any],
         int4.quantize(source, target, external)  # tied tables stored once (see there)
         return
     if variant == "int8":
+        import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+        from hatch_onnx.graph_passes import gemms_to_matmuls
+
+        # onnxruntime's dynamic quantizer makes each Gemm a MatMul by adding its weight's transpose
+        # beside it: fused's projections are transposed where they are first (the weights once in
+        # memory, not twice). A tied head's Gemm is left to the quantizer, whose int8 transpose of
+        # the table is stored beside the Gather's uint8 table.
+        model = onnx.load(str(source))
+        gemms_to_matmuls(model.graph, tied_tables=False)
+        quantize_dynamic(model, str(target), op_types_to_quantize=["MatMul", "Gemm", "Gather"],
                          weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=external)
         return
     from onnxruntime.transformers import optimizer

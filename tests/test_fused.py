@@ -153,6 +153,36 @@ def test_weights_are_written_where_their_tensors_say_through_either_route(tmp_pa
     assert len(data) == start + length  # the file ends where the last tensor does (O_DIRECT wrote whole blocks)
 
 
+def test_direct_writes_a_file_system_refuses_go_through_the_page_cache(tmp_path, monkeypatch):
+    """Some file systems open a file for O_DIRECT and then refuse its writes (EINVAL): the rest is written buffered."""
+    import errno
+    import fcntl
+    import os
+
+    import numpy as np
+
+    write, refused = os.write, []
+
+    def refusing(fd, data):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", refusing)
+    monkeypatch.setattr(fused._DataFile, "CHUNK", 2 * fused._DataFile.BLOCK)
+    weights = fused._Initializers(tmp_path / "model.onnx.data")
+    arrays = [np.full((50 + 31 * k, 32), k, np.float32) for k in range(4)]
+    for k, array in enumerate(arrays):
+        weights.add(f"w{k}", array)
+    weights.close()
+    assert bool(refused) == _accepts_direct_io(tmp_path) and not weights._file.direct
+    data = (tmp_path / "model.onnx.data").read_bytes()
+    for tensor, array in zip(weights.tensors, arrays):
+        place = {entry.key: entry.value for entry in tensor.external_data}
+        assert data[int(place["offset"]):int(place["offset"]) + int(place["length"])] == array.tobytes()
+
+
 def test_a_failed_write_or_a_misplaced_tensor_fails_the_graph(tmp_path, monkeypatch):
     import numpy as np
 
@@ -189,11 +219,11 @@ def test_a_float16_export_validates(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_build_caches_the_fused_graph_and_its_int4_variant_is_weights_checked(tmp_path, e2e_env):
+def test_a_build_caches_the_fused_graph_and_its_quantised_variants_quantise_every_projection(tmp_path, e2e_env):
     import onnx
 
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"onnx": {"variants": ["int4"], "layout": ["optimum", "transformers.js"], "models": {
+    params.write_text(yaml.safe_dump({"onnx": {"variants": ["int4", "int8"], "min_cosine": {"int8": 0.9}, "layout": ["optimum", "transformers.js"], "models": {
         "qwen2": {"checkpoint": str(checkpoint("qwen2")), "features": [FEATURE], "exporter": "fused"}}}}))
     out = tmp_path / "out"
     first = _build(params, out, e2e_env)
@@ -211,6 +241,10 @@ def test_a_build_caches_the_fused_graph_and_its_int4_variant_is_weights_checked(
     assert ops.count("GatherBlockQuantized") == 1
     assert ops.count("Attention") == layers
     assert (folder / "onnx" / "model_q4.onnx").read_bytes() == (folder / "model.int4.onnx").read_bytes()
+    # int8: every projection and the head quantised (the projections' Gemms made MatMuls where their weights are)
+    int8 = onnx.load(str(folder / "model.int8.onnx"))
+    ops = [node.op_type for node in int8.graph.node]
+    assert ops.count("MatMulInteger") == 5 * layers + 1 and "MatMul" not in ops and "Gemm" not in ops
     again = _build(params, out, e2e_env)
     assert again.returncode == 0, again.stderr
     assert "Nothing exported" in again.stdout
