@@ -151,3 +151,35 @@ def test_a_folded_transpose_of_a_tied_table_is_stored_once():
     for got, expected in zip(run(model), before):
         np.testing.assert_array_equal(got, expected)
     assert tie_transposed_copies(model.graph) == []  # nothing left to tie
+
+
+@pytest.mark.parametrize("tied_tables", [True, False])
+def test_gemms_become_matmuls_their_weights_transposed_in_place_unless_shared(tied_tables):
+    """A weight only its Gemm reads is transposed where it is; one another node reads gets a transposed copy;
+    a table a Gather reads is a Transpose for int4 to tie, or (``tied_tables=False``) its Gemm stays."""
+    rng = np.random.default_rng(0)
+    own, shared, table = (rng.standard_normal(shape).astype(np.float32) for shape in ((5, 4), (4, 4), (7, 4)))
+    bias = rng.standard_normal(5).astype(np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["x", "own", "bias"], ["a"], name="own", transB=1),  # (x @ own.T + bias): (2, 5)
+        helper.make_node("Gemm", ["x", "shared"], ["b"], name="shared", transB=1),
+        helper.make_node("Gemm", ["x", "shared"], ["c"], name="shared_again"),  # reads it untransposed
+        helper.make_node("Gather", ["table", "ids"], ["rows"], name="embed"),
+        helper.make_node("Gemm", ["x", "table"], ["logits"], name="head", transB=1),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]), helper.make_tensor_value_info("ids", TensorProto.INT64, [3])]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a", "b", "c", "rows", "logits")]
+    model = _model(nodes, inputs, outputs, [numpy_helper.from_array(v, k) for k, v in
+                                            (("own", own), ("shared", shared), ("table", table), ("bias", bias))])
+    feed = {"x": rng.standard_normal((2, 4)).astype(np.float32), "ids": np.array([0, 6, 2])}
+    expected = _run(model, feed)
+    graph_passes.gemms_to_matmuls(model.graph, tied_tables=tied_tables)
+    for got, want in zip(_run(model, feed), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert np.array_equal(inits["own"], own.T)  # in place, under its name: no second copy
+    assert np.array_equal(inits["shared"], shared) and np.array_equal(inits["shared/transposed"], shared.T)
+    ops = [(n.op_type, list(n.input)) for n in model.graph.node]
+    assert ("MatMul", ["x", "own"]) in ops and any(op == "Add" and inputs[1] == "bias" for op, inputs in ops)
+    assert "table/transposed" not in inits and "Gemm" not in {op for op, inputs in ops if inputs[1] != "table"}
+    assert ("Gemm", ["x", "table"]) in ops if not tied_tables else ("Transpose", ["table"]) in ops
