@@ -7,7 +7,8 @@ o2      o1 plus onnxruntime's transformer fusions for the model type (attention,
 o3      o2 with onnxruntime's extended optimisations (level 2; CPU contrib ops)
 int8    dynamic int8 quantisation of the weights of MatMul and Gemm, and of Gather (the
         embedding tables: without them a BERT-family int8 graph stays above 0.4x its fp32
-        size, and above 0.6x for a small-vocabulary-heavy one like MiniLM), per channel
+        size, and above 0.6x for a small-vocabulary-heavy one like MiniLM), per channel; a
+        tied table stored once (:mod:`hatch_onnx.int8`)
 fp16    o2 converted to float16, inputs and outputs kept float32 unless ``fp16_io``
 int4    weight-only 4-bit quantisation: MatMul weights as onnxruntime's MatMulNBits, embedding
         tables as GatherBlockQuantized, a tied table stored once (:mod:`hatch_onnx.int4`)
@@ -116,19 +117,9 @@ def _make(variant: str, source: Path, target: Path, settings: Mapping[str, Any],
         int4.quantize(source, target, external)  # tied tables stored once (see there)
         return
     if variant == "int8":
-        import onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from hatch_onnx import int8
 
-        from hatch_onnx.graph_passes import gemms_to_matmuls
-
-        # onnxruntime's dynamic quantizer makes each Gemm a MatMul by adding its weight's transpose
-        # beside it: fused's projections are transposed where they are first (the weights once in
-        # memory, not twice). A tied head's Gemm is left to the quantizer, whose int8 transpose of
-        # the table is stored beside the Gather's uint8 table.
-        model = onnx.load(str(source))
-        gemms_to_matmuls(model.graph, tied_tables=False)
-        quantize_dynamic(model, str(target), op_types_to_quantize=["MatMul", "Gemm", "Gather"],
-                         weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=external)
+        int8.quantize(source, target, external)  # tied tables stored once (see there)
         return
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions

@@ -245,6 +245,8 @@ def test_a_build_caches_the_fused_graph_and_its_quantised_variants_quantise_ever
     int8 = onnx.load(str(folder / "model.int8.onnx"))
     ops = [node.op_type for node in int8.graph.node]
     assert ops.count("MatMulInteger") == 5 * layers + 1 and "MatMul" not in ops and "Gemm" not in ops
+    vocab = json.loads((checkpoint("qwen2") / "config.json").read_text())["vocab_size"]
+    assert len([t for t in int8.graph.initializer if vocab in t.dims and len(t.dims) == 2]) == 1  # the tied table once: the head's int8 weight
     again = _build(params, out, e2e_env)
     assert again.returncode == 0, again.stderr
     assert "Nothing exported" in again.stdout

@@ -35,7 +35,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("pool",),
     ("worker",),
     ("exporting", "variants"),
-    ("int4",),  # the int4 variant: MatMulNBits and its fake-quantised reference
+    ("int4", "int8"),  # the int4 variant: MatMulNBits and its fake-quantised reference; int8: onnxruntime's, a tied table once
     ("genai_builder", "fused"),  # exporter genai (onnxruntime-genai's builder in a subprocess); exporter fused (written from the weights)
     ("graph_sets",),  # an encoder-decoder's graphs for generation: encoder, decoders, merged
     ("generation",),  # validation by generation: with-past graphs decode what the model generates

@@ -193,17 +193,18 @@ def test_a_variant_of_an_export_with_external_data_has_its_own(tmp_path, variant
 
 def test_a_tied_embedding_is_stored_once_in_every_variant(tmp_path):
     """gpt2 reads its embedding twice (the LM head is tied): the export stores it once, and so does
-    each variant, where onnxruntime's offline folding would have written the head's transposed copy."""
+    each variant, where onnxruntime's offline folding would have written the head's transposed copy
+    (and its int8 quantizer a uint8 table for the Gather beside the head's int8 one)."""
     import onnx
 
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"onnx": {"variants": ["o1", "o2", "fp16"], "models": {
+    path.write_text(yaml.safe_dump({"onnx": {"variants": ["o1", "o2", "fp16", "int8"], "min_cosine": {"int8": 0.9}, "models": {
         "gpt2": {"checkpoint": str(checkpoint("gpt2")), "features": ["causal-lm"]}}}}))
     out = tmp_path / "out"
     result = build(path, "--out", str(out))
     assert result.returncode == 0, result.stderr
     vocab = json.loads((checkpoint("gpt2") / "config.json").read_text())["vocab_size"]
-    for name in ("model.onnx", "model.o1.onnx", "model.o2.onnx", "model.fp16.onnx"):
+    for name in ("model.onnx", "model.o1.onnx", "model.o2.onnx", "model.fp16.onnx", "model.int8.onnx"):
         graph = onnx.load(str(out / "gpt2/causal-lm" / name))
         tables = [t.name for t in graph.graph.initializer if vocab in t.dims and len(t.dims) == 2]
         assert len(tables) == 1, (name, tables)
