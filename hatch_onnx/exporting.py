@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from hatch_onnx.atomic import staging_folder, write_json

@@ -427,8 +427,7 @@ def gemms_to_matmuls(graph: Any, tied_tables: bool = True) -> None:
         graph.node.remove(node)
         for offset, new in enumerate(nodes):
             graph.node.insert(index + offset, new)
-    used = {name for node in all_nodes(graph) for name in node.input} | {o.name for o in graph.output}
-    drop_initializers(graph, {t.name for t in graph.initializer if t.name not in used})
+    drop_unused_initializers(graph)
 
 
 def node_attribute(node: Any, name: str, default: Any) -> Any:
@@ -446,6 +445,23 @@ def is_float32(tensor: Any) -> bool:
     from onnx import TensorProto
 
     return tensor.data_type == TensorProto.FLOAT
+
+
+def drop_unused_initializers(graph: Any) -> None:
+    """Remove the initializers no node (subgraphs included) reads and no output names."""
+    used = {name for node in all_nodes(graph) for name in node.input} | {o.name for o in graph.output}
+    drop_initializers(graph, {t.name for t in graph.initializer if t.name not in used})
+
+
+def save_model(model: "onnx.ModelProto", target: Path, external: bool) -> None:
+    """Write ``model`` to ``target``; with ``external``, its tensors of 1 KiB and more to ``<target name>.data``."""
+    import onnx
+
+    if external:
+        onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{target.name}.data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(target))
 
 
 def drop_initializers(graph: Any, names: "set[str]") -> None:

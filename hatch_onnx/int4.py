@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hatch_onnx.graph_passes import is_float32, node_attribute
+from hatch_onnx.graph_passes import drop_unused_initializers, gemms_to_matmuls, is_float32, node_attribute, save_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -80,8 +80,6 @@ def prepare(model: "onnx.ModelProto") -> Plan:
     head's quantised weight with the Gather (and in :func:`fake_quantized`'s in-memory reference).
     """
     from onnx import numpy_helper
-
-    from hatch_onnx.graph_passes import gemms_to_matmuls
 
     graph = model.graph
     gemms_to_matmuls(graph)
@@ -182,8 +180,8 @@ def quantize(source: Path, target: Path, external: bool) -> None:
             graph.node.remove(node)
             for offset, new in enumerate(replacement):
                 graph.node.insert(index + offset, new)
-    _drop_unused_initializers(graph)
-    _save(model, target, external)
+    drop_unused_initializers(graph)
+    save_model(model, target, external)
 
 
 def recipe() -> dict[str, Any]:
@@ -229,7 +227,7 @@ def _run(model: "onnx.ModelProto", config: Any, inputs: Any, what: str) -> dict[
         path = Path(folder) / "model.onnx"
         # The project's external-data rule (config.needs_external_data): protobuf refuses to
         # serialise a message near 2 GiB (a 1.98 GB float graph failed here), well before the limit.
-        _save(model, path, external=needs_external_data(sum(len(t.raw_data) for t in model.graph.initializer)))
+        save_model(model, path, external=needs_external_data(sum(len(t.raw_data) for t in model.graph.initializer)))
         del model
         session = open_session(path, what)
     names = [node.name for node in session.get_outputs()]
@@ -331,20 +329,3 @@ def _drop_repeated_initializers(graph: Any) -> None:
     if len(kept) != len(graph.initializer):
         del graph.initializer[:]
         graph.initializer.extend(kept)
-
-
-def _drop_unused_initializers(graph: Any) -> None:
-    from hatch_onnx.graph_passes import all_nodes, drop_initializers
-
-    used = {name for node in all_nodes(graph) for name in node.input} | {o.name for o in graph.output}
-    drop_initializers(graph, {t.name for t in graph.initializer if t.name not in used})
-
-
-def _save(model: "onnx.ModelProto", target: Path, external: bool) -> None:
-    import onnx
-
-    if external:
-        onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=f"{target.name}.data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(target))

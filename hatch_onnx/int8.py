@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hatch_onnx.graph_passes import all_nodes, drop_initializers, gemms_to_matmuls, node_attribute
+from hatch_onnx.graph_passes import drop_unused_initializers, gemms_to_matmuls, node_attribute, save_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -41,12 +41,8 @@ def quantize(source: Path, target: Path, external: bool) -> None:
     if heads:
         del model
         model = onnx.load(str(target))
-        if any(_share(model.graph, head, table) for head, table in heads.items()):
-            if external:
-                onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
-                                location=f"{target.name}.data", size_threshold=1024)
-            else:
-                onnx.save_model(model, str(target))
+        if any([_share(model.graph, head, table) for head, table in heads.items()]):  # a list: every head, not the first
+            save_model(model, target, external)
 
 
 def _tied_heads(graph: Any) -> dict[str, str]:
@@ -112,6 +108,5 @@ def _share(graph: Any, head: str, table: str) -> bool:
         graph.node.remove(old)
         for offset, node in enumerate(replacement):
             graph.node.insert(index + offset, node)
-    used = {name for node in all_nodes(graph) for name in node.input}
-    drop_initializers(graph, {t.name for t in graph.initializer if t.name not in used})
+    drop_unused_initializers(graph)
     return True
