@@ -387,10 +387,7 @@ def gemms_to_matmuls(graph: Any, tied_tables: bool = True) -> None:
 
     inits = {t.name: t for t in graph.initializer}
     gathered = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.domain in ("", "ai.onnx")}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    readers = readers_of(graph)
     transposed: set[str] = set()  # the Transpose nodes made for gathered tables, by output
     for node in list(graph.node):
         if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or node.input[1] not in inits:
@@ -403,7 +400,7 @@ def gemms_to_matmuls(graph: Any, tied_tables: bool = True) -> None:
         beta = float(node_attribute(node, "beta", 1.0))
         if (b in gathered and not tied_tables) or (bias is not None and beta != 1.0 and bias not in inits):
             continue  # a tied table kept, or a computed bias scaled by beta: left as it is
-        if node_attribute(node, "transB", 0) and readers[b] == 1 and b not in gathered:
+        if node_attribute(node, "transB", 0) and len(readers[b]) == 1 and b not in gathered:
             # this Gemm's weight alone (every projection of hatch_onnx.fused's graphs): transposed
             # where it is, so that a graph's weights are not all held twice on the way
             weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), b))
@@ -428,6 +425,37 @@ def gemms_to_matmuls(graph: Any, tied_tables: bool = True) -> None:
         for offset, new in enumerate(nodes):
             graph.node.insert(index + offset, new)
     drop_unused_initializers(graph)
+
+
+def head_transposes_to_initializers(graph: Any, tables: "set[str]") -> dict[str, str]:
+    """``Transpose(table)`` read only as MatMul weights (a tied LM head) -> an initializer, the table's
+    transpose under the Transpose's output name; ``{table: that name}``.
+
+    onnxruntime's quantizers quantise a MatMul's weight only when it is an initializer: made one,
+    the head's weight is quantised, and the quantiser's caller can then store the table once
+    (:mod:`hatch_onnx.int4`, :mod:`hatch_onnx.int8`).
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    readers = readers_of(graph)
+    made = {}
+    for node in list(graph.node):
+        if (node.op_type == "Transpose" and node.input[0] in tables and list(node_attribute(node, "perm", [1, 0])) == [1, 0]
+                and readers.get(node.output[0]) and all(r.op_type == "MatMul" and r.input[1] == node.output[0] for r in readers[node.output[0]])):
+            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]).T.copy(), node.output[0]))
+            graph.node.remove(node)
+            made[node.input[0]] = node.output[0]
+    return made
+
+
+def readers_of(graph: Any) -> dict[str, list[Any]]:
+    """``{tensor name: the nodes of graph (not its subgraphs) that read it}``."""
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
 
 
 def node_attribute(node: Any, name: str, default: Any) -> Any:

@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hatch_onnx.graph_passes import drop_unused_initializers, gemms_to_matmuls, is_float32, node_attribute, save_model
+from hatch_onnx.graph_passes import (drop_unused_initializers, gemms_to_matmuls, head_transposes_to_initializers, is_float32,
+                                     node_attribute, readers_of, save_model)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -79,8 +80,6 @@ def prepare(model: "onnx.ModelProto") -> Plan:
     The tied table's transpose is a second float table only until :func:`quantize` shares the
     head's quantised weight with the Gather (and in :func:`fake_quantized`'s in-memory reference).
     """
-    from onnx import numpy_helper
-
     graph = model.graph
     gemms_to_matmuls(graph)
     plan = Plan()
@@ -90,10 +89,7 @@ def prepare(model: "onnx.ModelProto") -> Plan:
     for node in graph.node:
         if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.input[0] in inits:
             gathered.setdefault(node.input[0], []).append(node)
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = readers_of(graph)
 
     for name, nodes in gathered.items():
         tensor = inits[name]
@@ -101,13 +97,7 @@ def prepare(model: "onnx.ModelProto") -> Plan:
                 and all(node_attribute(n, "axis", 0) == 0 for n in nodes)
                 and all(c.op_type in ("Gather", "Transpose") for c in consumers[name])):
             plan.tables.add(name)
-    for node in list(graph.node):  # Transpose(table) -> MatMul: the tied LM head
-        if (node.op_type == "Transpose" and node.input[0] in plan.tables and list(node_attribute(node, "perm", [1, 0])) == [1, 0]
-                and consumers.get(node.output[0]) and all(c.op_type == "MatMul" and c.input[1] == node.output[0] for c in consumers[node.output[0]])):
-            table = numpy_helper.to_array(inits[node.input[0]])
-            graph.initializer.append(numpy_helper.from_array(table.T.copy(), node.output[0]))
-            graph.node.remove(node)
-            plan.tied[node.input[0]] = node.output[0]
+    plan.tied.update(head_transposes_to_initializers(graph, plan.tables))  # Transpose(table) -> MatMul: the tied LM head
     for name in list(plan.tied):  # a table _gathered_transposes_to_tables made but the checks above refused
         if name not in plan.tables:
             plan.tied.pop(name)
@@ -300,10 +290,7 @@ def _gathered_transposes_to_tables(graph: Any) -> dict[str, str]:
     from onnx import numpy_helper
 
     inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = readers_of(graph)
     made = {}
     for node in list(graph.node):
         weight = node.input[0] if node.op_type == "Transpose" else None

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hatch_onnx.graph_passes import drop_unused_initializers, gemms_to_matmuls, node_attribute, save_model
+from hatch_onnx.graph_passes import drop_unused_initializers, gemms_to_matmuls, head_transposes_to_initializers, node_attribute, save_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -52,19 +52,11 @@ def _tied_heads(graph: Any) -> dict[str, str]:
     MatMul over ``<table>_Transposed``. A MatMul over ``Transpose(table)`` (traced graphs): the
     transpose is made an initializer here, so that the quantizer quantises it as the head's weight.
     """
-    from onnx import numpy_helper
-
     inits = {t.name: t for t in graph.initializer}
     tables = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2}
-    heads = {}
-    for node in list(graph.node):
-        if node.op_type == "Gemm" and node.input[1] in tables and node_attribute(node, "transB", 0):
-            heads[f"{node.input[1]}_Transposed"] = node.input[1]
-        elif (node.op_type == "Transpose" and node.input[0] in tables and list(node_attribute(node, "perm", [1, 0])) == [1, 0]
-              and all(n.op_type == "MatMul" and n.input[1] == node.output[0] for n in graph.node if node.output[0] in n.input)):
-            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]).T.copy(), node.output[0]))
-            graph.node.remove(node)
-            heads[node.output[0]] = node.input[0]
+    heads = {f"{n.input[1]}_Transposed": n.input[1] for n in graph.node
+             if n.op_type == "Gemm" and n.input[1] in tables and node_attribute(n, "transB", 0)}
+    heads.update({copy: table for table, copy in head_transposes_to_initializers(graph, tables).items()})
     return heads
 
 
